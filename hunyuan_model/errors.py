@@ -1,0 +1,5 @@
+"""User-facing errors of the model package: one line, no traceback, exit code 2 at the CLI."""
+
+
+class CheckpointError(ValueError):
+    """A DiT file that cannot be read as a HunyuanVideo checkpoint (wrong model, torn, garbage, missing)."""
