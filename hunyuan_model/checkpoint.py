@@ -1,0 +1,254 @@
+"""Reading a HunyuanVideo DiT from any layout users have, detected from the keys.
+
+Layouts: the official `.pt` (`{"module": ...}` or a plain state dict, read with weights_only=True), safetensors in
+the original layout (optionally with ComfyUI's `model.diffusion_model.` prefix), and diffusers'
+`HunyuanVideoTransformer3DModel` (one file or a sharded folder), converted on load. Every failure is a
+CheckpointError with one line that names the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .config import PRESETS, DiTConfig, rope_dims_for
+from .diffusers_layout import diffusers_to_original
+from .errors import CheckpointError
+from .model import HYVideoDiffusionTransformer, build_dit
+
+_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "module.", "model.")
+_ORIGINAL_MARKER = "img_in.proj.weight"
+_DIFFUSERS_MARKER = "x_embedder.proj.weight"
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}  # fmt: skip
+
+StateDict = dict[str, torch.Tensor]
+
+
+def _first_names(names, n: int = 3) -> str:
+    names = sorted(names)
+    shown = ", ".join(repr(x) for x in names[:n])
+    return shown + (", ..." if len(names) > n else "")
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    indexes = sorted(path.glob("*.safetensors.index.json"))
+    if indexes:
+        try:
+            weight_map = json.loads(indexes[0].read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{indexes[0]}: not a valid safetensors index ({e})") from None
+        files = sorted({path / name for name in weight_map.values()})
+    else:
+        files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{path}: folder holds no .safetensors file")
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise CheckpointError(f"{path}: shard listed in the index is missing: {missing[0].name}")
+    return files
+
+
+def _read_safetensors(path: Path, meta: bool) -> StateDict:
+    out: StateDict = {}
+    for file in _safetensors_files(path):
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for key in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                    if meta:
+                        sl = f.get_slice(key)
+                        dtype = _SAFETENSORS_DTYPES.get(sl.get_dtype(), torch.float32)
+                        out[key] = torch.empty(sl.get_shape(), dtype=dtype, device="meta")
+                    else:
+                        out[key] = f.get_tensor(key)
+        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"{file}: not a readable safetensors file ({_one_line(e)})") from None
+    return out
+
+
+def _read_torch(path: Path) -> StateDict:
+    def load(mmap: bool):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+    try:
+        try:
+            obj = load(mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            obj = load(mmap=False)  # legacy (non-zip) format cannot be memory-mapped
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        if found:
+            raise CheckpointError(
+                f"{path}: refusing to load: the file holds a Python object ({found.group(1)}), not only tensors "
+                "(only weights_only=True loading is allowed; convert it to safetensors from a source you trust)"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_one_line(e)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_one_line(e)})") from None
+    if isinstance(obj, Mapping) and "module" in obj and isinstance(obj["module"], Mapping):
+        obj = obj["module"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: not a state dict of tensors (found {type(obj).__name__})")
+    return dict(obj)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text[:200] + ("..." if len(text) > 200 else "")
+
+
+def read_state_dict(path: str | Path, meta: bool = False) -> StateDict:
+    """Raw tensors of a checkpoint, keys untouched. With meta=True only shapes and dtypes (headers)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"DiT checkpoint not found: {path}")
+    if path.is_dir() or path.suffix == ".safetensors":
+        return _read_safetensors(path, meta)
+    sd = _read_torch(path)
+    if meta:
+        sd = {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in sd.items()}
+    return sd
+
+
+# ---------------------------------------------------------------- layouts
+
+
+def strip_prefix(sd: StateDict) -> StateDict:
+    for prefix in _PREFIXES:
+        if (prefix + _ORIGINAL_MARKER) in sd or (prefix + _DIFFUSERS_MARKER) in sd:
+            return {k.removeprefix(prefix): v for k, v in sd.items() if k.startswith(prefix)}
+    return sd
+
+
+def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
+    """'original' or 'diffusers' (after prefix stripping); anything else is a CheckpointError."""
+    if _ORIGINAL_MARKER in sd:
+        return "original"
+    if _DIFFUSERS_MARKER in sd:
+        return "diffusers"
+    first = next(iter(sorted(sd)), None)
+    raise CheckpointError(f"not a HunyuanVideo DiT: {len(sd)} keys, first {first!r}")
+
+
+def to_original_layout(sd: StateDict, source: str = "checkpoint") -> StateDict:
+    """Strip known prefixes and convert diffusers names; the result uses the original checkpoint's keys."""
+    sd = strip_prefix(sd)
+    try:
+        layout = detect_layout(sd)
+    except CheckpointError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    return diffusers_to_original(sd) if layout == "diffusers" else sd
+
+
+# ---------------------------------------------------------------- config from shapes
+
+
+def _depth(keys, prefix: str) -> int:
+    pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
+    return max((int(m.group(1)) + 1 for k in keys if (m := pattern.match(k))), default=0)
+
+
+def config_from_state_dict(sd: Mapping[str, torch.Tensor], source: str = "checkpoint") -> DiTConfig:
+    """Derive the architecture from the original-layout keys and shapes; names a matching preset."""
+    try:
+        hidden, in_channels, *patch = sd["img_in.proj.weight"].shape
+        head_dim = next(
+            sd[k].shape[0]
+            for k in ("double_blocks.0.img_attn_q_norm.weight", "single_blocks.0.q_norm.weight")
+            if k in sd
+        )
+        if "double_blocks.0.img_mlp.fc1.weight" in sd:
+            mlp_hidden = sd["double_blocks.0.img_mlp.fc1.weight"].shape[0]
+        else:
+            mlp_hidden = sd["single_blocks.0.linear1.weight"].shape[0] - 3 * hidden
+        config = DiTConfig(
+            in_channels=in_channels,
+            out_channels=sd["final_layer.linear.weight"].shape[0] // math.prod(patch),
+            patch_size=tuple(patch),
+            hidden_size=hidden,
+            heads_num=hidden // head_dim,
+            mlp_width_ratio=mlp_hidden / hidden,
+            mm_double_blocks_depth=_depth(sd, "double_blocks"),
+            mm_single_blocks_depth=_depth(sd, "single_blocks"),
+            rope_dim_list=rope_dims_for(head_dim),
+            text_states_dim=sd["txt_in.input_embedder.weight"].shape[1],
+            text_states_dim_2=sd["vector_in.in_layer.weight"].shape[1],
+            refiner_depth=_depth(sd, "txt_in.individual_token_refiner.blocks"),
+            guidance_embed="guidance_in.mlp.0.weight" in sd,
+        )
+    except (KeyError, StopIteration, ValueError, TypeError) as e:
+        missing = f"missing {e}" if isinstance(e, KeyError) else _one_line(e)
+        raise CheckpointError(f"{source}: incomplete HunyuanVideo DiT ({missing})") from None
+    for preset in PRESETS.values():
+        if config.same_shape_as(preset):
+            return preset
+    return config
+
+
+def read_dit_config(path: str | Path) -> DiTConfig:
+    """The architecture of a DiT file from its headers only: no weights are read."""
+    return config_from_state_dict(to_original_layout(read_state_dict(path, meta=True), str(path)), str(path))
+
+
+# ---------------------------------------------------------------- loading
+
+
+def check_keys(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:
+    expected = model.state_dict()
+    missing = expected.keys() - sd.keys()
+    unexpected = sd.keys() - expected.keys()
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys ({_first_names(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys ({_first_names(unexpected)})")
+        raise CheckpointError(f"{source}: does not match the DiT it describes: {'; '.join(parts)}")
+    wrong = [k for k, v in expected.items() if tuple(sd[k].shape) != tuple(v.shape)]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(
+            f"{source}: {len(wrong)} tensors of the wrong shape, first {k!r}: "
+            f"{tuple(sd[k].shape)} where {tuple(expected[k].shape)} is expected"
+        )
+
+
+def load_dit(
+    path: str | Path,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    config: DiTConfig | None = None,
+) -> HYVideoDiffusionTransformer:
+    """Load a DiT of any supported layout. Built on the meta device, weights assigned: no random init ever.
+
+    dtype converts floating-point weights while loading (None keeps the file's dtype).
+    """
+    source = str(path)
+    sd = to_original_layout(read_state_dict(path), source)
+    config = config or config_from_state_dict(sd, source)
+    model = build_dit(config, device="meta")
+    check_keys(model, sd, source)
+    if dtype is not None:
+        sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    sd = {k: v.to(device) for k, v in sd.items()}
+    model.load_state_dict(sd, strict=True, assign=True)
+    return model

@@ -1,0 +1,70 @@
+"""Tell what a DiT file is: `python -m hunyuan_model.inspect PATH [--json]`.
+
+Reads headers only (safetensors) and prints the detected layout, the architecture, the matching preset
+and the dtypes. A file that is not a HunyuanVideo DiT gets one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections import Counter
+
+from .checkpoint import (
+    check_keys,
+    config_from_state_dict,
+    detect_layout,
+    read_state_dict,
+    strip_prefix,
+    to_original_layout,
+)
+from .errors import CheckpointError
+from .model import build_dit
+
+
+def describe(path: str) -> dict:
+    raw = strip_prefix(read_state_dict(path, meta=True))
+    try:
+        layout = detect_layout(raw)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    sd = to_original_layout(raw, path)
+    config = config_from_state_dict(sd, path)
+    check_keys(build_dit(config, device="meta"), sd, path)
+    dtypes = Counter(str(v.dtype).removeprefix("torch.") for v in sd.values())
+    return {
+        "path": path,
+        "layout": layout,
+        "preset": config.name,
+        "parameters": sum(v.numel() for v in sd.values()),
+        "dtypes": dict(dtypes),
+        "config": dataclasses.asdict(config),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hunyuan_model.inspect", description=__doc__)
+    parser.add_argument("path", help="DiT checkpoint: .safetensors, .pt, or a diffusers folder")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    try:
+        info = describe(args.path)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    cfg = info["config"]
+    print(f"{info['path']}: HunyuanVideo DiT, {info['layout']} layout, preset {info['preset']}")
+    print(
+        f"  {info['parameters'] / 1e9:.3f} B parameters, dtypes {info['dtypes']}, hidden {cfg['hidden_size']}, "
+        f"{cfg['heads_num']} heads, {cfg['mm_double_blocks_depth']} double + {cfg['mm_single_blocks_depth']} single blocks"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

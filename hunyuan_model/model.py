@@ -1,0 +1,118 @@
+"""HYVideoDiffusionTransformer: the HunyuanVideo DiT with the module names of the original checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .blocks import MMDoubleStreamBlock, MMSingleStreamBlock
+from .config import DEFAULT_EXCLUDE_PATTERNS, TARGET_BLOCK_CLASSES, DiTConfig
+from .layers import FinalLayer, MLPEmbedder, PatchEmbed, TimestepEmbedder
+from .rope import rope_freqs
+from .token_refiner import SingleTokenRefiner
+
+__all__ = [
+    "DEFAULT_EXCLUDE_PATTERNS",
+    "TARGET_BLOCK_CLASSES",
+    "HYVideoDiffusionTransformer",
+    "MMDoubleStreamBlock",
+    "MMSingleStreamBlock",
+    "build_dit",
+]
+
+
+class HYVideoDiffusionTransformer(nn.Module):
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__()
+        self.config = config
+        hidden, heads, ratio = config.hidden_size, config.heads_num, config.mlp_width_ratio
+        self.img_in = PatchEmbed(config.patch_size, config.in_channels, hidden)
+        self.txt_in = SingleTokenRefiner(config.text_states_dim, hidden, heads, config.refiner_depth, ratio)
+        self.time_in = TimestepEmbedder(hidden)
+        self.vector_in = MLPEmbedder(config.text_states_dim_2, hidden)
+        self.guidance_in = TimestepEmbedder(hidden) if config.guidance_embed else None
+        self.double_blocks = nn.ModuleList(
+            MMDoubleStreamBlock(hidden, heads, ratio) for _ in range(config.mm_double_blocks_depth)
+        )
+        self.single_blocks = nn.ModuleList(
+            MMSingleStreamBlock(hidden, heads, ratio) for _ in range(config.mm_single_blocks_depth)
+        )
+        self.final_layer = FinalLayer(hidden, math.prod(config.patch_size), config.out_channels)
+        self.gradient_checkpointing = False
+
+    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
+        self.gradient_checkpointing = enabled
+
+    def _run(self, block: nn.Module, *args):
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        text_states: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        text_states_2: torch.Tensor,
+        guidance: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x: (B, C, T, H, W) latents; t: (B,) timesteps in [0, 1000]; text_states: (B, L, text_states_dim)
+        LLM states with text_mask (B, L); text_states_2: (B, text_states_dim_2) pooled CLIP; guidance:
+        (B,) embedded guidance scale x 1000 (required when the model has a guidance embedding).
+        Returns the prediction with x's shape.
+        """
+        cfg = self.config
+        pt, ph, pw = cfg.patch_size
+        grid = (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
+        rope = rope_freqs(grid, cfg.rope_dim_list, cfg.rope_theta, x.device)
+
+        vec = self.time_in(t) + self.vector_in(text_states_2)
+        if self.guidance_in is not None:
+            if guidance is None:
+                raise ValueError("this DiT has a guidance embedding: pass guidance (embedded scale x 1000)")
+            vec = vec + self.guidance_in(guidance)
+
+        img = self.img_in(x)
+        txt = self.txt_in(text_states, t, text_mask)
+        img_len = img.shape[1]
+        attn_mask = self._joint_mask(text_mask, img_len, img.device)
+
+        for block in self.double_blocks:
+            img, txt = self._run(block, img, txt, vec, attn_mask, rope)
+        tokens = torch.cat([img, txt], dim=1)
+        for block in self.single_blocks:
+            tokens = self._run(block, tokens, vec, img_len, attn_mask, rope)
+        out = self.final_layer(tokens[:, :img_len], vec)
+        return self._unpatchify(out, grid)
+
+    @staticmethod
+    def _joint_mask(
+        text_mask: torch.Tensor | None, img_len: int, device: torch.device
+    ) -> torch.Tensor | None:
+        """Key mask (B, 1, 1, img + txt): image tokens always attend; padded text tokens are never attended."""
+        if text_mask is None:
+            return None
+        img_valid = torch.ones(text_mask.shape[0], img_len, dtype=torch.bool, device=device)
+        return torch.cat([img_valid, text_mask.to(device=device, dtype=torch.bool)], dim=1)[:, None, None, :]
+
+    def _unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        t, h, w = grid
+        pt, ph, pw = self.config.patch_size
+        x = x.reshape(x.shape[0], t, h, w, self.config.out_channels, pt, ph, pw)
+        x = torch.einsum("nthwcopq->nctohpwq", x)
+        return x.reshape(x.shape[0], self.config.out_channels, t * pt, h * ph, w * pw)
+
+
+def build_dit(
+    config: DiTConfig, device: torch.device | str = "meta", dtype: torch.dtype | None = None
+) -> HYVideoDiffusionTransformer:
+    """Build the DiT. On "meta" (the default) no memory is allocated: load weights with assign=True."""
+    with torch.device(device):
+        model = HYVideoDiffusionTransformer(config)
+    if dtype is not None:
+        model.to(dtype)
+    return model

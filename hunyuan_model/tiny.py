@@ -1,0 +1,59 @@
+"""Write a tiny random HunyuanVideo DiT for the demo and the tests: `python -m hunyuan_model.tiny --out DIR`.
+
+Seeded, so the same command writes the same bytes. Original checkpoint layout, safetensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from hv_common.atomic import atomic_write
+
+from .config import get_preset
+from .model import build_dit
+
+DIT_FILENAME = "tiny_dit.safetensors"
+
+
+def tiny_dit_state_dict(seed: int = 0, preset: str = "tiny") -> dict[str, torch.Tensor]:
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = build_dit(get_preset(preset), device="cpu", dtype=torch.float32)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    # contiguous copies: safetensors refuses views that share storage
+    return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def write_tiny_dit(out_dir: str | Path, seed: int = 0) -> Path:
+    path = Path(out_dir) / DIT_FILENAME
+    sd = tiny_dit_state_dict(seed)
+    # One metadata key only: safetensors writes the metadata map in hash order, so several keys would
+    # make the bytes differ from run to run.
+    metadata = {"format": "pt"}
+    atomic_write(path, lambda tmp: save_file(sd, str(tmp), metadata=metadata))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hunyuan_model.tiny", description=__doc__)
+    parser.add_argument("--out", required=True, help="directory to write tiny_dit.safetensors into")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        path = write_tiny_dit(args.out, args.seed)
+    except OSError as e:
+        print(f"error: cannot write to {args.out}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Leaf utilities shared by every package (imports nothing from the project)."""
