@@ -104,8 +104,9 @@ def _read_torch(path: Path) -> StateDict:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_one_line(e)})") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_one_line(e)})") from None
-    if isinstance(obj, Mapping) and "module" in obj and isinstance(obj["module"], Mapping):
-        obj = obj["module"]
+    for wrapper in ("module", "state_dict"):  # DeepSpeed-style DiT files; the original VAE file
+        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
+            obj = obj[wrapper]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: not a state dict of tensors (found {type(obj).__name__})")
     return dict(obj)

@@ -1,6 +1,8 @@
-"""Write a tiny random HunyuanVideo DiT for the demo and the tests: `python -m hunyuan_model.tiny --out DIR`.
+"""Write tiny random models for the demo and the tests: `python -m hunyuan_model.tiny --out DIR`.
 
-Seeded, so the same command writes the same bytes. Original checkpoint layout, safetensors.
+DIR/tiny_dit.safetensors (the DiT, original checkpoint layout; seeded, the same bytes every time), and unless
+--dit_only: DIR/vae (diffusers' AutoencoderKLHunyuanVideo), DIR/text_encoder (a Llama-architecture LLM) and
+DIR/text_encoder_2 (a CLIP text model), each with its tokenizer, in the folder layouts the real ones come in.
 """
 
 from __future__ import annotations
@@ -45,13 +47,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hunyuan_model.tiny", description=__doc__)
     parser.add_argument("--out", required=True, help="directory to write tiny_dit.safetensors into")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--dit_only", action="store_true", help="write only the DiT (fast, no diffusers import)"
+    )
     args = parser.parse_args(argv)
+    out = Path(args.out)
     try:
-        path = write_tiny_dit(args.out, args.seed)
+        print(write_tiny_dit(out, args.seed))
+        if not args.dit_only:
+            from .tiny_encoders import write_tiny_clip, write_tiny_llm, write_tiny_vae
+
+            print(write_tiny_vae(out / "vae", args.seed))
+            print(write_tiny_llm(out / "text_encoder", args.seed))
+            print(write_tiny_clip(out / "text_encoder_2", args.seed))
     except OSError as e:
         print(f"error: cannot write to {args.out}: {e.strerror or e}", file=sys.stderr)
         return 2
-    print(path)
     return 0
 
 

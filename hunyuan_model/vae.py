@@ -1,0 +1,116 @@
+"""HunyuanVideo's causal 3D VAE through diffusers' AutoencoderKLHunyuanVideo (reused, not vendored).
+
+`--vae` accepts what users have: the original `vae/pytorch_model.pt` (read with weights_only=True; its keys are
+already diffusers' names), the same weights as safetensors (ComfyUI's repackaged file), or a diffusers folder.
+diffusers is imported only when a VAE is actually needed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .checkpoint import read_state_dict
+from .errors import CheckpointError
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKLHunyuanVideo
+
+_VAE_MARKER = "encoder.conv_in.conv.weight"
+_PREFIXES = ("vae.", "first_stage_model.", "model.")
+
+
+def _vae_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    sd = read_state_dict(path)
+    if _VAE_MARKER not in sd:
+        for prefix in _PREFIXES:
+            if prefix + _VAE_MARKER in sd:
+                sd = {k.removeprefix(prefix): v for k, v in sd.items() if k.startswith(prefix)}
+                break
+    if _VAE_MARKER not in sd:
+        first = next(iter(sorted(sd)), None)
+        raise CheckpointError(f"{path}: not a HunyuanVideo VAE: {len(sd)} keys, first {first!r}")
+    return sd
+
+
+def _config_from_shapes(sd: dict[str, torch.Tensor]) -> dict:
+    """The architecture of a single-file VAE, from its shapes (the 720p VAE's values where shapes are silent)."""
+    pattern = re.compile(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.conv1\.conv\.weight")
+    blocks: dict[int, int] = {}
+    resnets: set[int] = set()
+    for key, value in sd.items():
+        if m := pattern.fullmatch(key):
+            blocks[int(m.group(1))] = value.shape[0]
+            resnets.add(int(m.group(2)))
+    channels = tuple(blocks[i] for i in sorted(blocks))
+    return {
+        "block_out_channels": channels,
+        "layers_per_block": len(resnets),
+        "latent_channels": sd["post_quant_conv.weight"].shape[0],
+        "down_block_types": ("HunyuanVideoDownBlock3D",) * len(channels),
+        "up_block_types": ("HunyuanVideoUpBlock3D",) * len(channels),
+        "norm_num_groups": 32 if all(c % 32 == 0 for c in channels) else min(channels),
+    }
+
+
+def load_vae(
+    path: str | Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> AutoencoderKLHunyuanVideo:
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"VAE not found: {path}")
+    if path.is_dir() and (path / "config.json").is_file():
+        try:
+            vae = AutoencoderKLHunyuanVideo.from_pretrained(path, torch_dtype=dtype)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(
+                f"{path}: not a readable diffusers VAE folder ({' '.join(str(e).split())[:200]})"
+            ) from None
+        return vae.to(device).eval()
+    sd = _vae_state_dict(path)
+    try:
+        with torch.device("meta"):
+            vae = AutoencoderKLHunyuanVideo(**_config_from_shapes(sd))
+        sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+        result = vae.load_state_dict(sd, strict=False, assign=True)
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(
+            f"{path}: does not fit AutoencoderKLHunyuanVideo ({' '.join(str(e).split())[:200]})"
+        ) from None
+    if result.missing_keys or result.unexpected_keys:
+        names = result.missing_keys or result.unexpected_keys
+        kind = "missing" if result.missing_keys else "unexpected"
+        raise CheckpointError(f"{path}: {len(names)} {kind} VAE keys, first {names[0]!r}")
+    return vae.to(device).eval()
+
+
+def frames_to_vae_input(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, F, H, W, 3) -> float (B, 3, F, H, W) in [-1, 1]."""
+    return frames.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
+
+
+@torch.no_grad()
+def encode_frames(
+    vae: AutoencoderKLHunyuanVideo, frames: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """uint8 (B, F, H, W, 3) frames -> scaled latents (B, 16, (F - 1) / 4 + 1, H / 8, W / 8), fp32.
+
+    A sample of the posterior, as musubi-tuner caches it; seeded by `generator` so a cache is reproducible.
+    """
+    param = next(vae.parameters())
+    x = frames_to_vae_input(frames).to(device=param.device, dtype=param.dtype)
+    latents = vae.encode(x).latent_dist.sample(generator=generator)
+    return (latents * vae.config.scaling_factor).float()
+
+
+@torch.no_grad()
+def decode_latents(vae: AutoencoderKLHunyuanVideo, latents: torch.Tensor) -> torch.Tensor:
+    """Scaled latents -> uint8 (B, F, H, W, 3) frames."""
+    param = next(vae.parameters())
+    video = vae.decode(latents.to(param.device, param.dtype) / vae.config.scaling_factor).sample
+    return video.float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu()
