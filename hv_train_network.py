@@ -1,0 +1,35 @@
+"""Train a LoRA for HunyuanVideo: parse, build, run. Thin on purpose; the work lives in training/.
+
+python hv_train_network.py --list_lora_targets [table|json] [--dit W] --network_dim 32 --network_args ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Sequence
+
+
+def run(argv: Sequence[str] | None) -> int:
+    from training.args import parse_args
+
+    args = parse_args(argv)  # argparse errors exit 2 with one line
+    if args.list_lora_targets is None:
+        print("error: training is not implemented yet; use --list_lora_targets [table|json]", file=sys.stderr)
+        return 2
+    from training.list_targets import render
+
+    with contextlib.redirect_stdout(sys.stderr):  # stray prints must not corrupt the JSON on stdout
+        text = render(args)
+    print(text)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from training.cli import run_command
+
+    return run_command(run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

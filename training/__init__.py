@@ -1,0 +1,1 @@
+"""The trainer: command-line arguments, the training loop and its helpers (entry: hv_train_network.py)."""

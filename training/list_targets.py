@@ -1,0 +1,105 @@
+"""`--list_lora_targets [table|json]`: what a LoRA would wrap, checked in seconds before a ten-hour run.
+
+The model is built on the meta device (no weights are read or allocated): the 720p preset, or the
+architecture read from the headers of `--dit`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from types import ModuleType
+
+from torch import nn
+
+from .args import TrainArgs
+from .errors import UserError
+
+
+def load_network_module(name: str) -> ModuleType:
+    try:
+        module = importlib.import_module(name)
+    except ImportError as e:
+        raise UserError(f"--network_module {name}: cannot import it ({e})") from None
+    if not callable(getattr(module, "create_network", None)):
+        raise UserError(f"--network_module {name}: it has no create_network(); use networks.lora")
+    return module
+
+
+def meta_model(dit: str | None) -> nn.Module:
+    from hunyuan_model.checkpoint import read_dit_config
+    from hunyuan_model.config import get_preset
+    from hunyuan_model.model import build_dit
+
+    if dit is not None and not Path(dit).exists():
+        raise UserError(f"--dit {dit}: no such file or folder")
+    config = get_preset("hunyuan-video-t2v-720p") if dit is None else read_dit_config(dit)
+    return build_dit(config, device="meta")
+
+
+def build_report(args: TrainArgs) -> tuple[dict, dict[str, str]]:
+    """The selection as plain data (the JSON object of --list_lora_targets json), and which pattern
+    excluded each excluded module (for the table)."""
+    from hunyuan_model.model import DEFAULT_EXCLUDE_PATTERNS, TARGET_BLOCK_CLASSES
+    from networks.network_args import parse_network_args
+
+    network_args = parse_network_args(args.network_args)  # before the model: bad args fail at once
+    module = load_network_module(args.network_module)
+    model = meta_model(args.dit)
+    network = module.create_network(
+        1.0,
+        args.network_dim,
+        args.network_alpha,
+        model,
+        target_block_classes=TARGET_BLOCK_CLASSES,
+        default_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS,
+        neuron_dropout=args.network_dropout,
+        network_args=network_args,
+        device="meta",
+    )
+    modules = [
+        {
+            "name": name,
+            "lora_name": lora.lora_name,
+            "in_features": lora.in_features,
+            "out_features": lora.out_features,
+            "dim": lora.lora_dim,
+            "alpha": float(lora.alpha),
+        }
+        for name, lora in zip(network.module_names, network.loras, strict=True)
+    ]
+    groups = [
+        {"lr": g["lr"], "params": len(g["params"]), "kind": g["kind"]}
+        for g in network.prepare_optimizer_params(args.learning_rate)
+    ]
+    excluded = [name for name, _ in network.selection.excluded]
+    return {"modules": modules, "excluded": excluded, "param_groups": groups}, dict(
+        network.selection.excluded
+    )
+
+
+def format_table(report: dict, excluded_by: dict[str, str] | None = None) -> str:
+    """A readable summary for people: one line per module, then the exclusions and the groups."""
+    modules, excluded = report["modules"], report["excluded"]
+    width = max([len(m["name"]) for m in modules] + [len(n) for n in excluded] + [6])
+    lines = [f"LoRA targets: {len(modules)} modules wrapped, {len(excluded)} excluded", ""]
+    lines.append(f"{'module':<{width}}  {'in':>6}  {'out':>6}  {'dim':>4}  {'alpha':>7}")
+    for m in modules:
+        lines.append(
+            f"{m['name']:<{width}}  {m['in_features']:>6}  {m['out_features']:>6}  {m['dim']:>4}  {m['alpha']:>7g}"
+        )
+    if excluded:
+        by = excluded_by or {}
+        lines += ["", "excluded (by pattern):"] + [
+            f"  {name:<{width}}  {by.get(name, '')}" for name in excluded
+        ]
+    lines += ["", "param groups:"]
+    for g in report["param_groups"]:
+        lines.append(f"  {g['kind']:<9}  lr={g['lr']:g}  {g['params']} tensors")
+    return "\n".join(lines)
+
+
+def render(args: TrainArgs) -> str:
+    report, excluded_by = build_report(args)
+    return json.dumps(report) if args.list_lora_targets == "json" else format_table(report, excluded_by)
