@@ -8,6 +8,7 @@ diffusers is imported only when a VAE is actually needed.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -96,16 +97,22 @@ def frames_to_vae_input(frames: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_frames(
-    vae: AutoencoderKLHunyuanVideo, frames: torch.Tensor, generator: torch.Generator | None = None
+    vae: AutoencoderKLHunyuanVideo, frames: torch.Tensor, generators: Sequence[torch.Generator] | None = None
 ) -> torch.Tensor:
     """uint8 (B, F, H, W, 3) frames -> scaled latents (B, 16, (F - 1) / 4 + 1, H / 8, W / 8), fp32.
 
-    A sample of the posterior, as musubi-tuner caches it; seeded by `generator` so a cache is reproducible.
+    A sample of the posterior, as musubi-tuner caches it; one CPU generator per item makes each item's
+    sample reproducible whatever the batch it was encoded in.
     """
     param = next(vae.parameters())
     x = frames_to_vae_input(frames).to(device=param.device, dtype=param.dtype)
-    latents = vae.encode(x).latent_dist.sample(generator=generator)
-    return (latents * vae.config.scaling_factor).float()
+    dist = vae.encode(x).latent_dist
+    if generators is None:
+        noise = torch.randn(dist.mean.shape)
+    else:
+        noise = torch.stack([torch.randn(dist.mean.shape[1:], generator=g) for g in generators])
+    latents = dist.mean.float() + dist.std.float() * noise.to(param.device)
+    return latents * vae.config.scaling_factor
 
 
 @torch.no_grad()

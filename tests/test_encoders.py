@@ -29,12 +29,12 @@ def test_vae_loads_from_folder_safetensors_and_pt(tiny_dir, tmp_path):
     original = tmp_path / "pytorch_model.pt"
     torch.save({"state_dict": {f"vae.{k}": v for k, v in sd.items()}}, original)
     frames = torch.randint(0, 256, (1, 9, 32, 48, 3), dtype=torch.uint8)
-    reference = encode_frames(folder, frames, torch.Generator().manual_seed(0))
+    reference = encode_frames(folder, frames, [torch.Generator().manual_seed(0)])
     assert reference.shape == (1, 16, 3, 4, 6)  # 4x time (causal: 1 + 8/4), 8x space
     for path in (single, original):
         vae = load_vae(path)
         assert tuple(vae.config.block_out_channels) == tuple(folder.config.block_out_channels)
-        again = encode_frames(vae, frames, torch.Generator().manual_seed(0))
+        again = encode_frames(vae, frames, [torch.Generator().manual_seed(0)])
         assert torch.equal(again, reference), path
 
 

@@ -1,0 +1,128 @@
+"""The dataset TOML's keys: where each may appear, its type check and its range check.
+
+Each checker takes the raw TOML value and returns the typed value, or raises BadValue with what was
+expected; config.py adds the file and the key to make the one-line DatasetConfigError.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .frames import FRAME_EXTRACTION_MODES
+
+
+class BadValue(ValueError):
+    """A value of the wrong type or out of range; the message says what was expected."""
+
+
+def _describe(value: Any) -> str:
+    kind = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a float",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }
+    return f"{kind.get(type(value), type(value).__name__)} {value!r}"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # TOML true is not the number 1
+
+
+def positive_int(value: Any) -> int:
+    if not _is_int(value):
+        raise BadValue(f"expected an integer >= 1, got {_describe(value)}")
+    if value < 1:
+        raise BadValue(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise BadValue(f"expected true or false, got {_describe(value)}")
+    return value
+
+
+def text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise BadValue(f"expected a string, got {_describe(value)}")
+    if not value.strip():
+        raise BadValue("expected a non-empty string")
+    return value
+
+
+def resolution(value: Any) -> tuple[int, int]:
+    """[width, height], or one integer for a square."""
+    if _is_int(value):
+        value = [value, value]
+    if not (isinstance(value, list) and len(value) == 2 and all(_is_int(v) for v in value)):
+        raise BadValue(f"expected [width, height] or one integer, got {_describe(value)}")
+    if min(value) < 16:
+        raise BadValue(f"expected a width and height of at least 16, got {value}")
+    return value[0], value[1]
+
+
+def target_frames(value: Any) -> tuple[int, ...]:
+    if not (isinstance(value, list) and value and all(_is_int(v) for v in value)):
+        raise BadValue(f"expected a non-empty list of integers like [1, 25, 45], got {_describe(value)}")
+    if min(value) < 1:
+        raise BadValue(f"expected frame counts >= 1, got {value}")
+    return tuple(value)
+
+
+def frame_extraction(value: Any) -> str:
+    value = text(value)
+    if value not in FRAME_EXTRACTION_MODES:
+        raise BadValue(
+            f"expected one of {', '.join(FRAME_EXTRACTION_MODES)}, got {value!r}{did_you_mean(value, FRAME_EXTRACTION_MODES)}"
+        )
+    return value
+
+
+def source_fps(value: Any) -> float:
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        raise BadValue(f"expected a number of frames per second, got {_describe(value)}")
+    if not (math.isfinite(value) and value > 0):
+        raise BadValue(f"expected a positive frame rate, got {value}")
+    return float(value)
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+Checker = Callable[[Any], Any]
+
+# Keys allowed in [general] and in every dataset table.
+COMMON_KEYS: dict[str, Checker] = {
+    "resolution": resolution,
+    "caption_extension": text,
+    "batch_size": positive_int,
+    "num_repeats": positive_int,
+    "enable_bucket": boolean,
+    "bucket_no_upscale": boolean,
+}
+# Keys for video datasets; in [general] they are defaults for the video datasets only.
+VIDEO_KEYS: dict[str, Checker] = {
+    "target_frames": target_frames,
+    "frame_extraction": frame_extraction,
+    "frame_stride": positive_int,
+    "frame_sample": positive_int,
+    "max_frames": positive_int,
+    "source_fps": source_fps,
+}
+IMAGE_SOURCE_KEYS = ("image_directory", "image_jsonl_file")
+VIDEO_SOURCE_KEYS = ("video_directory", "video_jsonl_file")
+SOURCE_KEYS = IMAGE_SOURCE_KEYS + VIDEO_SOURCE_KEYS
+# Paths, allowed in dataset tables only (a shared cache_directory would mix datasets).
+PATH_KEYS: dict[str, Checker] = {key: text for key in (*SOURCE_KEYS, "cache_directory")}
+
+GENERAL_KEYS: dict[str, Checker] = {**COMMON_KEYS, **VIDEO_KEYS}
+DATASET_KEYS: dict[str, Checker] = {**COMMON_KEYS, **VIDEO_KEYS, **PATH_KEYS}
+TOP_LEVEL_KEYS = ("general", "datasets", "validation_datasets")

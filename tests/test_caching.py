@@ -1,0 +1,178 @@
+"""The two cache commands on the demo dataset with the tiny models, and the training batches read back."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import cache_latents
+import cache_text_encoder_outputs
+from dataset.cache_files import CacheFileError, read_metadata
+from dataset.demo import write_demo
+from dataset.train_dataset import CachedBatches, CachedDatasetSpec, discover_cached_items
+from hunyuan_model.tiny_encoders import write_tiny_clip, write_tiny_llm, write_tiny_vae
+
+CONFIG = "demo/dataset.toml"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A demo dataset, tiny models, and both caches, built once for the module."""
+    root = tmp_path_factory.mktemp("work")
+    old = Path.cwd()
+    os.chdir(root)
+    try:
+        write_demo(Path("demo"))
+        write_tiny_vae(Path("models/vae"))
+        write_tiny_llm(Path("models/text_encoder"))
+        write_tiny_clip(Path("models/text_encoder_2"))
+        assert (
+            cache_latents.main(["--dataset_config", CONFIG, "--vae", "models/vae", "--batch_size", "2"]) == 0
+        )
+        assert cache_text_encoder_outputs.main(_text_args()) == 0
+    finally:
+        os.chdir(old)
+    return root
+
+
+def _text_args(*extra: str) -> list[str]:
+    return ["--dataset_config", CONFIG, "--text_encoder1", "models/text_encoder",
+            "--text_encoder2", "models/text_encoder_2", *extra]  # fmt: skip
+
+
+def test_latent_files_have_the_bucket_shapes(workdir):
+    videos = workdir / "demo/cache/videos"
+    f = videos / "red_square_00000-017_0160x0096_hv.safetensors"
+    meta = read_metadata(f)
+    assert meta["item_key"] == "red_square" and meta["bucket"] == "160x96x17" and meta["start_frame"] == "0"
+    from safetensors.torch import load_file
+
+    latents = load_file(str(f))["latents"]
+    assert latents.shape == (16, 5, 96 // 8, 160 // 8)  # (C, (F - 1) / 4 + 1, H / 8, W / 8)
+    assert latents.dtype == torch.float32 and latents.std() > 0.01
+    image = load_file(str(workdir / "demo/cache/images/checker_0128x0128_hv.safetensors"))["latents"]
+    assert image.shape == (16, 1, 16, 16)
+
+
+def test_text_files_hold_unpadded_states(workdir):
+    from safetensors.torch import load_file
+
+    from hunyuan_model.text_encoders import HunyuanTextEncoders
+
+    caption = (workdir / "demo/data/videos/red_square.txt").read_text().strip()
+    te = HunyuanTextEncoders(workdir / "models/text_encoder", workdir / "models/text_encoder_2")
+    fresh = te.encode([caption])
+    cached = load_file(str(workdir / "demo/cache/videos/red_square_hv_te.safetensors"))
+    n = int(fresh.llm_mask[0].sum())
+    assert cached["llm"].shape == (n, 32)
+    assert torch.allclose(cached["llm"], fresh.llm[0, :n]) and torch.allclose(
+        cached["clip_pooled"], fresh.clip_pooled[0]
+    )
+
+
+def test_batches_read_back(workdir):
+    specs = [CachedDatasetSpec(workdir / "demo/cache/images", batch_size=2, num_repeats=2),
+             CachedDatasetSpec(workdir / "demo/cache/videos", batch_size=2)]  # fmt: skip
+    batches = CachedBatches(specs, seed=1)
+    # images: 3 buckets x 2 repeats -> 3 batches of 2; videos: 8 windows, each its own (size, length) bucket
+    assert len(batches) == 3 + 8
+    seen = 0
+    for i in range(len(batches)):
+        b = batches[i]
+        n = b["latents"].shape[0]
+        seen += n
+        assert b["llm"].shape[:2] == b["llm_mask"].shape and b["llm"].shape[0] == n
+        assert b["llm_mask"][:, 0].all() and b["clip_pooled"].shape == (n, 32)
+        for row in range(n):  # padding only after the valid tokens
+            valid = int(b["llm_mask"][row].sum())
+            assert not b["llm_mask"][row, valid:].any() and (b["llm"][row, valid:] == 0).all()
+    assert seen == 3 * 2 + 8
+    order = [batches._plan[i][0].latent_path for i in range(len(batches))]
+    assert order == [CachedBatches(specs, seed=1)._plan[i][0].latent_path for i in range(len(batches))]
+    batches.set_epoch(1)
+    assert order != [batches._plan[i][0].latent_path for i in range(len(batches))]
+
+
+def test_skip_existing_keeps_current_files_and_rebuilds_torn_ones(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    cache = workdir / "demo/cache/videos"
+    files = sorted(cache.glob("*_hv.safetensors"))
+    before = {f: f.stat().st_mtime_ns for f in files}
+    torn = files[0]
+    torn.write_bytes(torn.read_bytes()[:100])
+    assert cache_latents.main(["--dataset_config", CONFIG, "--vae", "models/vae", "--skip_existing"]) == 0
+    for f in files:
+        if f == torn:
+            assert read_metadata(f) is not None  # rebuilt
+        else:
+            assert f.stat().st_mtime_ns == before[f], f.name  # untouched
+    text = sorted(cache.glob("*_hv_te.safetensors"))
+    stamps = [t.stat().st_mtime_ns for t in text]
+    assert cache_text_encoder_outputs.main(_text_args("--skip_existing")) == 0
+    assert stamps == [t.stat().st_mtime_ns for t in text]
+
+
+def test_corrupt_cache_file_is_named(workdir, tmp_path):
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(workdir / "demo/cache/images", cache)
+    victim = cache / "checker_hv_te.safetensors"
+    victim.write_bytes(b"\x00" * 64)
+    batches = CachedBatches([CachedDatasetSpec(cache)])
+    with pytest.raises(CacheFileError, match="corrupt cache file .*checker_hv_te.safetensors"):
+        for i in range(len(batches)):
+            batches[i]
+    with pytest.raises(CacheFileError, match="run cache_latents.py first"):
+        discover_cached_items(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    ("toml_text", "fragment"),
+    [
+        ('[general]\nresolution = [64, 64]\ncaption_extention = ".txt"\n', "did you mean"),
+        ('[[datasets]]\nimage_directory = "missing_dir"\ncaption_extension = ".txt"\nresolution = [64, 64]\n'
+         'cache_directory = "c"\n', "missing_dir"),
+        ("[general\nresolution = 3\n", "line 1"),
+    ],
+)  # fmt: skip
+def test_broken_config_is_one_line_exit_2(workdir, tmp_path, monkeypatch, capsys, toml_text, fragment):
+    monkeypatch.chdir(workdir)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(toml_text)
+    for main, args in (
+        (cache_latents.main, ["--vae", "models/vae"]),
+        (cache_text_encoder_outputs.main, _text_args()[2:]),
+    ):
+        assert main(["--dataset_config", str(bad), *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
+
+
+def test_killed_cache_run_leaves_no_torn_file(workdir, tmp_path):
+    """SIGKILL in the middle of caching: every cache file present is complete (temp files never match)."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copytree(workdir / "demo", run_dir / "demo", ignore=shutil.ignore_patterns("cache"))
+    (run_dir / "models").symlink_to(workdir / "models")
+    script = Path(cache_latents.__file__).resolve()
+    proc = subprocess.Popen([sys.executable, str(script), "--dataset_config", CONFIG, "--vae", "models/vae"],
+                            cwd=run_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    cache = run_dir / "demo/cache"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(cache.rglob("*_hv.safetensors"))) < 2:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = list(cache.rglob("*_hv.safetensors"))
+    assert written, "the run was killed before writing anything"
+    for f in written:
+        assert read_metadata(f) is not None, f"torn file {f}"

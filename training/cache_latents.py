@@ -1,0 +1,130 @@
+"""cache_latents.py: every item of the dataset TOML through the VAE, one safetensors file per item and window."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import zlib
+from collections.abc import Iterator
+
+import torch
+from tqdm import tqdm
+
+from dataset.cache_files import LATENT_FORMAT, file_identity, is_current, write_cache
+from dataset.config import DatasetConfig, load_dataset_config
+from dataset.items import ItemPlan, ItemRecord, load_item, plan_items
+
+from .devices import parse_dtype, pick_device
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cache_latents.py", description=__doc__)
+    p.add_argument("--dataset_config", required=True, help="dataset TOML")
+    p.add_argument(
+        "--vae",
+        required=True,
+        help="VAE: original pytorch_model.pt, a safetensors file or a diffusers folder",
+    )
+    p.add_argument(
+        "--vae_dtype",
+        default=None,
+        help="float32 | float16 | bfloat16 (default: float16 on GPU, float32 on CPU)",
+    )
+    p.add_argument(
+        "--vae_chunk_size", type=int, default=None, help="accepted for musubi-tuner command lines; see docs"
+    )
+    p.add_argument("--vae_tiling", action="store_true", help="encode in spatial tiles (less memory)")
+    p.add_argument("--vae_spatial_tile_sample_min_size", type=int, default=256, help="tile size in pixels")
+    p.add_argument("--batch_size", type=int, default=1, help="windows of the same bucket per VAE call")
+    p.add_argument("--skip_existing", action="store_true", help="keep valid, current cache files")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the latent samples (per item, reproducible)")
+    return p
+
+
+def _item_seed(seed: int, record: ItemRecord) -> int:
+    return zlib.crc32(f"{seed}:{record.item_key}:{record.start_frame}:{record.bucket}".encode())
+
+
+def _expected_metadata(plan: ItemPlan, vae_id: str, seed: int) -> dict[str, str]:
+    return {"format_version": LATENT_FORMAT, "item_key": plan.item_key, "source": file_identity(plan.source_path),
+            "vae": vae_id, "seed": str(seed)}  # fmt: skip
+
+
+def _pending(dataset: DatasetConfig, plans: list[ItemPlan], vae_id: str, args) -> Iterator[ItemRecord]:
+    for plan in plans:
+        expected = _expected_metadata(plan, vae_id, args.seed)
+        names = plan.latent_cache_names
+        if not args.skip_existing:
+            yield from load_item(dataset, plan)
+            continue
+        current = {n for n in names if is_current(dataset.cache_directory / n, expected)}
+        if len(current) < len(names):  # decode the clip once; encode only the stale windows
+            yield from (r for r in load_item(dataset, plan) if r.latent_cache_name not in current)
+
+
+def _batches(records: Iterator[ItemRecord], batch_size: int) -> Iterator[list[ItemRecord]]:
+    """Consecutive records of one bucket, up to batch_size at a time."""
+    batch: list[ItemRecord] = []
+    for record in records:
+        if batch and (len(batch) == batch_size or batch[0].bucket != record.bucket):
+            yield batch
+            batch = []
+        batch.append(record)
+    if batch:
+        yield batch
+
+
+def _encode_and_write(
+    vae, dataset: DatasetConfig, batch: list[ItemRecord], plans: dict, vae_id: str, args
+) -> None:
+    from hunyuan_model.vae import encode_frames
+
+    frames = torch.stack([torch.tensor(r.frames) for r in batch])  # copies: decoded frames are read-only
+    generators = [torch.Generator().manual_seed(_item_seed(args.seed, r)) for r in batch]
+    latents = encode_frames(vae, frames, generators).cpu()
+    for record, latent in zip(batch, latents, strict=True):
+        w, h, f = record.bucket
+        meta = _expected_metadata(plans[record.item_key], vae_id, args.seed)
+        meta.update(
+            bucket=f"{w}x{h}x{f}",
+            start_frame=str(record.start_frame),
+            latent_shape="x".join(str(s) for s in latent.shape),
+            source_path=str(record.source_path),
+        )
+        write_cache(dataset.cache_directory / record.latent_cache_name, {"latents": latent}, meta)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hunyuan_model.vae import load_vae
+
+    blueprint = load_dataset_config(args.dataset_config)
+    if args.vae_chunk_size is not None:
+        logger.info(
+            "--vae_chunk_size has no effect here: diffusers' VAE already encodes long clips frame-chunk-wise"
+        )
+    device = pick_device(args.device)
+    dtype = parse_dtype(args.vae_dtype, default=torch.float16 if device.type == "cuda" else torch.float32)
+    vae = load_vae(args.vae, dtype=dtype, device=device)
+    if args.vae_tiling:
+        size = args.vae_spatial_tile_sample_min_size
+        vae.enable_tiling(tile_sample_min_height=size, tile_sample_min_width=size,
+                          tile_sample_stride_height=size * 3 // 4, tile_sample_stride_width=size * 3 // 4)  # fmt: skip
+    vae_id = file_identity(args.vae)
+    written = 0
+    for dataset in blueprint.all_datasets:
+        plans = list(plan_items(dataset))
+        by_key = {p.item_key: p for p in plans}
+        total = sum(len(p.windows) for p in plans)
+        with tqdm(total=total, desc=f"latents {dataset.cache_directory.name}", unit="item") as bar:
+            done = 0
+            for batch in _batches(_pending(dataset, plans, vae_id, args), args.batch_size):
+                _encode_and_write(vae, dataset, batch, by_key, vae_id, args)
+                done += len(batch)
+                bar.update(len(batch))
+            written += done
+            bar.update(total - done)  # skipped as current
+    logger.info("wrote %d latent cache files", written)
+    return 0
