@@ -1,6 +1,8 @@
 """Train a LoRA for HunyuanVideo: parse, build, run. Thin on purpose; the work lives in training/.
 
+accelerate launch hv_train_network.py --config_file configs/tiny_demo.toml       (train; see docs/training.md)
 python hv_train_network.py --list_lora_targets [table|json] [--dit W] --network_dim 32 --network_args ...
+python hv_train_network.py --debug_dataset --dataset_config D                     (what the batches hold)
 """
 
 from __future__ import annotations
@@ -14,9 +16,14 @@ def run(argv: Sequence[str] | None) -> int:
     from training.args import parse_args
 
     args = parse_args(argv)  # argparse errors exit 2 with one line
+    if args.debug_dataset:
+        from training.debug_dataset import show_batches
+
+        return show_batches(args)
     if args.list_lora_targets is None:
-        print("error: training is not implemented yet; use --list_lora_targets [table|json]", file=sys.stderr)
-        return 2
+        from training.trainer import train
+
+        return train(args)
     from training.list_targets import render
 
     with contextlib.redirect_stdout(sys.stderr):  # stray prints must not corrupt the JSON on stdout

@@ -1,6 +1,5 @@
 """The two cache commands on the demo dataset with the tiny models, and the training batches read back."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -9,40 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DEMO_CONFIG as CONFIG
+from conftest import _text_args
 
 import cache_latents
 import cache_text_encoder_outputs
 from dataset.cache_files import CacheFileError, read_metadata
-from dataset.demo import write_demo
 from dataset.train_dataset import CachedBatches, CachedDatasetSpec, discover_cached_items
-from hunyuan_model.tiny_encoders import write_tiny_clip, write_tiny_llm, write_tiny_vae
-
-CONFIG = "demo/dataset.toml"
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    """A demo dataset, tiny models, and both caches, built once for the module."""
-    root = tmp_path_factory.mktemp("work")
-    old = Path.cwd()
-    os.chdir(root)
-    try:
-        write_demo(Path("demo"))
-        write_tiny_vae(Path("models/vae"))
-        write_tiny_llm(Path("models/text_encoder"))
-        write_tiny_clip(Path("models/text_encoder_2"))
-        assert (
-            cache_latents.main(["--dataset_config", CONFIG, "--vae", "models/vae", "--batch_size", "2"]) == 0
-        )
-        assert cache_text_encoder_outputs.main(_text_args()) == 0
-    finally:
-        os.chdir(old)
-    return root
-
-
-def _text_args(*extra: str) -> list[str]:
-    return ["--dataset_config", CONFIG, "--text_encoder1", "models/text_encoder",
-            "--text_encoder2", "models/text_encoder_2", *extra]  # fmt: skip
+def workdir(cached_demo) -> Path:
+    return cached_demo
 
 
 def test_latent_files_have_the_bucket_shapes(workdir):

@@ -1,7 +1,8 @@
 """Command-line options of hv_train_network.py: an argparse builder that grows by groups, and a typed result.
 
-Issue 5 adds the training options (and --config_file) as more `add_*_args` groups and `TrainArgs` fields;
-`TrainArgs(**vars(namespace))` fails loudly if the two ever disagree.
+Option names, meanings and defaults follow musubi-tuner's hv_train_network.py, so its users' command lines
+and config files run unchanged (docs/options.md lists them all). `TrainArgs(**vars(namespace))` fails
+loudly if the parser and the dataclass ever disagree. `--config_file` is read by training/config_file.py.
 """
 
 from __future__ import annotations
@@ -10,8 +11,19 @@ import argparse
 import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import NoReturn
+
+# Names the trainer maps to torch dtypes (training/devices.py); kept here as text so parsing imports no torch.
+DTYPE_NAMES = ("float32", "fp32", "float16", "fp16", "bfloat16", "bf16")
+TIMESTEP_SAMPLINGS = ("sigma", "uniform", "sigmoid", "shift", "flux_shift", "logsnr")
+WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "cosmap", "sigma_sqrt")
+# transformers' get_scheduler names, implemented in training/optim.py (no diffusers import at start-up).
+LR_SCHEDULERS = (
+    "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "cosine_with_min_lr",
+    "polynomial", "inverse_sqrt", "warmup_stable_decay",
+)  # fmt: skip
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -23,14 +35,114 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
 @dataclass(frozen=True)
 class TrainArgs:
+    # model
     dit: str | None = None
+    dit_dtype: str | None = None
+    vae: str | None = None
+    vae_dtype: str | None = None
+    text_encoder1: str | None = None
+    text_encoder2: str | None = None
+    fp8_base: bool = False
+    fp8_scaled: bool = False
+    blocks_to_swap: int | None = None
+    img_in_txt_in_offloading: bool = False
+    # attention
+    sdpa: bool = False
+    flash_attn: bool = False
+    sage_attn: bool = False
+    xformers: bool = False
+    split_attn: bool = False
+    # data
+    dataset_config: str | None = None
+    max_data_loader_n_workers: int = 8
+    persistent_data_loader_workers: bool = False
+    debug_dataset: bool = False
+    # LoRA network
     network_module: str = "networks.lora"
     network_dim: int | None = None
     network_alpha: float = 1.0
     network_dropout: float | None = None
     network_args: tuple[str, ...] = ()
+    network_weights: str | None = None
+    dim_from_weights: bool = False
+    # optimizer
+    optimizer_type: str = "AdamW"
+    optimizer_args: tuple[str, ...] = ()
     learning_rate: float = 2.0e-6
+    max_grad_norm: float = 1.0
+    # learning-rate schedule
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int | float = 0
+    lr_decay_steps: int | float = 0
+    lr_scheduler_num_cycles: int = 1
+    lr_scheduler_power: float = 1.0
+    lr_scheduler_min_lr_ratio: float | None = None
+    lr_scheduler_timescale: int | None = None
+    lr_scheduler_type: str | None = None
+    lr_scheduler_args: tuple[str, ...] = ()
+    # training
+    max_train_steps: int = 1600
+    max_train_epochs: int | None = None
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    mixed_precision: str = "no"
+    full_bf16: bool = False
+    full_fp16: bool = False
+    seed: int | None = None
+    ddp_timeout: int | None = None
+    # timesteps and loss
+    timestep_sampling: str = "sigma"
+    discrete_flow_shift: float = 1.0
+    sigmoid_scale: float = 1.0
+    weighting_scheme: str = "none"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+    min_timestep: int | None = None
+    max_timestep: int | None = None
+    preserve_distribution_shape: bool = False
+    guidance_scale: float = 1.0
+    # saving and resuming
+    output_dir: str | None = None
+    output_name: str | None = None
+    save_every_n_steps: int | None = None
+    save_every_n_epochs: int | None = None
+    save_last_n_steps: int | None = None
+    save_last_n_epochs: int | None = None
+    save_last_n_steps_state: int | None = None
+    save_last_n_epochs_state: int | None = None
+    save_state: bool = False
+    save_state_on_train_end: bool = False
+    resume: str | None = None
+    save_precision: str | None = None
+    # metadata
+    no_metadata: bool = False
+    training_comment: str | None = None
+    metadata_title: str | None = None
+    metadata_author: str | None = None
+    metadata_description: str | None = None
+    metadata_license: str | None = None
+    metadata_tags: str | None = None
+    # logging
+    logging_dir: str | None = None
+    log_with: str | None = None
+    log_prefix: str | None = None
+    log_tracker_name: str | None = None
+    # previews
+    sample_prompts: str | None = None
+    sample_every_n_steps: int | None = None
+    sample_every_n_epochs: int | None = None
+    sample_at_first: bool = False
+    # validation
+    validate_every_n_steps: int | None = None
+    validate_every_n_epochs: int | None = None
+    # general
+    config_file: str | None = None
     list_lora_targets: str | None = None
+
+
+# --- value converters: each raises ArgumentTypeError with what was expected, which argparse (and the config
+# file reader) turn into one line ---------------------------------------------------------------------------
 
 
 def _number(kind: type, check: Callable[[float], bool], expected: str) -> Callable[[str], float]:
@@ -47,14 +159,101 @@ def _number(kind: type, check: Callable[[float], bool], expected: str) -> Callab
     return convert
 
 
+integer = _number(int, lambda v: True, "an integer")
+non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 positive_int = _number(int, lambda v: v > 0, "an integer > 0")
+number = _number(float, lambda v: True, "a number")
+non_negative_float = _number(float, lambda v: v >= 0, "a number >= 0")
 positive_float = _number(float, lambda v: v > 0, "a number > 0")
 probability = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+ratio = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+first_timestep = _number(int, lambda v: 0 <= v <= 999, "an integer in [0, 999]")
+last_timestep = _number(int, lambda v: 1 <= v <= 1000, "an integer in [1, 1000]")
+
+
+def steps_or_ratio(text: str) -> int | float:
+    """musubi-tuner's warmup/decay rule: an integer is a step count, a number below 1 (or `N%`) a ratio of
+    the training steps."""
+    expected = f"a step count, a ratio in [0, 1) or a percentage, got {text!r}"
+    percent = text.strip().endswith("%")
+    try:
+        value = float(text.strip().removesuffix("%")) / (100 if percent else 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}") from None
+    if not (math.isfinite(value) and value >= 0) or (value >= 1 and not value.is_integer()):
+        raise argparse.ArgumentTypeError(f"expected {expected}")
+    if percent and value >= 1:
+        raise argparse.ArgumentTypeError(f"expected {expected}")
+    return int(value) if value >= 1 or value == 0 else value
+
+
+def dtype_name(text: str) -> str:
+    name = text.strip().lower()
+    if name not in DTYPE_NAMES:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(DTYPE_NAMES)}, got {text!r}")
+    return name
+
+
+def resume_target(text: str) -> str:
+    """`auto` (the newest state under --output_dir) or a state directory that exists now, not hours later."""
+    if text == "auto":
+        return text
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is no directory; give a saved state directory or 'auto'")
+    return text
+
+
+# --- option groups ------------------------------------------------------------------------------------------
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--dit", help="DiT checkpoint (.safetensors, .pt, or a diffusers folder)")
+    group.add_argument("--dit_dtype", type=dtype_name, help="DiT weight dtype (unset: bfloat16 on a GPU)")
+    group.add_argument("--vae", help="VAE checkpoint, for sample previews")
+    group.add_argument("--vae_dtype", type=dtype_name, help="VAE dtype (unset: float16 on a GPU)")
+    group.add_argument("--text_encoder1", help="LLM text encoder (llava-llama-3), for sample prompts")
+    group.add_argument("--text_encoder2", help="CLIP-L text encoder, for sample prompts")
+    group.add_argument("--fp8_base", action="store_true", help="keep the DiT in fp8 (not implemented yet)")
+    group.add_argument(
+        "--fp8_scaled", action="store_true", help="scaled fp8 DiT weights (not implemented yet)"
+    )
+    group.add_argument(
+        "--blocks_to_swap", type=non_negative_int, help="DiT blocks kept in CPU memory (not implemented yet)"
+    )
+    group.add_argument(
+        "--img_in_txt_in_offloading",
+        action="store_true",
+        help="img_in/txt_in on the CPU (not implemented yet)",
+    )
+
+
+def add_attention_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("attention")
+    group.add_argument(
+        "--sdpa", action="store_true", help="PyTorch scaled_dot_product_attention (the default)"
+    )
+    for name, what in (
+        ("flash_attn", "FlashAttention"),
+        ("sage_attn", "SageAttention"),
+        ("xformers", "xformers"),
+    ):
+        group.add_argument(f"--{name}", action="store_true", help=f"use {what} (not implemented yet)")
+    group.add_argument(
+        "--split_attn", action="store_true", help="attention one sample at a time (not implemented yet)"
+    )
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset_config", help="dataset TOML (see docs/dataset.md)")
+    group.add_argument(
+        "--max_data_loader_n_workers", type=non_negative_int, default=8, help="DataLoader workers"
+    )
+    group.add_argument(
+        "--persistent_data_loader_workers", action="store_true", help="keep DataLoader workers between epochs"
+    )
+    group.add_argument("--debug_dataset", action="store_true", help="show what the dataset yields, then stop")
 
 
 def add_network_args(parser: argparse.ArgumentParser) -> None:
@@ -72,14 +271,173 @@ def add_network_args(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="e.g. loraplus_lr_ratio=4 \"exclude_patterns=[r'.*single_blocks.*']\" (see docs/network_args.md)",
     )
+    group.add_argument("--network_weights", help="LoRA file to start from")
+    group.add_argument("--dim_from_weights", action="store_true", help="take the rank from --network_weights")
 
 
 def add_optimizer_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("optimizer")
+    group.add_argument(
+        "--optimizer_type", default="AdamW", help="AdamW, AdamW8bit, Adafactor, or any module.Class"
+    )
+    group.add_argument(
+        "--optimizer_args",
+        nargs="*",
+        default=(),
+        metavar="KEY=VALUE",
+        help='e.g. weight_decay=0.01 "betas=0.9,0.99"',
+    )
     group.add_argument("--learning_rate", type=positive_float, default=2.0e-6, help="learning rate")
+    group.add_argument(
+        "--max_grad_norm", type=non_negative_float, default=1.0, help="gradient clipping norm; 0 turns it off"
+    )
 
 
-def add_listing_args(parser: argparse.ArgumentParser) -> None:
+def add_scheduler_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("learning-rate schedule")
+    group.add_argument("--lr_scheduler", default="constant", choices=LR_SCHEDULERS, help="schedule")
+    group.add_argument(
+        "--lr_warmup_steps",
+        type=steps_or_ratio,
+        default=0,
+        help="warmup steps, or a ratio (<1, or N%%) of all",
+    )
+    group.add_argument(
+        "--lr_decay_steps", type=steps_or_ratio, default=0, help="decay steps, or a ratio (<1, or N%%) of all"
+    )
+    group.add_argument(
+        "--lr_scheduler_num_cycles", type=positive_int, default=1, help="cosine_with_restarts cycles"
+    )
+    group.add_argument("--lr_scheduler_power", type=number, default=1.0, help="polynomial power")
+    group.add_argument("--lr_scheduler_min_lr_ratio", type=ratio, help="minimum lr as a ratio of the lr")
+    group.add_argument(
+        "--lr_scheduler_timescale", type=positive_int, help="inverse_sqrt timescale (default: warmup)"
+    )
+    group.add_argument(
+        "--lr_scheduler_type", help="a custom scheduler class, module.Class (overrides --lr_scheduler)"
+    )
+    group.add_argument(
+        "--lr_scheduler_args", nargs="*", default=(), metavar="KEY=VALUE", help="arguments of that class"
+    )
+
+
+def add_training_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("training")
+    group.add_argument("--max_train_steps", type=positive_int, default=1600, help="optimizer steps")
+    group.add_argument("--max_train_epochs", type=positive_int, help="epochs (overrides --max_train_steps)")
+    group.add_argument("--gradient_accumulation_steps", type=positive_int, default=1, help="batches per step")
+    group.add_argument(
+        "--gradient_checkpointing", action="store_true", help="recompute activations: less memory"
+    )
+    group.add_argument(
+        "--mixed_precision", default="no", choices=("no", "fp16", "bf16"), help="autocast dtype"
+    )
+    group.add_argument(
+        "--full_bf16", action="store_true", help="bf16 LoRA weights and gradients (not implemented yet)"
+    )
+    group.add_argument(
+        "--full_fp16", action="store_true", help="fp16 LoRA weights and gradients (not implemented yet)"
+    )
+    group.add_argument("--seed", type=non_negative_int, help="random seed (unset: a random one)")
+    group.add_argument(
+        "--ddp_timeout", type=positive_int, help="DDP timeout in minutes (unset: accelerate's)"
+    )
+
+
+def add_timestep_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("timesteps and loss")
+    group.add_argument(
+        "--timestep_sampling", default="sigma", choices=TIMESTEP_SAMPLINGS, help="how t is drawn"
+    )
+    group.add_argument(
+        "--discrete_flow_shift", type=positive_float, default=1.0, help="flow shift (shift sampling)"
+    )
+    group.add_argument(
+        "--sigmoid_scale", type=positive_float, default=1.0, help="scale of sigmoid/shift sampling"
+    )
+    group.add_argument("--weighting_scheme", default="none", choices=WEIGHTING_SCHEMES, help="loss weighting")
+    group.add_argument("--logit_mean", type=number, default=0.0, help="mean of logit_normal")
+    group.add_argument("--logit_std", type=positive_float, default=1.0, help="std of logit_normal")
+    group.add_argument("--mode_scale", type=number, default=1.29, help="scale of the mode scheme")
+    group.add_argument(
+        "--min_timestep", type=first_timestep, help="lowest timestep trained (0-999; unset: 0)"
+    )
+    group.add_argument(
+        "--max_timestep", type=last_timestep, help="highest timestep trained (1-1000; unset: 1000)"
+    )
+    group.add_argument(
+        "--preserve_distribution_shape",
+        action="store_true",
+        help="min/max timestep by rejection, not rescaling",
+    )
+    group.add_argument(
+        "--guidance_scale", type=number, default=1.0, help="embedded guidance the DiT is given"
+    )
+
+
+def add_saving_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("saving and resuming")
+    group.add_argument("--output_dir", help="where LoRA files and states go")
+    group.add_argument("--output_name", help="file name stem of the LoRA files")
+    for unit in ("steps", "epochs"):
+        group.add_argument(f"--save_every_n_{unit}", type=positive_int, help=f"save a LoRA every N {unit}")
+        group.add_argument(
+            f"--save_last_n_{unit}", type=positive_int, help=f"keep the LoRAs of the last N {unit}"
+        )
+        group.add_argument(
+            f"--save_last_n_{unit}_state", type=positive_int, help=f"keep the states of the last N {unit}"
+        )
+    group.add_argument("--save_state", action="store_true", help="save the full state with each LoRA")
+    group.add_argument(
+        "--save_state_on_train_end", action="store_true", help="save the full state at the end"
+    )
+    group.add_argument("--resume", type=resume_target, metavar="DIR|auto", help="continue from a saved state")
+    group.add_argument(
+        "--save_precision",
+        choices=("float", "fp16", "bf16"),
+        help="dtype of saved LoRA weights (unset: as trained)",
+    )
+
+
+def add_metadata_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("metadata of the LoRA file")
+    group.add_argument("--no_metadata", action="store_true", help="write no ss_* metadata")
+    group.add_argument("--training_comment", help="stored as ss_training_comment")
+    for field in ("title", "author", "description", "license"):
+        group.add_argument(f"--metadata_{field}", help=f"modelspec {field}")
+    group.add_argument("--metadata_tags", help="modelspec tags, comma-separated")
+
+
+def add_logging_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("logging")
+    group.add_argument("--logging_dir", help="TensorBoard log directory")
+    group.add_argument(
+        "--log_with",
+        choices=("tensorboard", "wandb", "all"),
+        help="trackers (unset: tensorboard with --logging_dir)",
+    )
+    group.add_argument("--log_prefix", help="prefix of each run's log directory")
+    group.add_argument("--log_tracker_name", help="tracker (project) name")
+
+
+def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sample previews")
+    group.add_argument("--sample_prompts", help="prompt file (--w --h --f --d --s --g --fs per line)")
+    group.add_argument("--sample_every_n_steps", type=positive_int, help="sample every N steps")
+    group.add_argument("--sample_every_n_epochs", type=positive_int, help="sample every N epochs")
+    group.add_argument("--sample_at_first", action="store_true", help="sample before the first step")
+
+
+def add_validation_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("validation")
+    group.add_argument("--validate_every_n_steps", type=positive_int, help="validation loss every N steps")
+    group.add_argument("--validate_every_n_epochs", type=positive_int, help="validation loss every N epochs")
+
+
+def add_general_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config_file", metavar="FILE.toml", help="read options from a TOML file; the command line wins"
+    )
     parser.add_argument(
         "--list_lora_targets",
         nargs="?",
@@ -89,18 +447,86 @@ def add_listing_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+ARG_GROUPS = (
+    add_model_args, add_attention_args, add_data_args, add_network_args, add_optimizer_args, add_scheduler_args,
+    add_training_args, add_timestep_args, add_saving_args, add_metadata_args, add_logging_args,
+    add_sampling_args, add_validation_args, add_general_args,
+)  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(
         prog="hv_train_network.py",
         description="Train a LoRA for HunyuanVideo.",
         allow_abbrev=False,  # `--network_d 8` must not silently mean --network_dim
     )
-    for add in (add_model_args, add_network_args, add_optimizer_args, add_listing_args):
+    for add in ARG_GROUPS:
         add(parser)
     return parser
 
 
+# --- parsing ------------------------------------------------------------------------------------------------
+
+
 def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
-    namespace = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
-    namespace.network_args = tuple(namespace.network_args or ())
-    return TrainArgs(**vars(namespace))
+    """The command line, over `--config_file`'s values when one is given, as a TrainArgs.
+
+    argparse errors exit 2 with one line; config file errors and contradictions raise UserError.
+    """
+    from .config_file import read_config_file
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    namespace = parser.parse_args(argv)
+    if namespace.config_file is not None:
+        parser.set_defaults(**read_config_file(namespace.config_file, parser))
+        namespace = parser.parse_args(argv)  # the file's values are now defaults: the command line wins
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(namespace).items()}
+    args = TrainArgs(**values)
+    check_combinations(args)
+    return args
+
+
+def check_combinations(args: TrainArgs) -> None:
+    """What no single option can check: contradictions caught before a model is loaded."""
+    from .errors import UserError
+
+    if (
+        args.min_timestep is not None
+        and args.max_timestep is not None
+        and args.min_timestep >= args.max_timestep
+    ):
+        raise UserError(
+            f"--min_timestep {args.min_timestep} must be below --max_timestep {args.max_timestep}"
+        )
+    if args.dim_from_weights and args.network_weights is None:
+        raise UserError("--dim_from_weights needs --network_weights (the LoRA file to read the rank from)")
+    if args.full_bf16 and args.full_fp16:
+        raise UserError("--full_bf16 and --full_fp16 exclude each other; choose one")
+
+
+# --- options accepted before they work ----------------------------------------------------------------------
+
+UNIMPLEMENTED_OPTIONS = {
+    "blocks_to_swap": "every DiT block stays on the training device",
+    "fp8_base": "the DiT keeps --dit_dtype",
+    "fp8_scaled": "the DiT keeps --dit_dtype",
+    "flash_attn": "attention uses PyTorch SDPA",
+    "sage_attn": "attention uses PyTorch SDPA",
+    "xformers": "attention uses PyTorch SDPA",
+    "split_attn": "attention runs on the whole batch at once",
+    "img_in_txt_in_offloading": "img_in and txt_in stay on the training device",
+    "full_bf16": "LoRA weights and gradients stay float32 (--mixed_precision still applies)",
+    "full_fp16": "LoRA weights and gradients stay float32 (--mixed_precision still applies)",
+}
+
+
+def unimplemented_option_notes(args: TrainArgs) -> list[str]:
+    """One line per accepted-but-not-implemented option that is set, for the trainer to log at start:
+    a GPU option never silently does nothing."""
+    defaults = {f.name: f.default for f in fields(TrainArgs)}
+    return [
+        f"--{name} is accepted but not implemented yet, so it has no effect: {instead}"
+        for name, instead in UNIMPLEMENTED_OPTIONS.items()
+        if getattr(args, name) != defaults[name]
+    ]

@@ -1,0 +1,84 @@
+"""Flow-matching pieces and learning-rate schedules, checked against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+
+from training.errors import UserError
+from training.flow import FlowSettings, flow_loss, loss_weights, noisy_input, sample_t, shift_sigmas
+from training.optim import build_optimizer, lr_lambda, steps_from
+
+
+def test_shift_matches_hunyuan_formula():
+    t = torch.tensor([0.0, 0.5, 1.0])
+    assert torch.allclose(shift_sigmas(t, 7.0), torch.tensor([0.0, 3.5 / 4.0, 1.0]))
+    assert torch.equal(shift_sigmas(t, 1.0), t)
+
+
+def test_noisy_input_interpolates_and_targets_velocity():
+    x0, noise = torch.randn(2, 16, 1, 4, 4), torch.randn(2, 16, 1, 4, 4)
+    x_t, target = noisy_input(x0, noise, torch.tensor([0.0, 1.0]))
+    assert torch.equal(x_t[0], x0[0]) and torch.equal(x_t[1], noise[1])
+    assert torch.equal(target, noise - x0)
+
+
+@pytest.mark.parametrize("mode", ["sigma", "uniform", "sigmoid", "shift", "flux_shift", "logsnr"])
+def test_every_sampling_mode_stays_in_range(mode):
+    settings = FlowSettings(
+        timestep_sampling=mode, discrete_flow_shift=3.0, min_timestep=100, max_timestep=900
+    )
+    t = sample_t(settings, torch.zeros(4096, 16, 1, 8, 8), torch.Generator().manual_seed(0))
+    assert t.shape == (4096,) and t.min() >= 0.1 - 1e-6 and t.max() <= 0.9 + 1e-6
+
+
+def test_shift_moves_mass_to_high_noise():
+    g = torch.Generator().manual_seed(0)
+    plain = sample_t(FlowSettings(timestep_sampling="sigmoid"), torch.zeros(8192, 1), g).mean()
+    shifted = sample_t(
+        FlowSettings(timestep_sampling="shift", discrete_flow_shift=7.0), torch.zeros(8192, 1), g
+    )
+    assert 0.45 < plain < 0.55 and shifted.mean() > 0.75
+
+
+def test_loss_weights_and_loss():
+    t = torch.tensor([0.5])
+    assert loss_weights(FlowSettings(), t) is None
+    assert torch.allclose(loss_weights(FlowSettings(weighting_scheme="sigma_sqrt"), t), torch.tensor([4.0]))
+    assert torch.allclose(
+        loss_weights(FlowSettings(weighting_scheme="cosmap"), t), torch.tensor([4 / math.pi])
+    )
+    pred, target = torch.ones(2, 3), torch.zeros(2, 3)
+    assert flow_loss(pred, target, torch.tensor([1.0, 3.0])).item() == pytest.approx(2.0)
+
+
+def test_bad_settings_are_user_errors():
+    with pytest.raises(UserError, match="timestep_sampling"):
+        FlowSettings(timestep_sampling="qinglong")
+    with pytest.raises(UserError, match="min_timestep"):
+        FlowSettings(min_timestep=500, max_timestep=400)
+
+
+def test_schedules():
+    warm = lr_lambda("constant_with_warmup", warmup=4, total=100)
+    assert [warm(s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert lr_lambda("constant", warmup=4, total=100)(0) == 1.0
+    cos = lr_lambda("cosine", warmup=0, total=100, min_ratio=0.1)
+    assert cos(0) == pytest.approx(1.0) and cos(50) == pytest.approx(0.55) and cos(100) == pytest.approx(0.1)
+    lin = lr_lambda("linear", warmup=10, total=110)
+    assert lin(60) == pytest.approx(0.5)
+    wsd = lr_lambda("warmup_stable_decay", warmup=0, total=100, decay=20)
+    assert wsd(79) == 1.0 and wsd(90) == pytest.approx(0.5)
+    assert steps_from(0.1, 200) == 20 and steps_from(30, 200) == 30 and steps_from(None, 5) == 0
+
+
+def test_optimizers():
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = build_optimizer("AdamW", [{"params": [p], "lr": 1e-3, "kind": "lora"}], 1e-3, ["weight_decay=0.05"])
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["weight_decay"] == 0.05
+    sgd = build_optimizer("torch.optim.SGD", [{"params": [p]}], 0.1, ["momentum=0.9"])
+    assert isinstance(sgd, torch.optim.SGD)
+    with pytest.raises(UserError, match="unknown"):
+        build_optimizer("Lion", [{"params": [p]}], 0.1, [])
+    with pytest.raises(UserError, match="optimizer_args"):
+        build_optimizer("AdamW", [{"params": [p]}], 0.1, ["not_an_option=1"])

@@ -1,0 +1,139 @@
+"""hv_train_network.py end to end on the tiny demo: it learns, it saves what users need, it resumes exactly."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import hv_train_network
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_TOML = str(ROOT / "configs" / "tiny_demo.toml")
+
+
+def _train(out: Path, *extra: str) -> int:
+    argv = ["--config_file", DEMO_TOML, "--dit", "models/tiny_dit.safetensors", "--vae", "models/vae",
+            "--text_encoder1", "models/text_encoder", "--text_encoder2", "models/text_encoder_2",
+            "--dataset_config", "demo/dataset.toml", "--output_dir", str(out), "--sample_prompts", "", *extra]  # fmt: skip
+    return hv_train_network.main(argv)
+
+
+def _losses(state_dir: Path) -> list[float]:
+    return torch.load(state_dir / "train_state.pt", weights_only=True)["extra"]["losses"]
+
+
+def test_demo_learns_and_writes_a_usable_lora(cached_demo, tmp_path, monkeypatch):
+    monkeypatch.chdir(cached_demo)
+    out = tmp_path / "out"
+    assert _train(out, "--max_train_steps", "60", "--save_every_n_steps", "1000") == 0
+    lora = out / "tiny_lora.safetensors"
+    tensors = load_file(str(lora))
+    assert tensors and all(k.startswith("lora_unet_") for k in tensors)
+    ups = {k: v for k, v in tensors.items() if k.endswith("lora_up.weight")}
+    assert len(ups) == 2 * 8 + 2 * 2  # tiny: 2 double blocks x 8 targets + 2 single blocks x 2
+    assert all(v.abs().max() > 0 for v in ups.values()), "a lora_up never moved from its zero init"
+    with safe_open(str(lora), "pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta["ss_network_args"]) == ["loraplus_lr_ratio=4", "verbose=False"]
+    assert meta["ss_steps"] == "60" and meta["ss_loraplus_lr_ratio"] == "4.0"
+    losses = _losses(out / "tiny_lora-step00000060-state")
+    assert len(losses) == 60
+    assert sum(losses[-15:]) / 15 < sum(losses[:15]) / 15, "the loss did not fall"
+    assert (out / "tiny_lora_loss.png").stat().st_size > 1000
+
+
+def test_excluding_single_blocks_leaves_no_single_block_key(cached_demo, tmp_path, monkeypatch):
+    monkeypatch.chdir(cached_demo)
+    out = tmp_path / "out"
+    args = ["--max_train_steps", "2", "--network_args", "exclude_patterns=[r'.*single_blocks.*']"]
+    assert _train(out, *args) == 0
+    keys = load_file(str(out / "tiny_lora.safetensors")).keys()
+    assert keys and not [k for k in keys if "single_blocks" in k]
+    assert any("double_blocks" in k for k in keys)
+
+
+def test_loraplus_group_lr_during_training(cached_demo, tmp_path, monkeypatch):
+    from training.args import parse_args
+    from training.trainer import build_run, training_step
+
+    monkeypatch.chdir(cached_demo)
+    args = parse_args(["--config_file", DEMO_TOML, "--dit", "models/tiny_dit.safetensors",
+                       "--dataset_config", "demo/dataset.toml", "--output_dir", str(tmp_path),
+                       "--lr_scheduler", "constant", "--learning_rate", "2e-4"])  # fmt: skip
+    run = build_run(args)
+    before = {g["kind"]: [p.detach().clone() for p in g["params"]] for g in run.optimizer.param_groups}
+    training_step(run, run.batches[0])
+    groups = {g["kind"]: g for g in run.optimizer.param_groups}
+    assert groups["lora"]["lr"] == pytest.approx(2e-4) and groups["lora_plus"]["lr"] == pytest.approx(8e-4)
+    assert len(groups["lora_plus"]["params"]) == 20  # every lora_up, nothing else
+    assert all(p.shape[1] == 4 for p in groups["lora_plus"]["params"])  # (out, rank): lora_up
+    moved = [
+        not torch.equal(a, b) for a, b in zip(before["lora_plus"], groups["lora_plus"]["params"], strict=True)
+    ]
+    assert all(moved)
+    assert not any(
+        p.requires_grad
+        for p in run.model.parameters()
+        if p not in set(run.optimizer.param_groups[0]["params"])
+    )
+
+
+def test_sigkill_then_resume_auto_is_bit_identical(cached_demo, tmp_path, monkeypatch):
+    monkeypatch.chdir(cached_demo)
+    common = ["--max_train_steps", "40", "--save_every_n_steps", "5", "--save_state", "--network_dropout", "0.1",
+              "--network_args", "loraplus_lr_ratio=4", "rank_dropout=0.1"]  # fmt: skip
+    straight = tmp_path / "straight"
+    assert _train(straight, *common) == 0
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, str(ROOT / "hv_train_network.py"), "--config_file", DEMO_TOML,
+           "--dit", "models/tiny_dit.safetensors", "--dataset_config", "demo/dataset.toml",
+           "--output_dir", str(killed), "--sample_prompts", "", *common]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=cached_demo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(killed.glob("tiny_lora-step*-state")) and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "tiny_lora.safetensors").exists(), "the run finished before it was killed"
+
+    assert _train(killed, *common, "--resume", "auto") == 0
+    a = load_file(str(straight / "tiny_lora.safetensors"))
+    b = load_file(str(killed / "tiny_lora.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--dit", "models/missing.safetensors"], "missing.safetensors"),
+        (["--network_module", "networks.nope"], "networks.nope"),
+        (["--dataset_config", "uncached.toml"], "run cache_latents.py"),
+    ],
+)
+def test_wrong_input_is_one_line_exit_2(cached_demo, tmp_path, monkeypatch, capsys, extra, fragment):
+    monkeypatch.chdir(cached_demo)
+    Path("uncached.toml").write_text(
+        '[general]\nresolution = [64, 64]\ncaption_extension = ".txt"\n[[datasets]]\n'
+        'image_directory = "demo/data/images"\ncache_directory = "nowhere/cache"\n'
+    )
+    assert _train(tmp_path / "out", "--max_train_steps", "1", *extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
+
+
+def test_unknown_option_in_config_file_is_one_line_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("learning_rte = 1e-4\n")
+    assert hv_train_network.main(["--config_file", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "learning_rte" in err[0] and "did you mean" in err[0], err

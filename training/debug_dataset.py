@@ -1,0 +1,28 @@
+"""`--debug_dataset`: what the trainer's batches hold, read from the cache, without loading any model."""
+
+from __future__ import annotations
+
+from .errors import UserError
+
+
+def show_batches(args, limit: int = 8) -> int:
+    from dataset.config import load_dataset_config
+    from dataset.train_dataset import CachedBatches, CachedDatasetSpec
+
+    if not args.dataset_config:
+        raise UserError("--debug_dataset needs --dataset_config")
+    blueprint = load_dataset_config(args.dataset_config, check_media=False)
+    specs = [CachedDatasetSpec(d.cache_directory, d.batch_size, d.num_repeats) for d in blueprint.datasets]
+    batches = CachedBatches(specs, seed=args.seed or 0)
+    print(
+        f"{len(batches)} batches per epoch from {len(specs)} dataset(s); the first {min(limit, len(batches))}:"
+    )
+    for index in range(min(limit, len(batches))):
+        items = batches._plan[index]
+        batch = batches[index]
+        tokens = batch["llm_mask"].sum(1).tolist()
+        print(f"  batch {index}: latents {tuple(batch['latents'].shape)}, LLM states "
+              f"{tuple(batch['llm'].shape)} (valid tokens {tokens}), CLIP {tuple(batch['clip_pooled'].shape)}")  # fmt: skip
+        for item in items:
+            print(f"    {item.latent_path.name}")
+    return 0

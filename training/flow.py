@@ -1,0 +1,115 @@
+"""Flow matching for training: timestep sampling (musubi-tuner's modes), noising, target and loss weights.
+
+Convention (the sampler uses the same): x_t = (1 - t) x0 + t noise, the model predicts v = noise - x0, and it is
+given t x 1000 as its timestep.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .args import TIMESTEP_SAMPLINGS, WEIGHTING_SCHEMES
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    timestep_sampling: str = "sigma"
+    discrete_flow_shift: float = 1.0
+    sigmoid_scale: float = 1.0
+    weighting_scheme: str = "none"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+    min_timestep: float = 0.0
+    max_timestep: float = 1000.0
+
+    def __post_init__(self) -> None:
+        if self.timestep_sampling not in TIMESTEP_SAMPLINGS:
+            raise UserError(
+                f"--timestep_sampling {self.timestep_sampling}: not supported; use one of {', '.join(TIMESTEP_SAMPLINGS)}"
+            )
+        if self.weighting_scheme not in WEIGHTING_SCHEMES:
+            raise UserError(
+                f"--weighting_scheme {self.weighting_scheme}: use one of {', '.join(WEIGHTING_SCHEMES)}"
+            )
+        if not 0 <= self.min_timestep < self.max_timestep <= 1000:
+            raise UserError(
+                f"--min_timestep {self.min_timestep} / --max_timestep {self.max_timestep}: need 0 <= min < max <= 1000"
+            )
+
+
+def shift_sigmas(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """HunyuanVideo's time shift: more steps at high noise for shift > 1."""
+    return (t * shift) / (1 + (shift - 1) * t)
+
+
+def _density(settings: FlowSettings, n: int, generator: torch.Generator | None) -> torch.Tensor:
+    """u in [0, 1) from the weighting scheme's density (SD3's compute_density_for_timestep_sampling)."""
+    if settings.weighting_scheme == "logit_normal":
+        u = torch.randn(n, generator=generator) * settings.logit_std + settings.logit_mean
+        return torch.sigmoid(u)
+    u = torch.rand(n, generator=generator)
+    if settings.weighting_scheme == "mode":
+        return 1 - u - settings.mode_scale * (torch.cos(math.pi * u / 2) ** 2 - 1 + u)
+    return u
+
+
+def _flux_mu(latent_tokens: int) -> float:
+    """Flux's resolution-dependent shift: mu linear in the token count, 256 -> 0.5, 4096 -> 1.15."""
+    slope = (1.15 - 0.5) / (4096 - 256)
+    return 0.5 + slope * (latent_tokens - 256)
+
+
+def sample_t(
+    settings: FlowSettings, latents: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """t in (0, 1) per batch item, on the CPU (the same draws on any device)."""
+    n = latents.shape[0]
+    mode = settings.timestep_sampling
+    if mode == "sigma":
+        # The discrete scheduler's sigmas (1000 steps, shifted), picked by the weighting scheme's density.
+        index = (_density(settings, n, generator) * 1000).long().clamp(0, 999)
+        t = shift_sigmas(1.0 - index.float() / 1000.0, settings.discrete_flow_shift)
+    elif mode == "uniform":
+        t = torch.rand(n, generator=generator)
+    elif mode == "logsnr":
+        logsnr = torch.randn(n, generator=generator) * settings.logit_std + settings.logit_mean
+        t = torch.sigmoid(-logsnr / 2)
+    else:
+        t = torch.sigmoid(settings.sigmoid_scale * torch.randn(n, generator=generator))
+        if mode == "shift":
+            t = shift_sigmas(t, settings.discrete_flow_shift)
+        elif mode == "flux_shift":
+            tokens = latents.shape[-3] * (latents.shape[-2] // 2) * (latents.shape[-1] // 2)
+            mu = _flux_mu(tokens)
+            t = math.exp(mu) / (math.exp(mu) + (1 / t - 1))
+    lo, hi = settings.min_timestep / 1000.0, settings.max_timestep / 1000.0
+    return t * (hi - lo) + lo
+
+
+def loss_weights(settings: FlowSettings, t: torch.Tensor) -> torch.Tensor | None:
+    """Per-item loss weights (SD3's compute_loss_weighting_for_sd3); None means uniform."""
+    if settings.weighting_scheme == "sigma_sqrt":
+        return (t**-2.0).float()
+    if settings.weighting_scheme == "cosmap":
+        return (2 / (math.pi * (1 - 2 * t + 2 * t**2))).float()
+    return None
+
+
+def noisy_input(
+    latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_t, target) for latents (B, C, F, H, W) and t (B,)."""
+    tb = t.to(latents.device, latents.dtype).view(-1, *([1] * (latents.dim() - 1)))
+    return (1 - tb) * latents + tb * noise, noise - latents
+
+
+def flow_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    per_item = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+    if weights is not None:
+        per_item = per_item * weights.to(per_item.device)
+    return per_item.mean()

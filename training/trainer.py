@@ -1,0 +1,365 @@
+"""The training loop: cached batches -> flow-matching loss on the DiT with a LoRA -> LoRA files and states."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from .checkpoints import Progress, find_latest_state, load_state, lora_file_name, prune, save_state
+from .devices import parse_dtype
+from .errors import UserError
+from .flow import FlowSettings, flow_loss, loss_weights, noisy_input, sample_t
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """Everything built at start-up that the loop and the savers share."""
+
+    args: object
+    accelerator: object
+    model: torch.nn.Module
+    network: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    batches: object
+    flow: FlowSettings
+    max_steps: int
+    output_dir: Path
+    dataset_summary: list[dict]
+    base_id: str
+    dtype: torch.dtype
+    losses: list[float] = field(default_factory=list)
+    sampler: object | None = None
+    vae: object | None = None
+    last_sample_step: int = -1
+
+
+def _require(args, *names: str) -> None:
+    for name in names:
+        if not getattr(args, name, None):
+            raise UserError(f"--{name} is required for training")
+
+
+def _flow_settings(args) -> FlowSettings:
+    return FlowSettings(
+        timestep_sampling=args.timestep_sampling, discrete_flow_shift=args.discrete_flow_shift,
+        sigmoid_scale=args.sigmoid_scale, weighting_scheme=args.weighting_scheme, logit_mean=args.logit_mean,
+        logit_std=args.logit_std, mode_scale=args.mode_scale, min_timestep=args.min_timestep or 0.0,
+        max_timestep=args.max_timestep or 1000.0,
+    )  # fmt: skip
+
+
+def _load_batches(args):
+    from dataset.config import load_dataset_config
+    from dataset.train_dataset import CachedBatches, CachedDatasetSpec
+
+    blueprint = load_dataset_config(args.dataset_config, check_media=False)
+    specs = [CachedDatasetSpec(d.cache_directory, d.batch_size, d.num_repeats) for d in blueprint.datasets]
+    batches = CachedBatches(specs, seed=args.seed)
+    summary = [
+        {"cache_directory": str(s.cache_directory), "batch_size": s.batch_size, "num_repeats": s.num_repeats}
+        for s in specs
+    ]
+    return batches, summary
+
+
+def _max_steps(args, batches_per_epoch: int) -> int:
+    updates_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
+    if args.max_train_epochs:
+        return args.max_train_epochs * updates_per_epoch
+    return args.max_train_steps
+
+
+def build_run(args) -> Run:
+    from accelerate import Accelerator
+
+    from dataset.cache_files import file_identity
+    from hunyuan_model.checkpoint import load_dit
+    from hunyuan_model.config import DEFAULT_EXCLUDE_PATTERNS, TARGET_BLOCK_CLASSES
+
+    from .list_targets import load_network_module
+    from .optim import build_optimizer, build_scheduler, steps_from
+
+    _require(args, "dit", "dataset_config", "output_dir")
+    flow = _flow_settings(args)
+    batches, summary = _load_batches(args)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision or "no",
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=None if not args.log_with else args.log_with,
+        project_dir=args.logging_dir,
+    )
+    if args.seed is not None:
+        random.seed(args.seed)
+        torch.manual_seed(args.seed)
+    dtype = parse_dtype(
+        args.dit_dtype, default=torch.bfloat16 if accelerator.device.type == "cuda" else torch.float32
+    )
+    if not Path(args.dit).exists():
+        raise UserError(f"--dit {args.dit}: no such file or folder")
+    model = load_dit(args.dit, dtype=dtype, device=accelerator.device)
+    model.requires_grad_(False)
+    if args.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+
+    module = load_network_module(args.network_module)
+    network = module.create_network(
+        1.0, args.network_dim, args.network_alpha, model,
+        target_block_classes=TARGET_BLOCK_CLASSES, default_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS,
+        neuron_dropout=args.network_dropout, network_args=list(args.network_args), device=accelerator.device,
+    )  # fmt: skip
+    if args.network_weights:
+        network.load_weights(args.network_weights)
+    network.apply_to(model)
+    network.train()
+
+    optimizer = build_optimizer(args.optimizer_type or "AdamW", network.prepare_optimizer_params(args.learning_rate),
+                                args.learning_rate, args.optimizer_args or ())  # fmt: skip
+    max_steps = _max_steps(args, len(batches))
+    procs = accelerator.num_processes  # accelerate steps a prepared scheduler once per process
+    scheduler = build_scheduler(
+        optimizer, args.lr_scheduler, steps_from(args.lr_warmup_steps, max_steps) * procs, max_steps * procs,
+        args.lr_scheduler_num_cycles, args.lr_scheduler_power, args.lr_scheduler_min_lr_ratio or 0.0,
+        steps_from(args.lr_decay_steps, max_steps) * procs, args.lr_scheduler_timescale,
+    )  # fmt: skip
+    network, optimizer, scheduler = accelerator.prepare(network, optimizer, scheduler)
+    return Run(args, accelerator, model, network, optimizer, scheduler, batches, flow, max_steps,
+               Path(args.output_dir), summary, file_identity(args.dit), dtype)  # fmt: skip
+
+
+def _unwrapped(run: Run):
+    return run.accelerator.unwrap_model(run.network)
+
+
+def training_step(run: Run, batch: dict) -> float:
+    """One micro-batch: noise, flow-matching target, forward, backward; the optimizer steps on sync."""
+    args, device = run.args, run.accelerator.device
+    latents = batch["latents"].to(device)
+    # Noise and t are drawn on the CPU: the same run gives the same draws on any device.
+    noise = torch.randn(latents.shape).to(device)
+    t = sample_t(run.flow, latents)
+    x_t, target = noisy_input(latents, noise, t.to(device))
+    bsz = latents.shape[0]
+    guidance = torch.full((bsz,), float(args.guidance_scale) * 1000.0, device=device)
+    with run.accelerator.accumulate(run.network), run.accelerator.autocast():
+        pred = run.model(
+            x_t.to(run.dtype), (t * 1000.0).to(device), batch["llm"].to(device, run.dtype),
+            batch["llm_mask"].to(device), batch["clip_pooled"].to(device, run.dtype), guidance.to(run.dtype),
+        )  # fmt: skip
+        loss = flow_loss(pred, target, loss_weights(run.flow, t))
+        run.accelerator.backward(loss)
+        if run.accelerator.sync_gradients and args.max_grad_norm:
+            run.accelerator.clip_grad_norm_(_unwrapped(run).parameters(), args.max_grad_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+# ---------------------------------------------------------------- saving
+
+
+def _metadata(run: Run, progress: Progress) -> dict[str, str]:
+    from .metadata import minimal_metadata, training_metadata
+
+    net = _unwrapped(run)
+    if run.args.no_metadata:
+        return minimal_metadata(net)
+    return training_metadata(run.args, net, run.dataset_summary, progress.step, progress.epoch, run.base_id)
+
+
+def save_lora(run: Run, progress: Progress, name: str) -> Path:
+    path = run.output_dir / name
+    if run.accelerator.is_main_process:
+        dtype = (
+            parse_dtype(run.args.save_precision, default=torch.float32) if run.args.save_precision else None
+        )
+        _unwrapped(run).save_weights(str(path), dtype=dtype, metadata=_metadata(run, progress))
+        logger.info("saved %s", path)
+    return path
+
+
+def _state_dir(run: Run, progress: Progress, kind: str) -> Path:
+    label = f"step{progress.step:08d}" if kind == "step" else f"{progress.epoch:06d}"
+    return run.output_dir / f"{run.args.output_name}-{label}-state"
+
+
+def save_training_state(run: Run, progress: Progress, kind: str) -> None:
+    if run.accelerator.is_main_process:
+        folder = _state_dir(run, progress, kind)
+        save_state(folder, _unwrapped(run), run.optimizer, run.scheduler, progress, {"losses": run.losses})
+        logger.info("saved state %s", folder)
+        keep = run.args.save_last_n_steps_state if kind == "step" else run.args.save_last_n_epochs_state
+        prune(run.output_dir, run.args.output_name, kind, keep, state=True)
+
+
+def _on_step_end(run: Run, progress: Progress) -> None:
+    a = run.args
+    if a.save_every_n_steps and progress.step % a.save_every_n_steps == 0 and progress.step < run.max_steps:
+        save_lora(run, progress, lora_file_name(a.output_name, step=progress.step))
+        if run.accelerator.is_main_process:
+            prune(run.output_dir, a.output_name, "step", a.save_last_n_steps)
+        if a.save_state:
+            save_training_state(run, progress, "step")
+    if run.sampler is not None and a.sample_every_n_steps and progress.step % a.sample_every_n_steps == 0:
+        _sample(run, f"step{progress.step:08d}", progress.step)
+
+
+def _on_epoch_end(run: Run, progress: Progress) -> None:
+    a = run.args
+    if (
+        a.save_every_n_epochs
+        and progress.epoch % a.save_every_n_epochs == 0
+        and progress.step < run.max_steps
+    ):
+        save_lora(run, progress, lora_file_name(a.output_name, epoch=progress.epoch))
+        if run.accelerator.is_main_process:
+            prune(run.output_dir, a.output_name, "epoch", a.save_last_n_epochs)
+        if a.save_state:
+            save_training_state(run, progress, "epoch")
+    if run.sampler is not None and a.sample_every_n_epochs and progress.epoch % a.sample_every_n_epochs == 0:
+        _sample(run, f"{progress.epoch:06d}", progress.step)
+
+
+def _sample(run: Run, label: str, step: int) -> None:
+    run.last_sample_step = step
+    if run.accelerator.is_main_process:
+        run.sampler.sample(run.model, run.vae, label, run.output_dir, run.accelerator.device, run.dtype,
+                           network=_unwrapped(run), progress=False)  # fmt: skip
+
+
+def _build_sampler(args, device: torch.device):
+    """Prompts are encoded once, before the DiT loads, and the encoders freed; the VAE waits on the CPU."""
+    from hunyuan_model.vae import load_vae
+
+    from .sampling import PreviewSampler
+
+    _require(args, "vae", "text_encoder1", "text_encoder2")
+    te_dtype = torch.float16 if device.type == "cuda" else torch.float32
+    sampler = PreviewSampler.from_files(args.sample_prompts, args.text_encoder1, args.text_encoder2,
+                                        output_name=args.output_name, device=device, dtype=te_dtype)  # fmt: skip
+    vae_dtype = parse_dtype(args.vae_dtype, default=torch.float16 if device.type == "cuda" else torch.float32)
+    return sampler, load_vae(args.vae, dtype=vae_dtype, device="cpu")
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _resume(run: Run) -> Progress:
+    a = run.args
+    if not a.resume:
+        return Progress()
+    folder = find_latest_state(run.output_dir, a.output_name) if a.resume == "auto" else Path(a.resume)
+    if folder is None:
+        logger.info("--resume auto: no saved state in %s, starting fresh", run.output_dir)
+        return Progress()
+    progress = load_state(folder, _unwrapped(run), run.optimizer, run.scheduler)
+    state = torch.load(folder / "train_state.pt", weights_only=True, map_location="cpu")
+    run.losses = list(state.get("extra", {}).get("losses", []))
+    logger.info(
+        "resumed from %s at step %d (epoch %d, batch %d)",
+        folder,
+        progress.step,
+        progress.epoch,
+        progress.batch_in_epoch,
+    )
+    return progress
+
+
+def _loader(run: Run, progress: Progress) -> DataLoader:
+    run.batches.set_epoch(progress.epoch)
+    workers = run.args.max_data_loader_n_workers or 0
+    return DataLoader(
+        run.batches,
+        batch_size=None,
+        sampler=range(progress.batch_in_epoch, len(run.batches)),  # resume mid-epoch without replaying
+        num_workers=workers,
+        persistent_workers=False,
+        # Its own generator: creating an iterator would otherwise draw from the global RNG, and a resumed
+        # run creates its iterator at another point than an uninterrupted one.
+        generator=torch.Generator(),
+    )
+
+
+def _postfix(run: Run, loss: float) -> dict:
+    recent = run.losses[-100:]
+    out = {"loss": f"{loss:.4f}", "avg": f"{sum(recent) / len(recent):.4f}"}
+    for group in run.optimizer.param_groups:
+        out[f"lr/{group.get('kind', 'lora')}"] = f"{group['lr']:.2e}"
+    return out
+
+
+def train(args) -> int:
+    from tqdm import tqdm
+
+    from .args import unimplemented_option_notes
+
+    start = time.perf_counter()
+    for note in unimplemented_option_notes(args):
+        logger.warning(note)
+    run = build_run(args)
+    run.output_dir.mkdir(parents=True, exist_ok=True)
+    progress = _resume(run)
+    if args.log_with:
+        run.accelerator.init_trackers(args.log_tracker_name or "hv_lora")
+    if args.sample_prompts:
+        run.sampler, run.vae = _build_sampler(args, run.accelerator.device)
+        if args.sample_at_first and progress.step == 0:
+            _sample(run, "step00000000", 0)
+    logger.info(
+        "training: %d steps, %d batches per epoch, start-up %.1f s", run.max_steps, len(run.batches),
+        time.perf_counter() - start,
+    )  # fmt: skip
+    bar = tqdm(
+        total=run.max_steps, initial=progress.step, desc="steps", disable=not run.accelerator.is_main_process
+    )
+    while progress.step < run.max_steps:
+        for batch in _loader(run, progress):
+            loss = training_step(run, batch)
+            progress.batch_in_epoch += 1
+            if not run.accelerator.sync_gradients:
+                continue
+            progress.step += 1
+            run.losses.append(loss)
+            bar.update(1)
+            bar.set_postfix(_postfix(run, loss), refresh=False)
+            if args.log_with:
+                logs = {"loss/current": loss}
+                logs.update({f"lr/{g.get('kind', 'lora')}": g["lr"] for g in run.optimizer.param_groups})
+                run.accelerator.log(logs, step=progress.step)
+            _on_step_end(run, progress)
+            if progress.step >= run.max_steps:
+                break
+        else:
+            progress.epoch += 1
+            progress.batch_in_epoch = 0
+            _on_epoch_end(run, progress)
+    bar.close()
+    _finish(run, progress)
+    return 0
+
+
+def _finish(run: Run, progress: Progress) -> None:
+    from .loss_plot import write_loss_plot
+
+    a = run.args
+    save_lora(run, progress, lora_file_name(a.output_name))
+    if a.save_state or a.save_state_on_train_end:
+        save_training_state(run, progress, "step")
+    sampling = a.sample_every_n_steps or a.sample_every_n_epochs
+    if run.sampler is not None and sampling and run.last_sample_step != progress.step:
+        _sample(run, "final", progress.step)
+    if run.accelerator.is_main_process and run.losses:
+        write_loss_plot(
+            run.output_dir / f"{a.output_name}_loss.png", run.losses, f"{a.output_name}: training loss"
+        )
+    run.accelerator.end_training()
