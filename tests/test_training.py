@@ -1,6 +1,7 @@
 """hv_train_network.py end to end on the tiny demo: it learns, it saves what users need, it resumes exactly."""
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -137,3 +138,50 @@ def test_unknown_option_in_config_file_is_one_line_exit_2(tmp_path, capsys):
     assert hv_train_network.main(["--config_file", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "learning_rte" in err[0] and "did you mean" in err[0], err
+
+
+def _split_config(path: Path) -> None:
+    """Train on the demo's videos, validate on its images (both already cached by the fixture)."""
+    path.write_text(
+        '[general]\nresolution = [128, 128]\ncaption_extension = ".txt"\nbatch_size = 1\n'
+        '[[datasets]]\nvideo_directory = "demo/data/videos"\ncache_directory = "demo/cache/videos"\n'
+        'target_frames = [1, 9, 17]\nframe_extraction = "head"\n'
+        '[[validation_datasets]]\nimage_directory = "demo/data/images"\ncache_directory = "demo/cache/images"\n'
+    )
+
+
+def test_validation_is_fixed_and_leaves_training_untouched(cached_demo, tmp_path, monkeypatch):
+    from training.args import parse_args
+    from training.trainer import build_run
+    from training.validation import QUANTILES, build_validator
+
+    monkeypatch.chdir(cached_demo)
+    _split_config(tmp_path / "split.toml")
+    common = [
+        "--dataset_config",
+        str(tmp_path / "split.toml"),
+        "--max_train_steps",
+        "10",
+        "--save_state_on_train_end",
+    ]
+    assert _train(tmp_path / "plain", *common) == 0
+    assert _train(tmp_path / "validated", *common, "--validate_every_n_steps", "5") == 0
+    a = load_file(str(tmp_path / "plain" / "tiny_lora.safetensors"))
+    b = load_file(str(tmp_path / "validated" / "tiny_lora.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a), "validating changed the training run"
+    state = torch.load(
+        tmp_path / "validated" / "tiny_lora-step00000010-state" / "train_state.pt", weights_only=True
+    )
+    history = state["extra"]["validations"]
+    assert [h["step"] for h in history] == [5, 10]
+    assert all(math.isfinite(h["loss/validation"]) and len(h) == 2 + len(QUANTILES) for h in history)
+
+    args = parse_args(["--config_file", DEMO_TOML, "--dit", "models/tiny_dit.safetensors",
+                       "--dataset_config", str(tmp_path / "split.toml"), "--output_dir", str(tmp_path / "x"),
+                       "--validate_every_n_steps", "1"])  # fmt: skip
+    run = build_run(args)
+    validator = build_validator(args, run.flow)
+    assert torch.all(validator.timesteps[1:] > validator.timesteps[:-1])  # 9 increasing quantiles
+    first = validator.evaluate(run.model, run.network, "cpu", torch.float32, 1.0)
+    again = validator.evaluate(run.model, run.network, "cpu", torch.float32, 1.0)
+    assert first == again  # fixed timesteps, fixed noise

@@ -41,6 +41,8 @@ class Run:
     sampler: object | None = None
     vae: object | None = None
     last_sample_step: int = -1
+    validator: object | None = None
+    validations: list[dict] = field(default_factory=list)
 
 
 def _require(args, *names: str) -> None:
@@ -196,7 +198,8 @@ def _state_dir(run: Run, progress: Progress, kind: str) -> Path:
 def save_training_state(run: Run, progress: Progress, kind: str) -> None:
     if run.accelerator.is_main_process:
         folder = _state_dir(run, progress, kind)
-        save_state(folder, _unwrapped(run), run.optimizer, run.scheduler, progress, {"losses": run.losses})
+        extra = {"losses": run.losses, "validations": run.validations}
+        save_state(folder, _unwrapped(run), run.optimizer, run.scheduler, progress, extra)
         logger.info("saved state %s", folder)
         keep = run.args.save_last_n_steps_state if kind == "step" else run.args.save_last_n_epochs_state
         prune(run.output_dir, run.args.output_name, kind, keep, state=True)
@@ -210,6 +213,12 @@ def _on_step_end(run: Run, progress: Progress) -> None:
             prune(run.output_dir, a.output_name, "step", a.save_last_n_steps)
         if a.save_state:
             save_training_state(run, progress, "step")
+    if (
+        run.validator is not None
+        and a.validate_every_n_steps
+        and progress.step % a.validate_every_n_steps == 0
+    ):
+        _validate(run, progress)
     if run.sampler is not None and a.sample_every_n_steps and progress.step % a.sample_every_n_steps == 0:
         _sample(run, f"step{progress.step:08d}", progress.step)
 
@@ -226,8 +235,25 @@ def _on_epoch_end(run: Run, progress: Progress) -> None:
             prune(run.output_dir, a.output_name, "epoch", a.save_last_n_epochs)
         if a.save_state:
             save_training_state(run, progress, "epoch")
+    if (
+        run.validator is not None
+        and a.validate_every_n_epochs
+        and progress.epoch % a.validate_every_n_epochs == 0
+    ):
+        _validate(run, progress)
     if run.sampler is not None and a.sample_every_n_epochs and progress.epoch % a.sample_every_n_epochs == 0:
         _sample(run, f"{progress.epoch:06d}", progress.step)
+
+
+def _validate(run: Run, progress: Progress) -> None:
+    if run.validations and run.validations[-1]["step"] == progress.step:
+        return
+    logs = run.validator.evaluate(run.model, _unwrapped(run), run.accelerator.device, run.dtype,
+                                  float(run.args.guidance_scale))  # fmt: skip
+    run.validations.append({"step": progress.step, **logs})
+    logger.info("step %d: validation loss %.5f", progress.step, logs["loss/validation"])
+    if run.args.log_with:
+        run.accelerator.log(logs, step=progress.step)
 
 
 def _sample(run: Run, label: str, step: int) -> None:
@@ -265,6 +291,7 @@ def _resume(run: Run) -> Progress:
     progress = load_state(folder, _unwrapped(run), run.optimizer, run.scheduler)
     state = torch.load(folder / "train_state.pt", weights_only=True, map_location="cpu")
     run.losses = list(state.get("extra", {}).get("losses", []))
+    run.validations = list(state.get("extra", {}).get("validations", []))
     logger.info(
         "resumed from %s at step %d (epoch %d, batch %d)",
         folder,
@@ -311,6 +338,9 @@ def train(args) -> int:
     progress = _resume(run)
     if args.log_with:
         run.accelerator.init_trackers(args.log_tracker_name or "hv_lora")
+    from .validation import build_validator
+
+    run.validator = build_validator(args, run.flow)
     if args.sample_prompts:
         run.sampler, run.vae = _build_sampler(args, run.accelerator.device)
         if args.sample_at_first and progress.step == 0:
@@ -330,6 +360,10 @@ def train(args) -> int:
                 continue
             progress.step += 1
             run.losses.append(loss)
+            if len(run.losses) == 1:
+                logger.info(
+                    "first optimizer step done (%.2f s after start-up began)", time.perf_counter() - start
+                )
             bar.update(1)
             bar.set_postfix(_postfix(run, loss), refresh=False)
             if args.log_with:
@@ -352,6 +386,8 @@ def _finish(run: Run, progress: Progress) -> None:
     from .loss_plot import write_loss_plot
 
     a = run.args
+    if run.validator is not None:
+        _validate(run, progress)
     save_lora(run, progress, lora_file_name(a.output_name))
     if a.save_state or a.save_state_on_train_end:
         save_training_state(run, progress, "step")
