@@ -45,24 +45,80 @@ def _dtype_kwarg(dtype: torch.dtype) -> dict:
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
-def _load_pretrained(
-    loader: Any, path: Path, config_dir: Path | None, what: str, flag: str, dtype: torch.dtype
-):
-    """A transformers folder, or a single weights file (ComfyUI's) with its config (and tokenizer) folder."""
+@dataclass(frozen=True)
+class _Encoder:
+    """What a single-file encoder needs besides its weights, and where else to find it."""
+
+    what: str  # "LLM text encoder"
+    flag: str  # "--tokenizer1"
+    example: str  # a folder that has it
+    # (repo, config subfolder, tokenizer subfolder) in the local Hugging Face cache, first found wins
+    cache: tuple[tuple[str, str, str], ...]
+
+
+HUNYUAN_REPO = "hunyuanvideo-community/HunyuanVideo"
+_LLM = _Encoder(
+    "LLM text encoder", "--tokenizer1", "ckpts/text_encoder",
+    ((HUNYUAN_REPO, "text_encoder", "tokenizer"), ("xtuner/llava-llama-3-8b-v1_1-transformers", "", "")),
+)  # fmt: skip
+_CLIP = _Encoder(
+    "CLIP text encoder", "--tokenizer2", "ckpts/text_encoder_2",
+    ((HUNYUAN_REPO, "text_encoder_2", "tokenizer_2"), ("openai/clip-vit-large-patch14", "", "")),
+)  # fmt: skip
+
+
+def _hf_cache_dir() -> str:
+    """Read at call time: HF_HUB_CACHE, else HF_HOME/hub, as huggingface_hub resolved them."""
+    from huggingface_hub import constants  # a dependency of transformers
+
+    return constants.HF_HUB_CACHE
+
+
+def _from_hf_cache(enc: _Encoder) -> tuple[Path, Path] | None:
+    """(config folder, tokenizer folder) of the first repo in the local Hugging Face cache that has both.
+
+    Only looks at files already on disk (try_to_load_from_cache never goes to the network).
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    cache_dir = _hf_cache_dir()
+    for repo, config_sub, tokenizer_sub in enc.cache:
+        found = [
+            try_to_load_from_cache(repo, f"{sub}/{name}" if sub else name, cache_dir=cache_dir)
+            for sub, name in ((config_sub, "config.json"), (tokenizer_sub, "tokenizer_config.json"))
+        ]
+        if all(isinstance(f, str) for f in found):  # else None or the "cached as missing" marker
+            return Path(found[0]).parent, Path(found[1]).parent
+    return None
+
+
+def _missing_config_message(path: Path, enc: _Encoder) -> str:
+    repo, config_sub, tokenizer_sub = enc.cache[0]
+    return (
+        f"{path}: a single-file {enc.what} needs {enc.flag} DIR (a folder with config.json and the tokenizer, "
+        f"such as {enc.example}) or {repo}'s {config_sub}/config.json and {tokenizer_sub}/ in the Hugging Face "
+        f"cache ({_hf_cache_dir()}); found neither"
+    )
+
+
+def _load_pretrained(loader: Any, path: Path, folder: Path | None, enc: _Encoder, dtype: torch.dtype):
+    """A transformers folder, or a single weights file (ComfyUI's) with its config and tokenizer from
+    ``folder`` or, without one, the local Hugging Face cache. Returns the model and its tokenizer folder."""
     if not path.exists():
-        raise CheckpointError(f"{what} not found: {path}")
+        raise CheckpointError(f"{enc.what} not found: {path}")
     try:
         if path.is_dir():
-            return loader.from_pretrained(path, local_files_only=True, **_dtype_kwarg(dtype))
-        if config_dir is None:
-            raise CheckpointError(
-                f"{path}: a single-file {what} needs {flag} DIR, a folder holding its config.json and tokenizer"
-            )
-        return _load_single_file(loader, path, config_dir, dtype)
+            return loader.from_pretrained(path, local_files_only=True, **_dtype_kwarg(dtype)), folder or path
+        dirs = (folder, folder) if folder is not None else _from_hf_cache(enc)
+        if dirs is None:
+            raise CheckpointError(_missing_config_message(path, enc))
+        return _load_single_file(loader, path, dirs[0], dtype), dirs[1]
     except CheckpointError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError) as e:
-        raise CheckpointError(f"{path}: cannot load the {what} ({' '.join(str(e).split())[:200]})") from None
+        raise CheckpointError(
+            f"{path}: cannot load the {enc.what} ({' '.join(str(e).split())[:200]})"
+        ) from None
 
 
 def _load_single_file(loader: Any, path: Path, config_dir: Path, dtype: torch.dtype):
@@ -72,6 +128,9 @@ def _load_single_file(loader: Any, path: Path, config_dir: Path, dtype: torch.dt
     from .checkpoint import read_state_dict
 
     config = AutoConfig.from_pretrained(config_dir, local_files_only=True)
+    # A LLaVA (xtuner's) or full CLIP (openai's) config nests the text model's config.
+    if getattr(config, "text_config", None) is not None:
+        config = config.text_config
     with init_empty_weights():  # parameters on meta; buffers (rotary freqs, position ids) stay real
         model = loader.from_config(config) if hasattr(loader, "from_config") else loader(config)
     expected = model.state_dict().keys()
@@ -114,18 +173,15 @@ class HunyuanTextEncoders:
     ) -> None:
         from transformers import AutoModel, CLIPTextModel
 
-        llm_path, clip_path = Path(llm_path), Path(clip_path)
         llm_cfg = Path(llm_tokenizer) if llm_tokenizer else None
         clip_cfg = Path(clip_tokenizer) if clip_tokenizer else None
         self.device = torch.device(device)
-        self.llm = _load_pretrained(AutoModel, llm_path, llm_cfg, "LLM text encoder", "--tokenizer1", dtype)
-        self.clip = _load_pretrained(
-            CLIPTextModel, clip_path, clip_cfg, "CLIP text encoder", "--tokenizer2", dtype
-        )
+        self.llm, llm_tok = _load_pretrained(AutoModel, Path(llm_path), llm_cfg, _LLM, dtype)
+        self.clip, clip_tok = _load_pretrained(CLIPTextModel, Path(clip_path), clip_cfg, _CLIP, dtype)
         self.llm.to(self.device).eval().requires_grad_(False)
         self.clip.to(self.device).eval().requires_grad_(False)
-        self.llm_tokenizer = _load_tokenizer(llm_cfg or llm_path, "LLM")
-        self.clip_tokenizer = _load_tokenizer(clip_cfg or clip_path, "CLIP encoder")
+        self.llm_tokenizer = _load_tokenizer(llm_tok, "LLM")
+        self.clip_tokenizer = _load_tokenizer(clip_tok, "CLIP encoder")
         self.crop_start = self._template_length()
 
     def _template_length(self) -> int:

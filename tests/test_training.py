@@ -185,3 +185,18 @@ def test_validation_is_fixed_and_leaves_training_untouched(cached_demo, tmp_path
     first = validator.evaluate(run.model, run.network, "cpu", torch.float32, 1.0)
     again = validator.evaluate(run.model, run.network, "cpu", torch.float32, 1.0)
     assert first == again  # fixed timesteps, fixed noise
+
+
+def test_tensorboard_logs_or_a_clear_error(cached_demo, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    monkeypatch.chdir(cached_demo)
+    logs = tmp_path / "logs"
+    code = _train(
+        tmp_path / "out", "--max_train_steps", "2", "--log_with", "tensorboard", "--logging_dir", str(logs)
+    )
+    if importlib.util.find_spec("tensorboard") is None:
+        assert code == 2 and "pip install tensorboard" in capsys.readouterr().err
+        assert not (tmp_path / "out").exists()
+    else:
+        assert code == 0 and list(logs.rglob("events.out.tfevents.*"))

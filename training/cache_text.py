@@ -26,8 +26,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--text_encoder2", required=True, help="CLIP-L: a transformers folder or a single safetensors file"
     )
-    p.add_argument("--tokenizer1", default=None, help="config + tokenizer folder for a single-file LLM")
-    p.add_argument("--tokenizer2", default=None, help="config + tokenizer folder for a single-file CLIP")
+    p.add_argument(
+        "--tokenizer1",
+        default=None,
+        help="config + tokenizer folder for a single-file LLM (default: the local Hugging Face cache)",
+    )
+    p.add_argument(
+        "--tokenizer2",
+        default=None,
+        help="config + tokenizer folder for a single-file CLIP (default: the local Hugging Face cache)",
+    )
     p.add_argument(
         "--text_encoder_dtype", default=None, help="float32 | float16 | bfloat16 (default: float16 on GPU)"
     )

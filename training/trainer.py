@@ -74,6 +74,22 @@ def _load_batches(args):
     return batches, summary
 
 
+def _check_trackers(args) -> None:
+    """accelerate silently drops a tracker whose package is missing: say so instead."""
+    import importlib.util
+
+    wanted = (
+        {"tensorboard", "wandb"} if args.log_with == "all" else {args.log_with} if args.log_with else set()
+    )
+    for name in sorted(wanted):
+        if importlib.util.find_spec(name) is None:
+            raise UserError(
+                f"--log_with {args.log_with}: the {name} package is not installed (pip install {name})"
+            )
+    if wanted and not args.logging_dir and "tensorboard" in wanted:
+        raise UserError("--log_with tensorboard needs --logging_dir (where the event files go)")
+
+
 def _max_steps(args, batches_per_epoch: int) -> int:
     updates_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
     if args.max_train_epochs:
@@ -92,6 +108,7 @@ def build_run(args) -> Run:
     from .optim import build_optimizer, build_scheduler, steps_from
 
     _require(args, "dit", "dataset_config", "output_dir")
+    _check_trackers(args)
     flow = _flow_settings(args)
     batches, summary = _load_batches(args)
     accelerator = Accelerator(
