@@ -200,3 +200,18 @@ def test_tensorboard_logs_or_a_clear_error(cached_demo, tmp_path, monkeypatch, c
         assert not (tmp_path / "out").exists()
     else:
         assert code == 0 and list(logs.rglob("events.out.tfevents.*"))
+
+
+def test_epoch_schedule_saves_and_prunes(cached_demo, tmp_path, monkeypatch):
+    monkeypatch.chdir(cached_demo)
+    out = tmp_path / "out"
+    args = ["--max_train_epochs", "3", "--save_every_n_epochs", "1", "--save_last_n_epochs", "1",
+            "--save_every_n_steps", "1000", "--save_state"]  # fmt: skip
+    assert _train(out, *args) == 0
+    names = sorted(p.name for p in out.iterdir())
+    # epoch 1 was pruned by epoch 2; epoch 3 is the end of training, saved as the final file
+    assert "tiny_lora-000002.safetensors" in names and "tiny_lora-000001.safetensors" not in names
+    assert "tiny_lora.safetensors" in names and "tiny_lora-000002-state" in names
+    state = torch.load(out / "tiny_lora-000002-state" / "train_state.pt", weights_only=True)
+    assert state["progress"]["epoch"] == 2 and state["progress"]["batch_in_epoch"] == 0
+    assert state["progress"]["step"] == 2 * 14  # 14 batches per epoch in the demo

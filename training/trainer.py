@@ -222,44 +222,27 @@ def save_training_state(run: Run, progress: Progress, kind: str) -> None:
         prune(run.output_dir, run.args.output_name, kind, keep, state=True)
 
 
-def _on_step_end(run: Run, progress: Progress) -> None:
-    a = run.args
-    if a.save_every_n_steps and progress.step % a.save_every_n_steps == 0 and progress.step < run.max_steps:
-        save_lora(run, progress, lora_file_name(a.output_name, step=progress.step))
-        if run.accelerator.is_main_process:
-            prune(run.output_dir, a.output_name, "step", a.save_last_n_steps)
-        if a.save_state:
-            save_training_state(run, progress, "step")
-    if (
-        run.validator is not None
-        and a.validate_every_n_steps
-        and progress.step % a.validate_every_n_steps == 0
-    ):
-        _validate(run, progress)
-    if run.sampler is not None and a.sample_every_n_steps and progress.step % a.sample_every_n_steps == 0:
-        _sample(run, f"step{progress.step:08d}", progress.step)
+def _every(n: int | None, count: int) -> bool:
+    return bool(n) and count % n == 0
 
 
-def _on_epoch_end(run: Run, progress: Progress) -> None:
+def _on_boundary(run: Run, progress: Progress, kind: str) -> None:
+    """After an optimizer step (kind "step") or an epoch ("epoch"): save, validate, sample on schedule."""
     a = run.args
-    if (
-        a.save_every_n_epochs
-        and progress.epoch % a.save_every_n_epochs == 0
-        and progress.step < run.max_steps
-    ):
-        save_lora(run, progress, lora_file_name(a.output_name, epoch=progress.epoch))
+    plural = f"{kind}s"
+    count = progress.step if kind == "step" else progress.epoch
+    if _every(getattr(a, f"save_every_n_{plural}"), count) and progress.step < run.max_steps:
+        name = lora_file_name(a.output_name, **{kind: count})
+        save_lora(run, progress, name)
         if run.accelerator.is_main_process:
-            prune(run.output_dir, a.output_name, "epoch", a.save_last_n_epochs)
+            prune(run.output_dir, a.output_name, kind, getattr(a, f"save_last_n_{plural}"))
         if a.save_state:
-            save_training_state(run, progress, "epoch")
-    if (
-        run.validator is not None
-        and a.validate_every_n_epochs
-        and progress.epoch % a.validate_every_n_epochs == 0
-    ):
+            save_training_state(run, progress, kind)
+    if run.validator is not None and _every(getattr(a, f"validate_every_n_{plural}"), count):
         _validate(run, progress)
-    if run.sampler is not None and a.sample_every_n_epochs and progress.epoch % a.sample_every_n_epochs == 0:
-        _sample(run, f"{progress.epoch:06d}", progress.step)
+    if run.sampler is not None and _every(getattr(a, f"sample_every_n_{plural}"), count):
+        label = f"step{count:08d}" if kind == "step" else f"{count:06d}"
+        _sample(run, label, progress.step)
 
 
 def _validate(run: Run, progress: Progress) -> None:
@@ -387,13 +370,13 @@ def train(args) -> int:
                 logs = {"loss/current": loss}
                 logs.update({f"lr/{g.get('kind', 'lora')}": g["lr"] for g in run.optimizer.param_groups})
                 run.accelerator.log(logs, step=progress.step)
-            _on_step_end(run, progress)
+            _on_boundary(run, progress, "step")
             if progress.step >= run.max_steps:
                 break
         else:
             progress.epoch += 1
             progress.batch_in_epoch = 0
-            _on_epoch_end(run, progress)
+            _on_boundary(run, progress, "epoch")
     bar.close()
     _finish(run, progress)
     return 0
