@@ -12,7 +12,6 @@ import json
 import math
 import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from .model import HYVideoDiffusionTransformer, build_dit
 _PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "module.", "model.")
 _ORIGINAL_MARKER = "img_in.proj.weight"
 _DIFFUSERS_MARKER = "x_embedder.proj.weight"
-_SAFETENSORS_DTYPES = {
+SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -46,7 +45,7 @@ def _first_names(names, n: int = 3) -> str:
 # ---------------------------------------------------------------- reading files
 
 
-def _safetensors_files(path: Path) -> list[Path]:
+def safetensors_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     indexes = sorted(path.glob("*.safetensors.index.json"))
@@ -68,22 +67,22 @@ def _safetensors_files(path: Path) -> list[Path]:
 
 def _read_safetensors(path: Path, meta: bool) -> StateDict:
     out: StateDict = {}
-    for file in _safetensors_files(path):
+    for file in safetensors_files(path):
         try:
             with safe_open(str(file), framework="pt") as f:
                 for key in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
                     if meta:
                         sl = f.get_slice(key)
-                        dtype = _SAFETENSORS_DTYPES.get(sl.get_dtype(), torch.float32)
+                        dtype = SAFETENSORS_DTYPES.get(sl.get_dtype(), torch.float32)
                         out[key] = torch.empty(sl.get_shape(), dtype=dtype, device="meta")
                     else:
                         out[key] = f.get_tensor(key)
         except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-            raise CheckpointError(f"{file}: not a readable safetensors file ({_one_line(e)})") from None
+            raise CheckpointError(f"{file}: not a readable safetensors file ({one_line(e)})") from None
     return out
 
 
-def _read_torch(path: Path) -> StateDict:
+def read_torch_file(path: Path) -> StateDict:
     def load(mmap: bool):
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
@@ -101,9 +100,11 @@ def _read_torch(path: Path) -> StateDict:
                 f"{path}: refusing to load: the file holds a Python object ({found.group(1)}), not only tensors "
                 "(only weights_only=True loading is allowed; convert it to safetensors from a source you trust)"
             ) from None
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_one_line(e)})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_one_line(e)})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({one_line(e)})") from None
+    except (
+        Exception
+    ) as e:  # garbage bytes make the unpickler raise nearly anything (IndexError, KeyError, ...)
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({one_line(e)})") from None
     for wrapper in ("module", "state_dict"):  # DeepSpeed-style DiT files; the original VAE file
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]
@@ -112,7 +113,7 @@ def _read_torch(path: Path) -> StateDict:
     return dict(obj)
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return text[:200] + ("..." if len(text) > 200 else "")
 
@@ -124,7 +125,7 @@ def read_state_dict(path: str | Path, meta: bool = False) -> StateDict:
         raise CheckpointError(f"DiT checkpoint not found: {path}")
     if path.is_dir() or path.suffix == ".safetensors":
         return _read_safetensors(path, meta)
-    sd = _read_torch(path)
+    sd = read_torch_file(path)
     if meta:
         sd = {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in sd.items()}
     return sd
@@ -197,7 +198,7 @@ def config_from_state_dict(sd: Mapping[str, torch.Tensor], source: str = "checkp
             guidance_embed="guidance_in.mlp.0.weight" in sd,
         )
     except (KeyError, StopIteration, ValueError, TypeError) as e:
-        missing = f"missing {e}" if isinstance(e, KeyError) else _one_line(e)
+        missing = f"missing {e}" if isinstance(e, KeyError) else one_line(e)
         raise CheckpointError(f"{source}: incomplete HunyuanVideo DiT ({missing})") from None
     for preset in PRESETS.values():
         if config.same_shape_as(preset):

@@ -1,0 +1,18 @@
+"""Convert a LoRA between key layouts: see docs/interop.md.
+
+python convert_lora.py --input demo/output/tiny_lora.safetensors --output demo/output/tiny_lora_comfy.safetensors \
+    --target other
+"""
+
+import sys
+
+
+def main(argv=None) -> int:
+    from training.cli import run_command
+    from training.lora_convert import build_parser, run
+
+    return run_command(lambda a: run(build_parser().parse_args(a)), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

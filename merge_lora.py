@@ -1,0 +1,18 @@
+"""Fold LoRAs into a DiT and write the merged DiT: see docs/interop.md.
+
+python merge_lora.py --dit demo/models/tiny_dit.safetensors --lora_weight demo/output/tiny_lora.safetensors \
+    --lora_multiplier 0.8 --save_merged_model demo/output/tiny_dit_merged.safetensors
+"""
+
+import sys
+
+
+def main(argv=None) -> int:
+    from training.cli import run_command
+    from training.lora_merge import build_parser, run
+
+    return run_command(lambda a: run(build_parser().parse_args(a)), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""merge_lora.py: fold LoRAs into a DiT's weights and write the merged DiT (original layout, safetensors).
+
+The DiT is streamed: each tensor is read, merged (in fp32) and written before the next is read, so the 13 B
+model is never in memory twice (nor once). Every LoRA is checked against the DiT before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from hv_common.safetensors_stream import write_safetensors_streaming
+
+from .devices import parse_dtype, pick_device
+from .errors import UserError
+from .lora_apply import by_module, merged_weight
+from .lora_io import linear_shapes, load_checked, multipliers
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="merge_lora.py", description=__doc__)
+    p.add_argument("--dit", required=True, help="the base DiT: any layout --dit accepts elsewhere")
+    p.add_argument(
+        "--lora_weight", nargs="+", required=True, help="LoRA files (any layout convert_lora.py reads)"
+    )
+    p.add_argument("--lora_multiplier", nargs="+", type=float, default=None,
+                   help="one per LoRA file (default 1.0 each)")  # fmt: skip
+    p.add_argument("--save_merged_model", required=True, help="output safetensors file (original layout)")
+    p.add_argument(
+        "--save_dtype", default=None, help="float32 | float16 | bfloat16 (default: the DiT's dtypes)"
+    )
+    p.add_argument("--device", default="cpu", help="where the merge arithmetic runs: cpu, cuda, cuda:N")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from hunyuan_model.checkpoint import check_keys, config_from_state_dict
+    from hunyuan_model.lazy_checkpoint import LazyDiT
+    from hunyuan_model.model import build_dit
+
+    out = Path(args.save_merged_model)
+    if out.exists() and Path(args.dit).exists() and out.resolve() == Path(args.dit).resolve():
+        raise UserError(f"--save_merged_model {out}: that is the input DiT; write the merged model elsewhere")
+    mults = multipliers(args.lora_weight, args.lora_multiplier)
+    save_dtype = parse_dtype(args.save_dtype, None) if args.save_dtype else None
+    device = pick_device(args.device)
+    with LazyDiT(args.dit) as dit:
+        meta = dit.meta_state_dict()
+        check_keys(build_dit(config_from_state_dict(meta, args.dit), device="meta"), meta, args.dit)
+        updates = by_module(load_checked(args.lora_weight, mults, linear_shapes(meta), args.dit))
+
+        def dtype_of(t: torch.Tensor) -> torch.dtype:
+            return save_dtype if save_dtype is not None and t.is_floating_point() else t.dtype
+
+        specs = [(k, dtype_of(meta[k]), tuple(meta[k].shape)) for k in sorted(meta)]
+        bar = tqdm(total=len(specs), desc="merging", leave=False)
+
+        def produce(key: str) -> torch.Tensor:
+            bar.update()
+            tensor = dit.get(key)
+            name = key.removesuffix(".weight")
+            if key.endswith(".weight") and name in updates:
+                tensor = merged_weight(tensor.to(device), updates[name])
+            return tensor.to(dtype_of(tensor)).cpu()
+
+        record = [
+            {"file": Path(f).name, "multiplier": m} for f, m in zip(args.lora_weight, mults, strict=True)
+        ]
+        metadata = {"format": "pt", "merged_loras": json.dumps(record)}
+        write_safetensors_streaming(out, specs, produce, metadata)
+        bar.close()
+    logger.info("wrote %s (%d LoRA modules merged)", out, len(updates))
+    return 0
