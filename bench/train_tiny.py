@@ -1,11 +1,15 @@
 """The whole trainer on musubi-tuner's measured tiny job, against the bare physics of the same job.
 
-The job (issue 5, item 7): DiT hidden 128, 2 heads, 1 double + 1 single block, head width 64, 8 cached items of
-256x256x5 frames (latents 16x2x32x32; LLM states 32 x 64; CLIP pooled 32), LoRA rank 4 alpha 4, LoRA+ ratio 4,
-single blocks excluded, shift sampling 7.0, AdamW lr 1e-4, fp32, SDPA, batch 1, 2 loader workers, 200 steps.
-Random weights and random cached tensors written to a temporary folder (no VAE, no text encoders).
+The job (issue 5, item 7): DiT hidden 128, 2 heads, 1 double + 1 single block, head width 64, 8 cached
+items of 256x256x5 frames (latents 16x2x32x32; LLM states 32 x 64; CLIP pooled 32), LoRA rank 4 alpha 4,
+LoRA+ ratio 4, single blocks excluded, shift sampling 7.0, AdamW lr 1e-4, fp32, SDPA, batch 1, 2 loader
+workers, 200 steps.
+Random weights and random cached tensors written to a temporary folder (no VAE, no text encoders). The DiT
+is built with rope (16, 24, 24), but a checkpoint does not store the split and loading re-derives it from the
+head width (rope_dims_for(64) = (8, 28, 28)): trainer and floor both run the loaded model (same cost).
 
-    python bench/train_tiny.py [--rounds 2] [--steps 200] [--keep DIR] [--profile FILE.prof] [--trainer-args ARGS]
+    python bench/train_tiny.py [--rounds 2] [--steps 200] [--keep DIR] [--profile FILE.prof]
+                               [--trainer-args="..."]
 
 Each round, interleaved:
   import      a fresh `python -c "import torch, accelerate, training.trainer, ..."`, timed from outside.
@@ -24,9 +28,10 @@ Each round, interleaved:
 The best of the rounds is reported (fastest, smallest); trainer_vs_floor = steps_per_s / floor_steps_per_s.
 Progress goes to stderr; the last line on stdout is one JSON object.
 --profile FILE runs one more trainer under cProfile (after the rounds, not timed) and writes FILE;
---trainer-args "..." appends options to every trainer command (experiments: "--max_data_loader_n_workers=0").
-The machine's load average is logged per round: on a shared 2-core machine one busy neighbour slows a 2-thread
-step several times over, so compare only rounds run at a low load.
+--trainer-args="..." appends options to every trainer command (e.g. --trainer-args="--max_grad_norm=0").
+Each variant's log line says how many cores other processes kept busy meanwhile (from /proc/stat less this
+process tree's CPU time): on a shared 2-core machine one busy neighbour slows a 2-thread step several times
+over, so trust rounds where that figure is near 0 and rerun otherwise.
 """
 
 from __future__ import annotations
@@ -60,8 +65,34 @@ from training.flow import FlowSettings, flow_loss, noisy_input, sample_t  # noqa
 ITEMS, RANK, ALPHA, LR, SHIFT = 8, 4, 4, 1e-4, 7.0
 NETWORK_ARGS = ["loraplus_lr_ratio=4", "exclude_patterns=[r'.*single_blocks.*']"]
 ROPE_ASKED = (16, 24, 24)
-IMPORTS = "import torch, accelerate, training.trainer, hunyuan_model.checkpoint, networks.lora, dataset.train_dataset"
+MODULES = (
+    "torch, accelerate, training.trainer, hunyuan_model.checkpoint, networks.lora, dataset.train_dataset"
+)
+IMPORTS = f"import {MODULES}"
 FIRST_STEP = "first optimizer step done"
+
+
+def _busy_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot (Linux; 0 elsewhere)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class Neighbours:
+    """How many cores other processes kept busy while a variant ran: the noise figure of that variant."""
+
+    def __enter__(self) -> Neighbours:
+        self.t, self.busy, self.own = time.perf_counter(), _busy_s(), sum(os.times()[:4])
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall = time.perf_counter() - self.t
+        others = (_busy_s() - self.busy) - (sum(os.times()[:4]) - self.own)
+        self.cores = max(0.0, others / wall) if wall > 0 else 0.0
 
 
 def log(msg: str) -> None:
@@ -72,8 +103,10 @@ def log(msg: str) -> None:
 
 
 def make_dit(folder: Path) -> tuple[Path, DiTConfig]:
-    cfg = DiTConfig(hidden_size=128, heads_num=2, mm_double_blocks_depth=1, mm_single_blocks_depth=1,
-                    rope_dim_list=ROPE_ASKED, text_states_dim=64, text_states_dim_2=32, refiner_depth=1)  # fmt: skip
+    cfg = DiTConfig(
+        hidden_size=128, heads_num=2, mm_double_blocks_depth=1, mm_single_blocks_depth=1,
+        rope_dim_list=ROPE_ASKED, text_states_dim=64, text_states_dim_2=32, refiner_depth=1,
+    )  # fmt: skip
     torch.manual_seed(0)
     model = build_dit(cfg, device="cpu")  # PyTorch's default init, seeded
     path = folder / "tiny_dit.safetensors"
@@ -84,19 +117,27 @@ def make_dit(folder: Path) -> tuple[Path, DiTConfig]:
 def make_cache(folder: Path) -> list[dict[str, torch.Tensor]]:
     """The 8 cached items (as cache_latents.py / cache_text_encoder_outputs.py write them) and, for the floor,
     the same tensors as batches of 1 in memory."""
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(0)
     batches = []
     for i in range(ITEMS):
         key = f"clip{i}"
         latents = torch.randn(16, 2, 32, 32, generator=g)
         llm, pooled = torch.randn(32, 64, generator=g), torch.randn(32, generator=g)
-        write_cache(folder / latent_cache_name(key, 256, 256, start_frame=0, frame_count=5), {"latents": latents},
-                    {"format_version": LATENT_FORMAT, "item_key": key, "latent_shape": "16x2x32x32"})  # fmt: skip
-        write_cache(folder / text_cache_name(key), {"llm": llm, "clip_pooled": pooled},
-                    {"format_version": TEXT_FORMAT, "item_key": key})  # fmt: skip
-        batches.append({"latents": latents[None], "llm": llm[None], "llm_mask": torch.ones(1, 32, dtype=torch.bool),
-                        "clip_pooled": pooled[None]})  # fmt: skip
+        write_cache(
+            folder / latent_cache_name(key, 256, 256, start_frame=0, frame_count=5),
+            {"latents": latents},
+            {"format_version": LATENT_FORMAT, "item_key": key, "latent_shape": "16x2x32x32"},
+        )
+        write_cache(
+            folder / text_cache_name(key),
+            {"llm": llm, "clip_pooled": pooled},
+            {"format_version": TEXT_FORMAT, "item_key": key},
+        )
+        mask = torch.ones(1, 32, dtype=torch.bool)
+        batches.append(
+            {"latents": latents[None], "llm": llm[None], "llm_mask": mask, "clip_pooled": pooled[None]}
+        )
     return batches
 
 
@@ -104,13 +145,14 @@ def make_dataset_config(folder: Path, cache: Path) -> Path:
     from PIL import Image
 
     images = folder / "images"  # the loader wants a media folder; with check_media=False it is not read
-    images.mkdir()
+    images.mkdir(exist_ok=True)
     Image.new("RGB", (256, 256), "gray").save(images / "clip0.png")
     (images / "clip0.txt").write_text("a gray square\n", encoding="utf-8")
     path = folder / "dataset.toml"
     path.write_text(
         '[general]\nresolution = [256, 256]\ncaption_extension = ".txt"\nbatch_size = 1\n\n'
-        f"[[datasets]]\nimage_directory = {json.dumps(str(images))}\ncache_directory = {json.dumps(str(cache))}\n",
+        f"[[datasets]]\nimage_directory = {json.dumps(str(images))}\n"
+        f"cache_directory = {json.dumps(str(cache))}\n",
         encoding="utf-8",
     )
     return path
@@ -126,14 +168,14 @@ def time_import() -> float:
 
 
 def trainer_command(dit: Path, dataset_config: Path, output_dir: Path, steps: int) -> list[str]:
+    """The job's command line, as a musubi-tuner user writes it."""
     return [
         "hv_train_network.py", "--dit", str(dit), "--dataset_config", str(dataset_config),
-        "--output_dir", str(output_dir), "--output_name", "tiny", "--sdpa",
+        "--output_dir", str(output_dir), "--output_name", "tiny", "--sdpa", "--mixed_precision", "no",
         "--network_module", "networks.lora", "--network_dim", str(RANK), "--network_alpha", str(ALPHA),
         "--network_args", *NETWORK_ARGS, "--optimizer_type", "AdamW", "--learning_rate", str(LR),
         "--timestep_sampling", "shift", "--discrete_flow_shift", str(SHIFT),
-        "--max_train_steps", str(steps), "--max_data_loader_n_workers", "2", "--mixed_precision", "no",
-        "--seed", "0",
+        "--max_train_steps", str(steps), "--max_data_loader_n_workers", "2", "--seed", "0",
     ]  # fmt: skip
 
 
@@ -152,8 +194,9 @@ def _read_lines(stream, sink: list[tuple[float, str]]) -> None:
 def run_trainer(cmd: list[str], steps: int, python_prefix: tuple[str, ...] = ()) -> dict:
     lines: list[tuple[float, str]] = []
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, *python_prefix, *cmd], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, *python_prefix, *cmd], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     reader = threading.Thread(target=_read_lines, args=(proc.stderr, lines), daemon=True)
     reader.start()
     _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not the sum of every child so far
@@ -170,8 +213,14 @@ def run_trainer(cmd: list[str], steps: int, python_prefix: tuple[str, ...] = ())
         raise RuntimeError(
             f"the trainer's log lacks {FIRST_STEP!r} or 'saved ...tiny.safetensors':\n{text[-6000:]}"
         )
-    return {"first_step_s": first - start, "steps_per_s": (steps - 1) / (saved - first), "loop_s": saved - first,
-            "tail_s": end - saved, "peak_rss_mib": usage.ru_maxrss / 1024, "log": text}  # fmt: skip
+    return {
+        "first_step_s": first - start,
+        "steps_per_s": (steps - 1) / (saved - first),
+        "loop_s": saved - first,
+        "tail_s": end - saved,
+        "peak_rss_mib": usage.ru_maxrss / 1024,
+        "log": text,
+    }
 
 
 def run_floor(dit: Path, batches: list[dict[str, torch.Tensor]], steps: int) -> dict:
@@ -179,7 +228,8 @@ def run_floor(dit: Path, batches: list[dict[str, torch.Tensor]], steps: int) -> 
     model = load_dit(dit, dtype=torch.float32, device="cpu")
     model.requires_grad_(False)
     network = create_network(1.0, RANK, ALPHA, model, target_block_classes=TARGET_BLOCK_CLASSES,
-                             default_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS, network_args=NETWORK_ARGS)  # fmt: skip
+                             default_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS,
+                             network_args=NETWORK_ARGS)  # fmt: skip
     network.apply_to(model)
     network.train()
     optimizer = torch.optim.AdamW(network.prepare_optimizer_params(LR), lr=LR)
@@ -200,8 +250,11 @@ def run_floor(dit: Path, batches: list[dict[str, torch.Tensor]], steps: int) -> 
         optimizer.zero_grad(set_to_none=True)
         marks.append(time.perf_counter())
     network.restore()
-    return {"first_step_s": marks[0] - start, "steps_per_s": (steps - 1) / (marks[-1] - marks[0]),
-            "loss": float(loss.detach())}  # fmt: skip
+    return {
+        "first_step_s": marks[0] - start,
+        "steps_per_s": (steps - 1) / (marks[-1] - marks[0]),
+        "loss": float(loss.detach()),
+    }
 
 
 # ---------------------------------------------------------------- main
@@ -231,9 +284,11 @@ def main() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         dit, loaded = make_dit(folder)
         if loaded.rope_dim_list != ROPE_ASKED:
-            log(f"note: the DiT was built with rope {list(ROPE_ASKED)}, but the checkpoint loader derives "
-                f"{list(loaded.rope_dim_list)} from head width {loaded.head_dim} (rope_dims_for); trainer and "
-                "floor both run what loads")  # fmt: skip
+            log(
+                f"note: the DiT was built with rope {list(ROPE_ASKED)}, but the checkpoint loader derives "
+                f"{list(loaded.rope_dim_list)} from head width {loaded.head_dim} (rope_dims_for); "
+                "trainer and floor both run what loads"
+            )
         cache = folder / "cache"
         batches = make_cache(cache)
         dataset_config = make_dataset_config(folder, cache)
@@ -243,17 +298,24 @@ def main() -> None:
         imports, trainers, floors = [], [], []
         for r in range(args.rounds):
             imports.append(time_import())
-            log(f"round {r + 1}: import {imports[-1]:.2f} s (load average {os.getloadavg()[0]:.2f})")
+            log(f"round {r + 1}: import {imports[-1]:.2f} s")
             out = folder / f"out{r}"
-            res = run_trainer(trainer_command(dit, dataset_config, out, args.steps) + extra, args.steps)
+            with Neighbours() as busy:
+                res = run_trainer(trainer_command(dit, dataset_config, out, args.steps) + extra, args.steps)
             trainers.append(res)
-            log(f"round {r + 1}: trainer {res['steps_per_s']:.2f} steps/s, first step {res['first_step_s']:.2f} s, "
-                f"peak RSS {res['peak_rss_mib']:.0f} MiB, after the LoRA write {res['tail_s']:.2f} s")  # fmt: skip
-            log(f"round {r + 1}: load average {os.getloadavg()[0]:.2f}")
-            fl = run_floor(dit, batches, args.steps)
+            log(
+                f"round {r + 1}: trainer {res['steps_per_s']:.2f} steps/s, "
+                f"first step {res['first_step_s']:.2f} s, "
+                f"peak RSS {res['peak_rss_mib']:.0f} MiB, after the LoRA write {res['tail_s']:.2f} s; "
+                f"other processes kept {busy.cores:.2f} cores busy"
+            )
+            with Neighbours() as busy_floor:
+                fl = run_floor(dit, batches, args.steps)
             floors.append(fl)
             log(
-                f"round {r + 1}: floor {fl['steps_per_s']:.2f} steps/s (first step {fl['first_step_s']:.3f} s)"
+                f"round {r + 1}: floor {fl['steps_per_s']:.2f} steps/s "
+                f"(first step {fl['first_step_s']:.3f} s); "
+                f"other processes kept {busy_floor.cores:.2f} cores busy"
             )
 
         if args.profile:

@@ -86,8 +86,28 @@ class CachedBatches(Dataset):
     def __len__(self) -> int:
         return len(self._plan)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+        """Batch `index` of the current epoch, or of any epoch given as (epoch, index): a loader whose sampler
+        spans epochs keeps its workers for the whole run (each worker plans the epochs it meets itself)."""
+        if isinstance(index, tuple):
+            epoch, index = index
+            if epoch != self.epoch:
+                self.set_epoch(epoch)
         return collate([_load_item(item) for item in self._plan[index]])
+
+
+class EpochSpanningSampler:
+    """(epoch, index) keys from a position onwards, epoch after epoch, without end: the loop decides when to stop."""
+
+    def __init__(self, batches_per_epoch: int, epoch: int = 0, index: int = 0) -> None:
+        self.batches_per_epoch, self.epoch, self.index = batches_per_epoch, epoch, index
+
+    def __iter__(self):
+        epoch, index = self.epoch, self.index
+        while True:
+            for i in range(index, self.batches_per_epoch):
+                yield (epoch, i)
+            epoch, index = epoch + 1, 0
 
 
 def _load_item(item: CachedItem) -> dict[str, torch.Tensor]:

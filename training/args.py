@@ -251,7 +251,9 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         "--max_data_loader_n_workers", type=non_negative_int, default=8, help="DataLoader workers"
     )
     group.add_argument(
-        "--persistent_data_loader_workers", action="store_true", help="keep DataLoader workers between epochs"
+        "--persistent_data_loader_workers",
+        action="store_true",
+        help="accepted for musubi-tuner command lines: the loader's workers always live for the whole run",
     )
     group.add_argument("--debug_dataset", action="store_true", help="show what the dataset yields, then stop")
 
