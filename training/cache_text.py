@@ -13,6 +13,7 @@ from dataset.config import load_dataset_config
 from dataset.items import CaptionRecord, list_captions
 
 from .devices import parse_dtype, pick_device
+from .encoder_args import add_text_encoder_args
 
 logger = logging.getLogger(__name__)
 
@@ -20,22 +21,7 @@ logger = logging.getLogger(__name__)
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cache_text_encoder_outputs.py", description=__doc__)
     p.add_argument("--dataset_config", required=True, help="dataset TOML")
-    p.add_argument(
-        "--text_encoder1", required=True, help="LLM: a transformers folder or a single safetensors file"
-    )
-    p.add_argument(
-        "--text_encoder2", required=True, help="CLIP-L: a transformers folder or a single safetensors file"
-    )
-    p.add_argument(
-        "--tokenizer1",
-        default=None,
-        help="config + tokenizer folder for a single-file LLM (default: the local Hugging Face cache)",
-    )
-    p.add_argument(
-        "--tokenizer2",
-        default=None,
-        help="config + tokenizer folder for a single-file CLIP (default: the local Hugging Face cache)",
-    )
+    add_text_encoder_args(p)
     p.add_argument(
         "--text_encoder_dtype", default=None, help="float32 | float16 | bfloat16 (default: float16 on GPU)"
     )

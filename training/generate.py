@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .devices import parse_dtype, pick_device
+from .encoder_args import add_text_encoder_args
 from .errors import UserError
 from .lora_io import LoadedLoRA, linear_shapes, load_checked, multipliers
 
@@ -32,14 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     models = p.add_argument_group("models")
     models.add_argument("--dit", required=True, help="DiT checkpoint: any layout (see docs/model.md)")
     models.add_argument("--vae", default=None, help="VAE (needed for --output_type video or both)")
-    models.add_argument("--text_encoder1", required=True, help="LLM text encoder (llava-llama-3)")
-    models.add_argument("--text_encoder2", required=True, help="CLIP-L text encoder")
-    models.add_argument(
-        "--tokenizer1", default=None, help="LLM tokenizer/config folder (single-file encoders)"
-    )
-    models.add_argument(
-        "--tokenizer2", default=None, help="CLIP tokenizer/config folder (single-file encoders)"
-    )
+    add_text_encoder_args(models)
     models.add_argument(
         "--dit_dtype", default=None, help="float32 | float16 | bfloat16 (default: bf16 on GPU)"
     )
