@@ -32,10 +32,12 @@ def setup_logging() -> None:
 def run_command(run: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Run a command's body; a user error becomes `error: <one line>` on stderr and exit code 2."""
     setup_logging()
-    from .errors import user_error_types
-
     try:
         return run(argv)
-    except user_error_types() as e:
+    except ValueError as e:  # every user error type is a ValueError; their modules load only when one happens
+        from .errors import user_error_types
+
+        if not isinstance(e, user_error_types()):
+            raise
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

@@ -1,0 +1,44 @@
+"""The shared CLI wrapper: user errors are one line and exit 2; a bad option costs no torch import."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from training.cli import run_command
+from training.errors import UserError, user_error_types
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_user_error_type_is_a_value_error():
+    # run_command catches ValueError and imports the error types only then: the invariant it relies on.
+    assert all(issubclass(t, ValueError) for t in user_error_types())
+
+
+def test_user_error_is_one_line_and_other_errors_propagate(capsys):
+    def bad(_argv):
+        raise UserError("something\nthe user can fix")
+
+    assert run_command(bad, []) == 2
+    assert capsys.readouterr().err == "error: something the user can fix\n"
+
+    def bug(_argv):
+        raise ValueError("a bug, not a user error")
+
+    try:
+        run_command(bug, [])
+    except ValueError as e:
+        assert "a bug" in str(e)
+    else:
+        raise AssertionError("a programming error was swallowed")
+
+
+def test_bad_option_does_not_import_torch():
+    code = (
+        "import sys, runpy; sys.argv = ['hv_train_network.py', '--network_dim', '0'];"
+        "sys.path.insert(0, '.');\n"
+        "try:\n    runpy.run_path('hv_train_network.py', run_name='__main__')\n"
+        "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.split() == ["2", "False"], out.stderr
