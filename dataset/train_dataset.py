@@ -35,6 +35,11 @@ class CachedDatasetSpec:
     batch_size: int = 1
     num_repeats: int = 1
 
+    @classmethod
+    def of(cls, dataset, repeats: bool = True) -> CachedDatasetSpec:
+        """From a parsed [[datasets]] entry; validation sets are read once per evaluation (repeats=False)."""
+        return cls(dataset.cache_directory, dataset.batch_size, dataset.num_repeats if repeats else 1)
+
 
 def discover_cached_items(cache_directory: Path) -> list[CachedItem]:
     """Latent files and their text files in a cache directory; missing or unreadable ones are errors."""

@@ -113,7 +113,8 @@ def find_latest_state(output_dir: Path, output_name: str) -> Path | None:
     return best[1] if best else None
 
 
-def load_state(folder: Path, network, optimizer, scheduler) -> Progress:
+def load_state(folder: Path, network, optimizer, scheduler) -> tuple[Progress, dict]:
+    """Restore a state into the network, optimizer, scheduler and RNGs; return its progress and its extra."""
     state_file = folder / STATE_FILE
     if not state_file.is_file():
         raise UserError(f"--resume {folder}: not a training state (no {STATE_FILE})")
@@ -125,4 +126,4 @@ def load_state(folder: Path, network, optimizer, scheduler) -> Progress:
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     _set_rng_state(payload["rng"])
-    return Progress(**payload["progress"])
+    return Progress(**payload["progress"]), dict(payload.get("extra", {}))

@@ -12,7 +12,7 @@ def show_batches(args, limit: int = 8) -> int:
     if not args.dataset_config:
         raise UserError("--debug_dataset needs --dataset_config")
     blueprint = load_dataset_config(args.dataset_config, check_media=False)
-    specs = [CachedDatasetSpec(d.cache_directory, d.batch_size, d.num_repeats) for d in blueprint.datasets]
+    specs = [CachedDatasetSpec.of(d) for d in blueprint.datasets]
     batches = CachedBatches(specs, seed=args.seed or 0)
     print(
         f"{len(batches)} batches per epoch from {len(specs)} dataset(s); the first {min(limit, len(batches))}:"

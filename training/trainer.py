@@ -69,7 +69,7 @@ def _load_batches(args):
     from dataset.train_dataset import CachedBatches, CachedDatasetSpec
 
     blueprint = load_dataset_config(args.dataset_config, check_media=False)
-    specs = [CachedDatasetSpec(d.cache_directory, d.batch_size, d.num_repeats) for d in blueprint.datasets]
+    specs = [CachedDatasetSpec.of(d) for d in blueprint.datasets]
     batches = CachedBatches(specs, seed=args.seed)
     summary = [
         {"cache_directory": str(s.cache_directory), "batch_size": s.batch_size, "num_repeats": s.num_repeats}
@@ -295,10 +295,9 @@ def _resume(run: Run) -> Progress:
     if folder is None:
         logger.info("--resume auto: no saved state in %s, starting fresh", run.output_dir)
         return Progress()
-    progress = load_state(folder, _unwrapped(run), run.optimizer, run.scheduler)
-    state = torch.load(folder / "train_state.pt", weights_only=True, map_location="cpu")
-    run.losses = list(state.get("extra", {}).get("losses", []))
-    run.validations = list(state.get("extra", {}).get("validations", []))
+    progress, extra = load_state(folder, _unwrapped(run), run.optimizer, run.scheduler)
+    run.losses = list(extra.get("losses", []))
+    run.validations = list(extra.get("validations", []))
     logger.info(
         "resumed from %s at step %d (epoch %d, batch %d)",
         folder,

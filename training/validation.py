@@ -72,5 +72,5 @@ def build_validator(args, flow: FlowSettings) -> Validator | None:
         from .errors import UserError
 
         raise UserError("--validate_every_n_steps/epochs needs [[validation_datasets]] in the dataset config")
-    specs = [CachedDatasetSpec(d.cache_directory, d.batch_size, 1) for d in blueprint.validation_datasets]
+    specs = [CachedDatasetSpec.of(d, repeats=False) for d in blueprint.validation_datasets]
     return Validator(CachedBatches(specs, seed=0), fixed_timesteps(flow))
