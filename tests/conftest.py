@@ -48,3 +48,16 @@ def cached_demo(tmp_path_factory) -> Path:
     finally:
         os.chdir(old)
     return root
+
+
+@pytest.fixture
+def restore_logging():
+    """main() sets up logging for a CLI run; leave the root logger as other tests expect it."""
+    import logging
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    root.setLevel(level)
+    root.handlers[:] = handlers
+    logging.captureWarnings(False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import pytest
@@ -262,17 +261,7 @@ def test_floats_survive_the_file_exactly(tmp_path_factory, value):
 # --- through hv_train_network.py: exit 2 and one line --------------------------------------------------------
 
 
-@pytest.fixture
-def _restore_logging():
-    root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)
-    yield
-    root.setLevel(level)
-    root.handlers[:] = handlers
-    logging.captureWarnings(False)
-
-
-@pytest.mark.usefixtures("_restore_logging")
+@pytest.mark.usefixtures("restore_logging")
 def test_the_script_exits_2_with_one_line(tmp_path, capsys):
     path = write(tmp_path, "[optimizer]\nlearnig_rate = 1e-4\n")
     code = hv_train_network.main(["--list_lora_targets", "json", "--config_file", str(path)])
@@ -283,7 +272,7 @@ def test_the_script_exits_2_with_one_line(tmp_path, capsys):
     ]
 
 
-@pytest.mark.usefixtures("_restore_logging")
+@pytest.mark.usefixtures("restore_logging")
 def test_network_args_from_the_file_reach_the_listing(tmp_path, capsys):
     path = write(
         tmp_path,

@@ -24,20 +24,17 @@ CONFIG = DiTConfig(
 )
 
 
+# The same architecture as CONFIG, in diffusers' terms.
+DIFFUSERS_CONFIG = dict(
+    in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=32, num_layers=2,
+    num_single_layers=2, num_refiner_layers=2, text_embed_dim=24, pooled_projection_dim=20,
+    rope_axes_dim=(4, 14, 14),
+)  # fmt: skip
+
+
 def _diffusers_model() -> torch.nn.Module:
     torch.manual_seed(0)
-    model = diffusers.HunyuanVideoTransformer3DModel(
-        in_channels=4,
-        out_channels=4,
-        num_attention_heads=2,
-        attention_head_dim=32,
-        num_layers=2,
-        num_single_layers=2,
-        num_refiner_layers=2,
-        text_embed_dim=24,
-        pooled_projection_dim=20,
-        rope_axes_dim=(4, 14, 14),
-    ).eval()
+    model = diffusers.HunyuanVideoTransformer3DModel(**DIFFUSERS_CONFIG).eval()
     with torch.no_grad():  # norms and zero-initialised layers too: every weight must matter
         for p in model.parameters():
             p.normal_(0.0, 0.05)
@@ -88,11 +85,7 @@ def test_round_trip_to_diffusers_layout():
     theirs = _diffusers_model()
     original = diffusers_to_original(theirs.state_dict())
     back = original_to_diffusers(original)
-    fresh = diffusers.HunyuanVideoTransformer3DModel(
-        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=32, num_layers=2,
-        num_single_layers=2, num_refiner_layers=2, text_embed_dim=24, pooled_projection_dim=20,
-        rope_axes_dim=(4, 14, 14),
-    )  # fmt: skip
+    fresh = diffusers.HunyuanVideoTransformer3DModel(**DIFFUSERS_CONFIG)
     result = fresh.load_state_dict(back, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     for key, value in theirs.state_dict().items():

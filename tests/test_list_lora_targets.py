@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -18,14 +17,8 @@ SINGLE_10_ON = r"include_patterns=[r'.*single_blocks\.\d{2}\.linear.*']"
 
 
 @pytest.fixture(autouse=True)
-def _restore_logging():
-    """main() sets up logging for a CLI run; leave the root logger as other tests expect it."""
-    root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)
-    yield
-    root.setLevel(level)
-    root.handlers[:] = handlers
-    logging.captureWarnings(False)
+def _restore_logging(restore_logging):
+    """Every test here runs main(), which sets up logging: the shared fixture puts it back."""
 
 
 def run_main(capsys, *argv: str) -> tuple[int, str, str]:
