@@ -3,6 +3,7 @@
 accelerate launch hv_train_network.py --config_file configs/tiny_demo.toml       (train; see docs/training.md)
 python hv_train_network.py --list_lora_targets [table|json] [--dit W] --network_dim 32 --network_args ...
 python hv_train_network.py --debug_dataset --dataset_config D                     (what the batches hold)
+python hv_train_network.py --config_file C --estimate_memory [--vram_budget_gb 24]  (GPU memory, estimated)
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ def run(argv: Sequence[str] | None) -> int:
         from training.debug_dataset import show_batches
 
         return show_batches(args)
+    if args.estimate_memory:
+        from training.memory_estimate import render as render_estimate
+
+        print(render_estimate(args))  # shapes only: no weights, VAE or text encoder is read
+        return 0
     if args.list_lora_targets is None:
         from training.trainer import train
 

@@ -135,9 +135,23 @@ def load_dataset_config(
     return blueprint
 
 
+MAX_CONFIG_BYTES = 1 << 20  # real dataset configs are a few KB; megabytes of TOML are not one
+
+
 def _read_toml(config_file: Path) -> dict[str, Any]:
-    if not config_file.is_file():
+    try:
+        found = config_file.is_file()
+        size = config_file.stat().st_size if found else 0
+    except OSError as e:  # a name too long for the file system, ...
+        raise DatasetConfigError(
+            f"{schema.shorten(str(config_file))}: cannot read the dataset config: {e.strerror}"
+        ) from None
+    if not found:
         raise DatasetConfigError(f"{config_file}: dataset config not found ({config_file.absolute()})")
+    if size > MAX_CONFIG_BYTES:
+        raise DatasetConfigError(
+            f"{config_file}: {size} bytes is too large for a dataset config (at most 1 MiB)"
+        )
     try:
         text = config_file.read_text(encoding="utf-8-sig")  # -sig: a BOM from a Windows editor is not TOML
     except (OSError, UnicodeDecodeError) as e:
@@ -146,13 +160,17 @@ def _read_toml(config_file: Path) -> dict[str, Any]:
         doc = toml.loads(text)
     except toml.TomlDecodeError as e:
         raise DatasetConfigError(f"{config_file}: line {e.lineno}: TOML syntax error: {e.msg}") from None
+    except Exception as e:  # the toml package fails on some garbage with IndexError, RecursionError, ...
+        raise DatasetConfigError(
+            f"{config_file}: TOML syntax error ({type(e).__name__} in the parser)"
+        ) from None
     for key in doc:
         if key in schema.DATASET_KEYS:
             raise DatasetConfigError(f"{config_file}: {key}: put it under [general] or a [[datasets]] table")
         if key not in schema.TOP_LEVEL_KEYS:
             hint = schema.did_you_mean(key, schema.TOP_LEVEL_KEYS)
             raise DatasetConfigError(
-                f"{config_file}: {key}: unknown top-level key{hint}; expected [general], [[datasets]]"
+                f"{config_file}: {schema.shorten(key)}: unknown top-level key{hint}; expected [general], [[datasets]]"
             )
     return doc
 
@@ -173,7 +191,7 @@ def _parse_general(table: Any, config_file: Path) -> dict[str, Any]:
         raise DatasetConfigError(f"{config_file}: general: expected a [general] table")
     for key in table:
         if key not in schema.GENERAL_KEYS:
-            where = f"{config_file}: general.{key}"
+            where = f"{config_file}: general.{schema.shorten(key)}"
             if key in schema.PATH_KEYS:
                 raise DatasetConfigError(f"{where}: set it in each [[datasets]] table, not in [general]")
             raise DatasetConfigError(f"{where}: unknown key{schema.did_you_mean(key, schema.GENERAL_KEYS)}")
@@ -193,7 +211,9 @@ def _check(checker: schema.Checker, value: Any, where: str) -> Any:
 def _parse_dataset(table: dict[str, Any], general: dict[str, Any], origin: DatasetOrigin) -> DatasetConfig:
     for key in table:
         if key not in schema.DATASET_KEYS:
-            raise origin.error(key, f"unknown key{schema.did_you_mean(key, schema.DATASET_KEYS)}")
+            raise origin.error(
+                schema.shorten(key), f"unknown key{schema.did_you_mean(key, schema.DATASET_KEYS)}"
+            )
     given = {
         key: _check(schema.DATASET_KEYS[key], v, f"{origin.config_file}: {origin.where(key)}")
         for key, v in table.items()
@@ -247,6 +267,13 @@ def resolve_path(value: str, base: Path) -> Path:
 
 
 def _check_source_path(path: Path, key: str, origin: DatasetOrigin) -> None:
+    try:
+        path.stat()
+    except OSError as e:  # a missing path is named below; other errors (name too long, no access) here
+        if not isinstance(e, (FileNotFoundError, NotADirectoryError)):
+            raise origin.error(key, f"cannot use {path}: {e.strerror}") from None
+    except ValueError:  # an embedded NUL byte: is_dir() / is_file() below say False
+        pass
     if key.endswith("_directory"):
         if not path.is_dir():
             raise origin.error(

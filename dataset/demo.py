@@ -18,6 +18,8 @@ import av
 import numpy as np
 from PIL import Image
 
+from hv_common.atomic import atomic_path, atomic_write
+
 Frame = np.ndarray  # (H, W, 3) uint8
 BACKGROUND = (40, 44, 52)
 
@@ -92,7 +94,11 @@ IMAGES: dict[str, tuple[Frame, str]] = {
 def write_clip(path: Path, frames: list[Frame], fps: int) -> None:
     """H.264 mp4 with settings that give the same bytes every run (one thread, no timestamps in the header)."""
     height, width = frames[0].shape[:2]
-    with av.open(str(path), "w", options={"fflags": "+bitexact"}) as container:
+    # format="mp4": the temporary name (hv_common.atomic) has no .mp4 suffix to guess it from
+    with (
+        atomic_path(path) as tmp,
+        av.open(str(tmp), "w", format="mp4", options={"fflags": "+bitexact"}) as container,
+    ):
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"crf": "18", "preset": "ultrafast", "threads": "1"}
@@ -137,13 +143,18 @@ def write_demo(out: str | Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
     for name, (count, draw, caption) in CLIPS.items():
         write_clip(videos / f"{name}.mp4", [draw(i, count) for i in range(count)], 24)
-        (videos / f"{name}.txt").write_text(caption + "\n", encoding="utf-8")
+        _write_text(videos / f"{name}.txt", caption + "\n")
     for name, (pixels, caption) in IMAGES.items():
-        Image.fromarray(pixels).save(images / f"{name}.png", optimize=False)
-        (images / f"{name}.txt").write_text(caption + "\n", encoding="utf-8")
+        image = Image.fromarray(pixels)
+        atomic_write(images / f"{name}.png", lambda tmp, im=image: im.save(tmp, format="PNG", optimize=False))
+        _write_text(images / f"{name}.txt", caption + "\n")
     config = out / "dataset.toml"
-    config.write_text(dataset_toml(out.as_posix()), encoding="utf-8")
+    _write_text(config, dataset_toml(out.as_posix()))
     return config
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def main(argv: list[str] | None = None) -> int:

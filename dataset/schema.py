@@ -18,6 +18,17 @@ class BadValue(ValueError):
     """A value of the wrong type or out of range; the message says what was expected."""
 
 
+# Upper bounds: a value past them is a typo or a hostile file, and would exhaust memory hours later.
+MAX_SIDE = 16384  # pixels
+MAX_COUNT = 100_000  # batch size, repeats, frame counts, strides
+MAX_TEXT = 4096  # characters: the longest path Linux accepts
+
+
+def shorten(text: str, limit: int = 80) -> str:
+    """A user's text cut for a one-line message (a 10 MB key must not become a 10 MB line)."""
+    return text if len(text) <= limit else f"{text[: limit - 20]}...({len(text)} characters)"
+
+
 def _describe(value: Any) -> str:
     kind = {
         bool: "a boolean",
@@ -27,7 +38,7 @@ def _describe(value: Any) -> str:
         list: "a list",
         dict: "a table",
     }
-    return f"{kind.get(type(value), type(value).__name__)} {value!r}"
+    return f"{kind.get(type(value), type(value).__name__)} {shorten(repr(value))}"
 
 
 def _is_int(value: Any) -> bool:
@@ -37,8 +48,8 @@ def _is_int(value: Any) -> bool:
 def positive_int(value: Any) -> int:
     if not _is_int(value):
         raise BadValue(f"expected an integer >= 1, got {_describe(value)}")
-    if value < 1:
-        raise BadValue(f"expected an integer >= 1, got {value}")
+    if not 1 <= value <= MAX_COUNT:
+        raise BadValue(f"expected an integer >= 1 and <= {MAX_COUNT}, got {shorten(str(value))}")
     return value
 
 
@@ -53,6 +64,10 @@ def text(value: Any) -> str:
         raise BadValue(f"expected a string, got {_describe(value)}")
     if not value.strip():
         raise BadValue("expected a non-empty string")
+    if len(value) > MAX_TEXT or "\0" in value:
+        raise BadValue(
+            f"expected a path or name of at most {MAX_TEXT} characters without NUL, got {_describe(value)}"
+        )
     return value
 
 
@@ -62,16 +77,18 @@ def resolution(value: Any) -> tuple[int, int]:
         value = [value, value]
     if not (isinstance(value, list) and len(value) == 2 and all(_is_int(v) for v in value)):
         raise BadValue(f"expected [width, height] or one integer, got {_describe(value)}")
-    if min(value) < 16:
-        raise BadValue(f"expected a width and height of at least 16, got {value}")
+    if min(value) < 16 or max(value) > MAX_SIDE:
+        raise BadValue(
+            f"expected a width and height of at least 16 and at most {MAX_SIDE}, got {shorten(str(value))}"
+        )
     return value[0], value[1]
 
 
 def target_frames(value: Any) -> tuple[int, ...]:
     if not (isinstance(value, list) and value and all(_is_int(v) for v in value)):
         raise BadValue(f"expected a non-empty list of integers like [1, 25, 45], got {_describe(value)}")
-    if min(value) < 1:
-        raise BadValue(f"expected frame counts >= 1, got {value}")
+    if min(value) < 1 or max(value) > MAX_COUNT:
+        raise BadValue(f"expected frame counts >= 1 and <= {MAX_COUNT}, got {shorten(str(value))}")
     return tuple(value)
 
 

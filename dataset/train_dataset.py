@@ -3,10 +3,19 @@
 Every batch holds items of one dataset and one bucket (same latent shape). The order of an epoch is a pure
 function of (seed, epoch), so a run resumed at (epoch, batch index) sees exactly the batches an uninterrupted
 run would have seen, and nothing has to be replayed to get there.
+
+Data parallel: a dataset's batch_size is per process (as in musubi-tuner). The plan is made of global batches
+of num_processes x batch_size items of one bucket, the same on every process; process r trains on its slice.
+A bucket's last global batch may be short: it is padded to an equal share per process with copies of its own
+items whose loss weight is 0, so every process runs the same shapes and the update equals one process
+training the whole global batch. Each item carries a noise seed derived from (seed, epoch, index, position in
+the global batch): its noise and t do not depend on which process trains it, nor on the draw order.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import random
 from collections import defaultdict
 from collections.abc import Sequence
@@ -14,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch.utils.data import Dataset
 
 from .cache_files import LATENT_FORMAT, TEXT_FORMAT, CacheFileError, load_cache, read_metadata
@@ -61,17 +71,29 @@ def discover_cached_items(cache_directory: Path) -> list[CachedItem]:
 
 
 class CachedBatches(Dataset):
-    """Index i of epoch e is one whole batch; use with DataLoader(batch_size=None)."""
+    """Index i of epoch e is one whole (per-process) batch; use with DataLoader(batch_size=None)."""
 
-    def __init__(self, specs: Sequence[CachedDatasetSpec], seed: int = 0) -> None:
+    def __init__(
+        self,
+        specs: Sequence[CachedDatasetSpec],
+        seed: int = 0,
+        num_processes: int = 1,
+        process_index: int = 0,
+    ) -> None:
+        if not 0 <= process_index < num_processes:
+            raise ValueError(f"process_index {process_index} outside 0..{num_processes - 1}")
         self.seed = seed
+        self.num_processes, self.process_index = num_processes, process_index
         self.epoch = 0
-        self._groups: list[tuple[list[CachedItem], int]] = []  # (items of one bucket, batch size)
+        self._groups: list[tuple[list[CachedItem], int]] = []  # (items of one bucket, global batch size)
         for spec in specs:
             buckets: dict[tuple[int, ...], list[CachedItem]] = defaultdict(list)
             for item in discover_cached_items(spec.cache_directory):
                 buckets[item.bucket].extend([item] * spec.num_repeats)
-            self._groups.extend((items, spec.batch_size) for _, items in sorted(buckets.items()))
+            self._groups.extend(
+                (items, spec.batch_size * num_processes) for _, items in sorted(buckets.items())
+            )
+        self._text_lengths: dict[Path, int] = {}
         self._plan = self._plan_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -79,6 +101,7 @@ class CachedBatches(Dataset):
         self._plan = self._plan_epoch(epoch)
 
     def _plan_epoch(self, epoch: int) -> list[list[CachedItem]]:
+        """The global batches of an epoch: the same on every process, whatever its index."""
         rng = random.Random(self.seed * 1_000_003 + epoch)
         batches = []
         for items, batch_size in self._groups:
@@ -91,6 +114,15 @@ class CachedBatches(Dataset):
     def __len__(self) -> int:
         return len(self._plan)
 
+    def share(self, index: int) -> tuple[list[CachedItem], list[int], int]:
+        """This process's items of global batch `index`, their positions in it, and the global batch's real
+        item count; a position past that count is a pad, a copy of item (position mod count)."""
+        items = self._plan[index]
+        per_process = math.ceil(len(items) / self.num_processes)
+        start = self.process_index * per_process
+        positions = list(range(start, start + per_process))
+        return [items[p % len(items)] for p in positions], positions, len(items)
+
     def __getitem__(self, index: int | tuple[int, int]) -> dict:
         """Batch `index` of the current epoch, or of any epoch given as (epoch, index): a loader whose sampler
         spans epochs keeps its workers for the whole run (each worker plans the epochs it meets itself)."""
@@ -98,7 +130,37 @@ class CachedBatches(Dataset):
             epoch, index = index
             if epoch != self.epoch:
                 self.set_epoch(epoch)
-        return collate([_load_item(item) for item in self._plan[index]])
+        items, positions, real = self.share(index)
+        # LLM states are padded to the longest of the global batch: every process runs the same shapes (and so
+        # draws the same dropout masks), and the numbers match one process training the whole global batch.
+        length = max(self._text_length(item) for item in self._plan[index])
+        batch = collate([_load_item(item) for item in items], length)
+        # Each process's loss is scaled so that the average over processes (DDP) is the global batch's mean.
+        batch["loss_scale"] = torch.tensor(
+            [self.num_processes / real if p < real else 0.0 for p in positions], dtype=torch.float32
+        )
+        batch["noise_seed"] = torch.tensor(
+            [sample_seed(self.seed, self.epoch, index, p) for p in positions], dtype=torch.int64
+        )
+        return batch
+
+    def _text_length(self, item: CachedItem) -> int:
+        """The LLM state count of an item, from its file header (the tensors of other processes' items are
+        not read)."""
+        if item.text_path not in self._text_lengths:
+            try:
+                with safe_open(str(item.text_path), framework="pt") as f:
+                    length = int(f.get_slice("llm").get_shape()[0])
+            except (SafetensorError, OSError, ValueError):  # a full read names the problem
+                length = int(load_cache(item.text_path, TEXT_FORMAT, ("llm",))["llm"].shape[0])
+            self._text_lengths[item.text_path] = length
+        return self._text_lengths[item.text_path]
+
+
+def sample_seed(seed: int, epoch: int, index: int, position: int) -> int:
+    """The noise/t seed of one item of global batch `index` of `epoch`: independent of the process count."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}:{position}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # a non-negative int64
 
 
 class EpochSpanningSampler:
@@ -121,10 +183,11 @@ def _load_item(item: CachedItem) -> dict[str, torch.Tensor]:
     return {"latents": latents["latents"], "llm": text["llm"], "clip_pooled": text["clip_pooled"]}
 
 
-def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack latents and pooled vectors; pad the LLM states (stored without padding) and build their mask."""
+def collate(items: list[dict[str, torch.Tensor]], length: int | None = None) -> dict[str, torch.Tensor]:
+    """Stack latents and pooled vectors; pad the LLM states (stored without padding) to `length` (default: the
+    longest) and build their mask."""
     lengths = [it["llm"].shape[0] for it in items]
-    length = max(lengths)
+    length = max(lengths) if length is None else length
     if min(lengths) == length:  # nothing to pad (always so at batch size 1)
         llm = torch.stack([it["llm"] for it in items])
         mask = torch.ones(len(items), length, dtype=torch.bool)

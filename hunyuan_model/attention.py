@@ -1,22 +1,256 @@
-"""Attention for the DiT. One function, so that optional kernels can be added behind it later.
+"""Attention for the DiT: one function, several kernels behind it (--sdpa, --flash_attn, --sage_attn,
+--xformers, --split_attn).
+
+q, k, v are (B, L, H, D); the mask is a bool *key* mask (B, 1, 1, L): image tokens are always valid, padded
+text tokens never are (model.py `_joint_mask`). The kernels other than SDPA take no mask, so they run on the
+valid tokens only: packed with cu_seqlens (flash_attn) or one sample at a time (sage_attn, xformers,
+split_attn). Rows of padded *query* tokens then differ between backends (zeros, or attention over the valid
+keys as SDPA gives them). That is harmless: a padded token is never attended as a key (the mask hides it in
+every block), and the final layer reads the image tokens only, so nothing it holds reaches the output or the
+loss. Image-token outputs agree across backends up to kernel rounding.
 
 Nothing here imports an optional package at module load, and nothing assumes CUDA.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+BACKENDS = ("sdpa", "flash_attn", "sage_attn", "xformers", "split_attn")
+# backend -> (module imported at the call, pip package name)
+PACKAGES = {
+    "flash_attn": ("flash_attn", "flash-attn"),
+    "sage_attn": ("sageattention", "sageattention"),
+    "xformers": ("xformers.ops", "xformers"),
+}
+# Kernels with no CPU implementation. A module-level set so that tests can run fake kernels on the CPU.
+CUDA_ONLY = frozenset(PACKAGES)
+HALF_ONLY = frozenset({"flash_attn", "sage_attn"})  # xformers also runs float32
+_HALF = (torch.float16, torch.bfloat16)
+
+
+class AttentionBackendError(ValueError):
+    """An attention backend that cannot run here (package missing, no CUDA, wrong dtype, training with
+    SageAttention): one line, no traceback at the CLI."""
+
+
+# --- start-up checks ----------------------------------------------------------------------------------------
+
+
+def check_attention_backend(
+    name: str,
+    device: torch.device | str | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+    training: bool = False,
+    flag: str | None = None,
+) -> None:
+    """Fail now, in one line, when `name` cannot run: before any model is loaded.
+
+    device / dtype: where and in what the DiT will compute, when known. training: SageAttention has no
+    backward pass. flag: how the user chose the backend, for the message (default `--<name>`).
+    """
+    flag = flag or f"--{name}"
+    if name not in BACKENDS:
+        raise AttentionBackendError(
+            f"{flag}: unknown attention backend {name!r}; known: {', '.join(BACKENDS)}"
+        )
+    if name not in PACKAGES:
+        return
+    if name == "sage_attn" and training:
+        raise AttentionBackendError(_sage_training_message(flag))
+    _import_kernel(name, flag)
+    if device is not None and torch.device(device).type != "cuda" and name in CUDA_ONLY:
+        raise AttentionBackendError(
+            f"{flag} runs on a CUDA GPU only and this run's device is {torch.device(device).type}; "
+            "drop the flag (PyTorch SDPA is the default) or run on a GPU"
+        )
+    if dtype is not None and name in HALF_ONLY and dtype not in _HALF:
+        raise AttentionBackendError(
+            f"{flag} needs float16 or bfloat16 compute, not {str(dtype).removeprefix('torch.')}; "
+            "use --dit_dtype bf16 or --mixed_precision bf16"
+        )
+
+
+def set_attention_backend(model: nn.Module, name: str) -> int:
+    """Make every DiT block of `model` attend with `name`; returns how many blocks were set.
+
+    The blocks carry the choice (`attn_backend`) so that the model's forward needs no new argument. The token
+    refiner stays on SDPA, as in the original HunyuanVideo: its mask is a full (L x L) one, and it is short.
+    """
+    if name not in BACKENDS:
+        raise AttentionBackendError(f"unknown attention backend {name!r}; known: {', '.join(BACKENDS)}")
+    count = 0
+    for module in model.modules():
+        if hasattr(module, "attn_backend"):
+            module.attn_backend = name
+            count += 1
+    if count == 0:
+        raise ValueError(
+            f"{type(model).__name__} has no attention block to set (no `attn_backend` attribute)"
+        )
+    return count
+
+
+def _import_kernel(name: str, flag: str | None = None):
+    module_name, pip_name = PACKAGES[name]
+    flag = flag or f"--{name}"
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as e:
+        if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise AttentionBackendError(
+                f"{flag} needs the {pip_name} package (pip install {pip_name})"
+            ) from None
+        # Installed but broken (built for another torch or CUDA): say so, not "install it".
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise AttentionBackendError(
+            f"{flag}: the {pip_name} package is installed but fails to import: {first}"
+        ) from None
+
+
+def _sage_training_message(flag: str) -> str:
+    return (
+        f"{flag} cannot train: SageAttention has no backward pass, so gradients would silently stop at "
+        "attention; train with --sdpa, --flash_attn or --xformers (SageAttention is for hv_generate_video.py)"
+    )
+
+
+# --- the function the blocks call ---------------------------------------------------------------------------
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    backend: str = "sdpa",
 ) -> torch.Tensor:
-    """q, k, v: (B, L, H, D); attn_mask: bool, broadcastable to (B, H, Lq, Lk), True = attend.
-
-    Returns (B, L, H * D).
+    """q, k, v: (B, L, H, D). attn_mask: bool, True = attend; for "sdpa" anything broadcastable to
+    (B, H, Lq, Lk), for the other backends a key mask (B, 1, 1, Lk). Returns (B, L, H * D).
     """
+    if backend == "sdpa":
+        return _sdpa(q, k, v, attn_mask).flatten(2)
+    run = _KERNELS.get(backend)
+    if run is None:
+        raise AttentionBackendError(f"unknown attention backend {backend!r}; known: {', '.join(BACKENDS)}")
+    valid = None if attn_mask is None else _key_valid(attn_mask, q, k, backend)
+    return run(q, k, v, valid).flatten(2)
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     out = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
     )
-    return out.transpose(1, 2).flatten(2)
+    return out.transpose(1, 2)
+
+
+def _key_valid(mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor, backend: str) -> torch.Tensor | None:
+    """The (B, Lk) bool key mask, or None when every key is valid (then the kernels run on the whole batch)."""
+    if mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[2] != 1:
+        raise ValueError(
+            f"attention backend {backend} takes a bool key mask of shape (B, 1, 1, L), "
+            f"got {str(mask.dtype).removeprefix('torch.')} {tuple(mask.shape)}"
+        )
+    if q.shape[1] != k.shape[1]:
+        raise ValueError(f"attention backend {backend} needs as many queries as keys (self-attention)")
+    valid = mask[:, 0, 0, :].expand(k.shape[0], k.shape[1])
+    return None if bool(valid.all()) else valid
+
+
+def _check_tensors(name: str, q: torch.Tensor) -> None:
+    if name in CUDA_ONLY and q.device.type != "cuda":
+        raise AttentionBackendError(f"--{name} runs on CUDA tensors only, got {q.device.type} tensors")
+    if name in HALF_ONLY and q.dtype not in _HALF:
+        raise AttentionBackendError(
+            f"--{name} needs float16 or bfloat16 tensors, got {str(q.dtype).removeprefix('torch.')}; "
+            "use --dit_dtype bf16 or --mixed_precision bf16"
+        )
+
+
+def _unpack(valid: torch.Tensor, packed: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(N, H, D) rows of the valid tokens back to (B, L, H, D), zeros at padded tokens (differentiable)."""
+    return like.new_zeros(like.shape).index_put((valid,), packed)
+
+
+def _per_sample(
+    kernel: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    valid: torch.Tensor | None,
+) -> torch.Tensor:
+    """A mask-less (B, L, H, D) kernel on each sample's valid tokens; zeros at padded query rows."""
+    if valid is None:
+        return kernel(q, k, v)
+    outs = [
+        kernel(q[b : b + 1, valid[b]], k[b : b + 1, valid[b]], v[b : b + 1, valid[b]])[0]
+        for b in range(q.shape[0])
+    ]
+    return _unpack(valid, torch.cat(outs, dim=0), q)
+
+
+def _split_attn(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None
+) -> torch.Tensor:
+    """SDPA one sample at a time, each on its valid keys only and with no mask tensor. On CUDA a mask rules
+    out PyTorch's flash kernel, so without one SDPA can take it, and one sample's working memory is live at a
+    time (on the CPU, where SDPA's own kernel handles masks, it gains nothing). Every query row is computed,
+    so padded rows equal plain SDPA's too."""
+    outs = []
+    for b in range(q.shape[0]):
+        keys = slice(None) if valid is None else valid[b]
+        outs.append(_sdpa(q[b : b + 1], k[b : b + 1, keys], v[b : b + 1, keys], None))
+    return torch.cat(outs, dim=0)
+
+
+def _flash_attn(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None
+) -> torch.Tensor:
+    """FlashAttention 2: the valid tokens of all samples packed into one sequence list (cu_seqlens), as the
+    original HunyuanVideo code does; padded query rows come back as zeros."""
+    _check_tensors("flash_attn", q)
+    flash = _import_kernel("flash_attn")
+    if valid is None:
+        return flash.flash_attn_func(q, k, v, dropout_p=0.0, causal=False)
+    lengths = valid.sum(dim=1, dtype=torch.int32)
+    cu_seqlens = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+    max_len = int(lengths.max())
+    packed = flash.flash_attn_varlen_func(
+        q[valid], k[valid], v[valid], cu_seqlens, cu_seqlens, max_len, max_len, dropout_p=0.0, causal=False
+    )
+    return _unpack(valid, packed, q)
+
+
+def _sage_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    _check_tensors("sage_attn", q)
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        raise AttentionBackendError(_sage_training_message("--sage_attn"))
+    sage = _import_kernel("sage_attn")
+    return _per_sample(
+        lambda q_, k_, v_: sage.sageattn(q_, k_, v_, tensor_layout="NHD", is_causal=False), q, k, v, valid
+    )
+
+
+def _xformers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Per sample on the valid tokens rather than one call with a BlockDiagonalMask: the batch of a video
+    run is 1-4 samples of thousands of tokens, so the loop costs nothing measurable, and it needs no
+    packing, no attn_bias object and nothing from xformers beyond memory_efficient_attention."""
+    _check_tensors("xformers", q)
+    ops = _import_kernel("xformers")
+    return _per_sample(
+        lambda q_, k_, v_: ops.memory_efficient_attention(q_, k_, v_, attn_bias=None), q, k, v, valid
+    )
+
+
+_KERNELS: dict[str, Callable[..., torch.Tensor]] = {
+    "flash_attn": _flash_attn,
+    "sage_attn": _sage_attn,
+    "xformers": _xformers,
+    "split_attn": _split_attn,
+}

@@ -24,6 +24,8 @@ def _split_qkv(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tenso
 class MMDoubleStreamBlock(nn.Module):
     """Image and text tokens with their own weights, attending jointly."""
 
+    attn_backend: str = "sdpa"  # set per model by attention.set_attention_backend
+
     def __init__(self, hidden_size: int, heads_num: int, mlp_width_ratio: float) -> None:
         super().__init__()
         self.heads_num = heads_num
@@ -70,6 +72,7 @@ class MMDoubleStreamBlock(nn.Module):
             torch.cat([img_k, txt_k], dim=1),
             torch.cat([img_v, txt_v], dim=1),
             attn_mask,
+            backend=self.attn_backend,
         )
         img_len = img.shape[1]
         img = self._finish("img", img, attn[:, :img_len], img_mods)
@@ -79,6 +82,8 @@ class MMDoubleStreamBlock(nn.Module):
 
 class MMSingleStreamBlock(nn.Module):
     """Image and text tokens concatenated, one fused QKV + MLP-in projection (`linear1`) and one out (`linear2`)."""
+
+    attn_backend: str = "sdpa"  # set per model by attention.set_attention_backend
 
     def __init__(self, hidden_size: int, heads_num: int, mlp_width_ratio: float) -> None:
         super().__init__()
@@ -104,5 +109,6 @@ class MMSingleStreamBlock(nn.Module):
         q, k = self.q_norm(q).to(v), self.k_norm(k).to(v)
         q = torch.cat([apply_rope(q[:, :img_len], *rope), q[:, img_len:]], dim=1)
         k = torch.cat([apply_rope(k[:, :img_len], *rope), k[:, img_len:]], dim=1)
-        out = self.linear2(torch.cat([attention(q, k, v, attn_mask), self.mlp_act(mlp)], dim=2))
+        attn = attention(q, k, v, attn_mask, backend=self.attn_backend)
+        out = self.linear2(torch.cat([attn, self.mlp_act(mlp)], dim=2))
         return x + apply_gate(out, gate)

@@ -9,9 +9,11 @@ CheckpointError with one line that names the file.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,6 +23,17 @@ from safetensors import SafetensorError, safe_open
 from .config import PRESETS, DiTConfig, rope_dims_for
 from .diffusers_layout import diffusers_to_original
 from .errors import CheckpointError
+from .fp8 import (
+    COMFY_MARKER_KEYS,
+    FLOAT8_DTYPES,
+    SCALE_KEY,
+    all_finite,
+    finite_flag,
+    fp8_target_names,
+    load_tensor,
+    make_fp8,
+    normalize_scale,
+)
 from .model import HYVideoDiffusionTransformer, build_dit
 
 _PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "module.", "model.")
@@ -34,6 +47,7 @@ SAFETENSORS_DTYPES = {
 }  # fmt: skip
 
 StateDict = dict[str, torch.Tensor]
+logger = logging.getLogger(__name__)
 
 
 def _first_names(names, n: int = 3) -> str:
@@ -84,8 +98,13 @@ def _read_safetensors(path: Path, meta: bool) -> StateDict:
 
 def read_torch_file(path: Path) -> StateDict:
     def load(mmap: bool):
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        # "Detected pickle protocol 4" would be a second stderr line that says nothing to the user
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
+    if path.is_file() and path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes): not a PyTorch checkpoint")
     try:
         try:
             obj = load(mmap=True)
@@ -100,7 +119,7 @@ def read_torch_file(path: Path) -> StateDict:
                 f"{path}: refusing to load: the file holds a Python object ({found.group(1)}), not only tensors "
                 "(only weights_only=True loading is allowed; convert it to safetensors from a source you trust)"
             ) from None
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({one_line(e)})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_unpickler_reason(e)})") from None
     except (
         Exception
     ) as e:  # garbage bytes make the unpickler raise nearly anything (IndexError, KeyError, ...)
@@ -111,6 +130,15 @@ def read_torch_file(path: Path) -> StateDict:
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: not a state dict of tensors (found {type(obj).__name__})")
     return dict(obj)
+
+
+def _unpickler_reason(e: BaseException) -> str:
+    """torch's weights-only refusal, without its advice to retry with weights_only=False (never, here)."""
+    text = " ".join(str(e).split())
+    found = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
+    if not found:
+        return one_line(e)
+    return f"the weights-only unpickler refused it: {found.group(1)[:200]}"
 
 
 def one_line(e: BaseException) -> str:
@@ -225,6 +253,14 @@ def check_keys(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: s
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys ({_first_names(unexpected)})")
         raise CheckpointError(f"{source}: does not match the DiT it describes: {'; '.join(parts)}")
+    # int or bool tensors where the model has floats: they would load and fail (or mislead) much later
+    not_float = [k for k, v in expected.items() if v.is_floating_point() and not sd[k].is_floating_point()]
+    if not_float:
+        k = not_float[0]
+        raise CheckpointError(
+            f"{source}: {len(not_float)} tensors of a non-float dtype, first {k!r}: {sd[k].dtype} where "
+            "floating-point weights are expected"
+        )
     wrong = [k for k, v in expected.items() if tuple(sd[k].shape) != tuple(v.shape)]
     if wrong:
         k = wrong[0]
@@ -234,23 +270,108 @@ def check_keys(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: s
         )
 
 
+def _pop_scales(sd: StateDict, source: str) -> dict[str, torch.Tensor]:
+    """Take scaled-fp8 files' `<linear>.scale_weight` keys (and ComfyUI's marker) out of sd: {linear: scale}."""
+    for marker in COMFY_MARKER_KEYS:
+        sd.pop(marker, None)
+    scales = {}
+    for key in [k for k in sd if k.endswith("." + SCALE_KEY)]:
+        name, scale = key.removesuffix("." + SCALE_KEY), sd.pop(key)
+        weight = sd.get(f"{name}.weight")
+        normal = None if weight is None or weight.dim() != 2 else normalize_scale(scale, weight.shape[0])
+        if normal is None:
+            raise CheckpointError(
+                f"{source}: {key!r} of shape {tuple(scale.shape)} is no scale of a Linear weight in this file "
+                "(a scalar or one value per output row is expected)"
+            )
+        scales[name] = normal
+    return scales
+
+
 def load_dit(
     path: str | Path,
     dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
     config: DiTConfig | None = None,
+    *,
+    fp8_base: bool = False,
+    fp8_scaled: bool = False,
 ) -> HYVideoDiffusionTransformer:
     """Load a DiT of any supported layout. Built on the meta device, weights assigned: no random init ever.
 
-    dtype converts floating-point weights while loading (None keeps the file's dtype).
+    dtype converts floating-point weights while loading (None keeps the file's dtype; float8 becomes bfloat16).
+    fp8_base / fp8_scaled (which implies fp8 storage) keep the block Linears' weights in float8_e4m3fn (see
+    hunyuan_model/fp8.py), per-row scaled with fp8_scaled; each is converted before it moves to `device`.
+    A file stored in float8 (with or without `scale_weight` keys) loads as it is under either flag, and is
+    upcast (scale applied) without them. NaN/Inf weights are a CheckpointError naming the first bad key.
     """
     source = str(path)
+    device = torch.device(device)
     sd = to_original_layout(read_state_dict(path), source)
+    scales = _pop_scales(sd, source)
     config = config or config_from_state_dict(sd, source)
     model = build_dit(config, device="meta")
     check_keys(model, sd, source)
-    if dtype is not None:
-        sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
-    sd = {k: v.to(device) for k, v in sd.items()}
+    targets = set(fp8_target_names(model)) if fp8_base or fp8_scaled else set()
+    kept_scales: dict[str, torch.Tensor | None] = {}
+    checked: list[tuple[str, torch.Tensor | bool]] = []  # (key, "finite" flag: on the device, or known)
+    upcast = 0
+    for key in list(sd):
+        value = sd.pop(key)  # dropped as soon as converted: one source tensor in hand at a time
+        if value.is_floating_point():
+            name, _, leaf = key.rpartition(".")
+            target = leaf == "weight" and name in targets
+            scale = scales.get(name) if leaf == "weight" else None
+            # Quantize on an accelerator, where it is ~100x faster than a CPU (minutes for 13 B there): one
+            # source tensor at a time is on the device, so a full 16-bit copy of the model never is.
+            on_device = target and device.type != "cpu" and value.dtype not in FLOAT8_DTYPES
+            if on_device:
+                value = value.to(device)
+            converted, scale = load_tensor(value, scale, target, fp8_scaled, dtype)
+            upcast += value.dtype in FLOAT8_DTYPES and converted.dtype not in FLOAT8_DTYPES
+            if target and converted.dtype != value.dtype:
+                # Quantizing clamps an Inf away: check the weight as the file has it, now (exact on the device;
+                # on the CPU the quick sum first).
+                exact = (
+                    bool(all_finite(value))
+                    if on_device
+                    else bool(finite_flag(value)) or bool(all_finite(value))
+                )
+                checked.append((key, exact))
+                value = converted.to(device)
+            else:
+                value = converted.to(device)
+                checked.append((key, finite_flag(value)))
+            if target:
+                kept_scales[name] = None if scale is None else scale.to(device)
+        sd[key] = value.to(device)  # non-floating tensors (none in a DiT today) move as they are
+    _check_finite(checked, sd, source)
+    if upcast:
+        logger.info(
+            "%s: %d float8 tensors upcast to the compute dtype (scales applied); --fp8_base / --fp8 keep them",
+            source, upcast,
+        )  # fmt: skip
     model.load_state_dict(sd, strict=True, assign=True)
+    for name, scale in kept_scales.items():
+        linear = model.get_submodule(name)
+        linear.weight.requires_grad_(False)  # float8 is frozen base weight, never trained
+        make_fp8(linear, scale)
     return model
+
+
+def _check_finite(checked: list[tuple[str, torch.Tensor | bool]], sd: StateDict, source: str) -> None:
+    """One device sync for the whole model (flags gathered while loading); the first bad key is named.
+
+    A False device flag is confirmed with the exact check (the quick one also fails on a sum that overflows).
+    """
+    device_flags = [flag for _, flag in checked if isinstance(flag, torch.Tensor)]
+    if all(flag for _, flag in checked if isinstance(flag, bool)) and (
+        not device_flags or bool(torch.stack(device_flags).all())
+    ):
+        return
+    for key, flag in checked:
+        ok = flag if isinstance(flag, bool) else bool(flag) or bool(all_finite(sd[key]))
+        if not ok:
+            raise CheckpointError(
+                f"{source}: weight {key!r} holds NaN or Inf values (a corrupt or diverged file)"
+            )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .block_swap import BlockSwapper, check_blocks_to_swap
 from .blocks import MMDoubleStreamBlock, MMSingleStreamBlock
 from .config import DEFAULT_EXCLUDE_PATTERNS, TARGET_BLOCK_CLASSES, DiTConfig
 from .layers import FinalLayer, MLPEmbedder, PatchEmbed, TimestepEmbedder
@@ -42,14 +44,81 @@ class HYVideoDiffusionTransformer(nn.Module):
         )
         self.final_layer = FinalLayer(hidden, math.prod(config.patch_size), config.out_channels)
         self.gradient_checkpointing = False
+        self.gradient_checkpointing_cpu_offload = False
+        self._block_swap: BlockSwapper | None = None
 
-    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
+    def enable_gradient_checkpointing(self, enabled: bool = True, cpu_offload: bool = False) -> None:
+        """Recompute each block in backward. cpu_offload: the block inputs checkpointing keeps are held in CPU
+        memory (pinned on CUDA) and copied back for the recompute: less device memory, one round trip each."""
+        if cpu_offload and not enabled:
+            raise ValueError("gradient checkpointing CPU offload needs gradient checkpointing")
         self.gradient_checkpointing = enabled
+        self.gradient_checkpointing_cpu_offload = cpu_offload
 
-    def _run(self, block: nn.Module, *args):
+    def blocks(self) -> list[nn.Module]:
+        """Double blocks then single blocks: the one sequence block swap counts in."""
+        return [*self.double_blocks, *self.single_blocks]
+
+    def enable_block_swap(self, n: int, device: torch.device | str) -> BlockSwapper | None:
+        """Keep the last n blocks (of `blocks()`) in CPU memory, everything else on `device`; 0 turns it off.
+
+        The model's weights must be frozen. See block_swap.py for the schedule; returns the swapper (its
+        `stats` count the host->device traffic).
+        """
+        blocks = self.blocks()
+        check_blocks_to_swap(n, len(blocks))
+        self.disable_block_swap()
+        if n == 0:
+            return None
+        swapper = BlockSwapper(blocks, n, device)  # swapped tensors leave for CPU memory first
+        target = swapper.device
+        for t in [*self.parameters(), *self.buffers()]:
+            if t.device != target:
+                t.data = t.data.to(target)
+        self._block_swap = swapper
+        return swapper
+
+    def disable_block_swap(self) -> None:
+        """Every block back on the swap device for good."""
+        if self._block_swap is not None:
+            self._block_swap.restore()
+            self._block_swap = None
+
+    @property
+    def block_swap(self) -> BlockSwapper | None:
+        return self._block_swap
+
+    def compile_blocks(
+        self, backend: str = "inductor", mode: str | None = None, dynamic: bool | None = None,
+        fullgraph: bool = False,
+    ) -> None:  # fmt: skip
+        """torch.compile each block in place (nn.Module.compile): module names and state-dict keys stay."""
+        for block in self.blocks():
+            block.compile(backend=backend, mode=None if mode == "default" else mode, dynamic=dynamic,
+                          fullgraph=fullgraph)  # fmt: skip
+
+    def _run(self, index: int, block: nn.Module, *args):
+        swap = self._block_swap
+        if swap is not None:
+            swap.before_forward(index)
         if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
+            with self._checkpoint_offload():
+                out = checkpoint(block, *args, use_reentrant=False)
+        elif swap is not None and swap.is_swapped(index) and torch.is_grad_enabled():
+            with swap.saving_weights_by_reference(index):
+                out = block(*args)
+        else:
+            out = block(*args)
+        if swap is not None:
+            swap.after_forward(index)
+            out = swap.mark_backward(index, out)
+        return out
+
+    def _checkpoint_offload(self):
+        if not self.gradient_checkpointing_cpu_offload:
+            return contextlib.nullcontext()
+        # checkpoint keeps its inputs as saved tensors, so they pass through these hooks (a test checks it)
+        return torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())
 
     def forward(
         self,
@@ -81,11 +150,13 @@ class HYVideoDiffusionTransformer(nn.Module):
         img_len = img.shape[1]
         attn_mask = self._joint_mask(text_mask, img_len, img.device)
 
-        for block in self.double_blocks:
-            img, txt = self._run(block, img, txt, vec, attn_mask, rope)
+        if self._block_swap is not None:
+            self._block_swap.begin_forward()
+        for i, block in enumerate(self.double_blocks):
+            img, txt = self._run(i, block, img, txt, vec, attn_mask, rope)
         tokens = torch.cat([img, txt], dim=1)
-        for block in self.single_blocks:
-            tokens = self._run(block, tokens, vec, img_len, attn_mask, rope)
+        for i, block in enumerate(self.single_blocks, start=len(self.double_blocks)):
+            tokens = self._run(i, block, tokens, vec, img_len, attn_mask, rope)
         out = self.final_layer(tokens[:, :img_len], vec)
         return self._unpatchify(out, grid)
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from hv_common.atomic import atomic_dir
+
 from .text_encoders import VIDEO_PROMPT_TEMPLATE
 
 LLM_SPECIALS = [
@@ -65,8 +67,9 @@ def write_tiny_llm(out_dir: Path, seed: int = 0, hidden: int = 32) -> Path:
     )  # fmt: skip
     _seeded(seed)
     model = LlamaModel(config)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    with atomic_dir(out_dir) as tmp:  # a killed run never leaves a half-written model folder
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return out_dir
 
 
@@ -81,8 +84,9 @@ def write_tiny_clip(out_dir: Path, seed: int = 0, hidden: int = 32) -> Path:
     )  # fmt: skip
     _seeded(seed)
     model = CLIPTextModel(config)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return out_dir
 
 
@@ -94,5 +98,6 @@ def write_tiny_vae(out_dir: Path, seed: int = 0) -> Path:
     vae = AutoencoderKLHunyuanVideo(
         block_out_channels=(32, 32, 32, 32), layers_per_block=1, norm_num_groups=32
     )
-    vae.save_pretrained(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        vae.save_pretrained(tmp)
     return out_dir

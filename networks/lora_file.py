@@ -28,16 +28,41 @@ def save_lora_file(
     atomic_write(path, lambda tmp: safetensors.torch.save_file(cpu, tmp, metadata=meta))
 
 
+def check_lora_tensors(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor]) -> None:
+    """Refuse what would load but poison the model: non-float weights, NaN / Inf, empty factors, odd alphas.
+
+    Named by key: a NaN in a downloaded LoRA otherwise shows up as a black video or a NaN loss hours later.
+    """
+    for key in sorted(tensors):
+        value = tensors[key]
+        if key.endswith("alpha"):
+            if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
+                raise LoRAFileError(
+                    f"LoRA file {path}: {key} must be one number, got {value.dtype} {tuple(value.shape)}"
+                )
+        elif not value.is_floating_point():
+            raise LoRAFileError(
+                f"LoRA file {path}: {key} is {value.dtype}; LoRA weights must be floating point"
+            )
+        elif value.numel() == 0:
+            raise LoRAFileError(f"LoRA file {path}: {key} is empty (shape {tuple(value.shape)})")
+        if not bool(torch.isfinite(value.float()).all()):
+            raise LoRAFileError(f"LoRA file {path}: {key} holds NaN or Inf values; the file is broken")
+
+
 def load_lora_file(
     path: str | os.PathLike[str], expected: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """Read a LoRA file and check it has exactly the keys and shapes of `expected` (a network's state dict)."""
+    if os.path.isdir(path):
+        raise LoRAFileError(f"LoRA file {path}: is a directory, not a .safetensors file")
     try:
         tensors = safetensors.torch.load_file(os.fspath(path))
     except FileNotFoundError:
         raise LoRAFileError(f"LoRA file not found: {path}") from None
     except Exception as e:  # safetensors raises its own error types for torn or foreign files
         raise LoRAFileError(f"cannot read LoRA file {path}: {type(e).__name__}: {e}".split("\n")[0]) from None
+    check_lora_tensors(path, tensors)
     missing = sorted(expected.keys() - tensors.keys())
     extra = sorted(tensors.keys() - expected.keys())
     if missing or extra:

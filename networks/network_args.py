@@ -48,8 +48,16 @@ class NetworkArgs:
 # Value checkers: each takes (key, literal) and returns the typed value or raises NetworkArgsError.
 
 
+MAX_ITEM_CHARS = 100_000  # a real item is a few hundred characters; megabytes only slow the parser down
+
+
+def _short(text: str, limit: int = 120) -> str:
+    """A user's text cut for a one-line message (a 10 MB value must not become a 10 MB line)."""
+    return text if len(text) <= limit else f"{text[: limit - 20]}...({len(text)} characters)"
+
+
 def _fail(key: str, value: Any, expected: str) -> NetworkArgsError:
-    return NetworkArgsError(f"network_args {key}={value!r}: expected {expected}")
+    return NetworkArgsError(f"network_args {key}={_short(repr(value))}: expected {expected}")
 
 
 def _is_number(value: Any) -> bool:
@@ -86,11 +94,49 @@ def compile_pattern(key: str, pattern: Any) -> re.Pattern[str]:
     if not isinstance(pattern, str):
         raise _fail(key, pattern, "each pattern to be a string, e.g. r'.*single_blocks.*'")
     try:
-        return re.compile(pattern)
+        compiled = re.compile(pattern)
+        nested = has_nested_repeat(pattern)
     except re.error as e:
-        raise NetworkArgsError(f"network_args {key}: invalid regex {pattern!r}: {e}") from None
+        raise NetworkArgsError(f"network_args {key}: invalid regex {_short(repr(pattern))}: {e}") from None
     except (RecursionError, OverflowError, MemoryError) as e:  # pathological nesting or repeat counts
-        raise NetworkArgsError(f"network_args {key}: invalid regex {pattern!r}: {type(e).__name__}") from None
+        raise NetworkArgsError(
+            f"network_args {key}: invalid regex {_short(repr(pattern))}: {type(e).__name__}"
+        ) from None
+    if nested:
+        raise NetworkArgsError(
+            f"network_args {key}: regex {_short(repr(pattern))} repeats a group that itself repeats, like "
+            "(a+)+ or (.*)*: matching can take hours; write it without the nested repetition"
+        )
+    return compiled
+
+
+def has_nested_repeat(pattern: str) -> bool:
+    """A repetition inside an unbounded repetition: the shape of catastrophic backtracking (`(.*)*x`)."""
+    import re._constants as c  # noqa: PLC0415 (private, but the only parse tree of `re`)
+    import re._parser as parser  # noqa: PLC0415
+
+    repeats = (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT)
+
+    def children(op, arg) -> list:
+        if op == c.SUBPATTERN:
+            return [arg[-1]]
+        if op == c.BRANCH:
+            return list(arg[1])
+        if op in (c.ASSERT, c.ASSERT_NOT):
+            return [arg[1]]
+        return []
+
+    def walk(items, inside_unbounded: bool) -> bool:
+        for op, arg in items:
+            if op in repeats:
+                _low, high, body = arg
+                if (inside_unbounded and high > 1) or walk(body, inside_unbounded or high == c.MAXREPEAT):
+                    return True
+            elif any(walk(sub, inside_unbounded) for sub in children(op, arg)):
+                return True
+        return False
+
+    return walk(parser.parse(pattern), False)
 
 
 def _patterns(key: str, value: Any) -> tuple[str, ...]:
@@ -186,16 +232,22 @@ def read_literal(key: str, text: str) -> Any:
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         # literal_eval refuses names, calls and operators: nothing is executed, we only say what to write.
         raise NetworkArgsError(
-            f"network_args {key}={text!r}: not a Python literal; {_literal_hint(key, text)}"
+            f"network_args {key}={_short(repr(text))}: not a Python literal; {_literal_hint(key, text)}"
         ) from None
     if duplicate is not None:
-        raise NetworkArgsError(f"network_args {key}={text!r}: pattern {duplicate!r} is given twice")
+        raise NetworkArgsError(
+            f"network_args {key}={_short(repr(text))}: pattern {_short(repr(duplicate))} is given twice"
+        )
     return value
 
 
 def _split_item(item: Any) -> tuple[str, str]:
     if not isinstance(item, str):
         raise NetworkArgsError(f"network_args item {item!r}: expected a 'key=value' string")
+    if len(item) > MAX_ITEM_CHARS:
+        raise NetworkArgsError(
+            f"network_args item {_short(repr(item))}: too long (at most {MAX_ITEM_CHARS} characters)"
+        )
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep:

@@ -67,6 +67,17 @@ GIVEN = {
     "max_train_epochs": (["16"], 16),
     "gradient_accumulation_steps": (["4"], 4),
     "gradient_checkpointing": ([], True),
+    "gradient_checkpointing_cpu_offload": ([], True),  # needs --gradient_checkpointing: see EXTRA_ARGV
+    "compile": ([], True),
+    "compile_backend": (["eager"], "eager"),
+    "compile_mode": (["max-autotune-no-cudagraphs"], "max-autotune-no-cudagraphs"),
+    "compile_dynamic": (["TRUE"], "true"),
+    "compile_fullgraph": ([], True),
+    "compile_cache_size_limit": (["32"], 32),
+    "max_nonfinite_steps": (["3"], 3),
+    "estimate_memory": ([], True),
+    "vram_budget_gb": (["24"], 24.0),
+    "estimate_resolution": (["960", "544", "33"], (960, 544, 33)),
     "mixed_precision": (["bf16"], "bf16"),
     "full_bf16": ([], True),
     "full_fp16": ([], True),
@@ -115,7 +126,10 @@ GIVEN = {
     "config_file": None,  # tests/test_config_file.py
     "list_lora_targets": (["json"], "json"),
 }
-EXTRA_ARGV = {"dim_from_weights": ["--network_weights", "init.safetensors"]}
+EXTRA_ARGV = {
+    "dim_from_weights": ["--network_weights", "init.safetensors"],
+    "gradient_checkpointing_cpu_offload": ["--gradient_checkpointing"],
+}
 
 
 def parse_error(capsys, *argv: str) -> str:
@@ -282,15 +296,14 @@ def test_each_unimplemented_option_gets_one_line(dest):
 
 
 def test_the_brief_list_of_gpu_options_is_covered():
-    assert set(UNIMPLEMENTED_OPTIONS) == {
-        "blocks_to_swap", "fp8_base", "fp8_scaled", "flash_attn", "sage_attn", "xformers", "split_attn",
-        "img_in_txt_in_offloading", "full_bf16", "full_fp16",
-    }  # fmt: skip
+    assert set(UNIMPLEMENTED_OPTIONS) == {"img_in_txt_in_offloading", "full_bf16", "full_fp16"}
 
 
 def test_several_unimplemented_options_get_a_line_each():
-    notes = unimplemented_option_notes(parse_args(["--fp8_base", "--blocks_to_swap", "20", "--xformers"]))
-    assert [n.split()[0] for n in notes] == ["--blocks_to_swap", "--fp8_base", "--xformers"]
+    notes = unimplemented_option_notes(
+        parse_args(["--full_bf16", "--fp8_base", "--img_in_txt_in_offloading"])
+    )
+    assert [n.split()[0] for n in notes] == ["--img_in_txt_in_offloading", "--full_bf16"]
 
 
 def test_docs_list_every_option():

@@ -99,7 +99,7 @@ def _foreign_lora(path: Path) -> Path:
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        (["--fp8"], "--fp8 is not implemented yet"),
+        (["--fp8", "--lora_merge"], "--lora_merge needs a DiT in --dit_dtype"),
         (["--dit_dtype", "fp7"], "unknown dtype"),
         (["--attn_mode", "flash"], "--attn_mode flash"),
         (["--video_length", "4"], "must be 4k + 1"),

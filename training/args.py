@@ -24,6 +24,7 @@ LR_SCHEDULERS = (
     "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "cosine_with_min_lr",
     "polynomial", "inverse_sqrt", "warmup_stable_decay",
 )  # fmt: skip
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -85,11 +86,19 @@ class TrainArgs:
     max_train_epochs: int | None = None
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
+    gradient_checkpointing_cpu_offload: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"
+    compile_mode: str = "default"
+    compile_dynamic: str | None = None
+    compile_fullgraph: bool = False
+    compile_cache_size_limit: int | None = None
     mixed_precision: str = "no"
     full_bf16: bool = False
     full_fp16: bool = False
     seed: int | None = None
     ddp_timeout: int | None = None
+    max_nonfinite_steps: int = 5
     # timesteps and loss
     timestep_sampling: str = "sigma"
     discrete_flow_shift: float = 1.0
@@ -139,6 +148,9 @@ class TrainArgs:
     # general
     config_file: str | None = None
     list_lora_targets: str | None = None
+    estimate_memory: bool = False
+    vram_budget_gb: float | None = None
+    estimate_resolution: tuple[int, ...] | None = None
 
 
 # --- value converters: each raises ArgumentTypeError with what was expected, which argparse (and the config
@@ -214,13 +226,22 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--vae_dtype", type=dtype_name, help="VAE dtype (unset: float16 on a GPU)")
     group.add_argument("--text_encoder1", help="LLM text encoder (llava-llama-3), for sample prompts")
     group.add_argument("--text_encoder2", help="CLIP-L text encoder, for sample prompts")
-    group.add_argument("--fp8_base", action="store_true", help="keep the DiT in fp8 (not implemented yet)")
     group.add_argument(
-        "--fp8_scaled", action="store_true", help="scaled fp8 DiT weights (not implemented yet)"
+        "--fp8_base",
+        action="store_true",
+        help="store the DiT blocks' Linear weights in float8_e4m3fn (about half the memory of bf16), compute in "
+        "--dit_dtype; modulation, norms, biases, embeddings and the final layer stay in --dit_dtype",
     )
     group.add_argument(
-        "--blocks_to_swap", type=non_negative_int, help="DiT blocks kept in CPU memory (not implemented yet)"
+        "--fp8_scaled",
+        action="store_true",
+        help="like --fp8_base (implies it), with a float32 scale per output row: closer to the bf16 model",
     )
+    group.add_argument(
+        "--blocks_to_swap", type=non_negative_int,
+        help="keep the last N of the DiT's blocks (double then single, 60 on the 720p model) in CPU memory and "
+        "copy each to the GPU just before it runs: less GPU memory, more PCIe traffic; at most blocks - 2",
+    )  # fmt: skip
     group.add_argument(
         "--img_in_txt_in_offloading",
         action="store_true",
@@ -230,18 +251,22 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def add_attention_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("attention")
+    # At most one (check_combinations). The kernels are checked at start-up: a missing package, a CPU device
+    # or a float32 DiT for flash/sage is an error, never a silent fall-back to SDPA.
     group.add_argument(
-        "--sdpa", action="store_true", help="PyTorch scaled_dot_product_attention (the default)"
+        "--sdpa", action="store_true", help="PyTorch scaled_dot_product_attention (the default; any device)"
     )
-    for name, what in (
-        ("flash_attn", "FlashAttention"),
-        ("sage_attn", "SageAttention"),
-        ("xformers", "xformers"),
-    ):
-        group.add_argument(f"--{name}", action="store_true", help=f"use {what} (not implemented yet)")
-    group.add_argument(
-        "--split_attn", action="store_true", help="attention one sample at a time (not implemented yet)"
-    )
+    for name, help_text in (
+        ("flash_attn", "FlashAttention 2 on the valid tokens only (pip install flash-attn; CUDA, fp16/bf16)"),
+        ("sage_attn", "SageAttention (pip install sageattention; CUDA): inference only, it has no backward "
+                      "pass, so the trainer refuses it; use it in hv_generate_video.py (--attn_mode sageattn)"),
+        ("xformers", "xformers memory_efficient_attention per sample on the valid tokens "
+                     "(pip install xformers; CUDA)"),
+        ("split_attn", "SDPA one sample at a time on its valid tokens, with no mask tensor, so that PyTorch "
+                       "can use its flash kernel on CUDA: for long videos with batch size > 1 (any device; may "
+                       "be given with --sdpa)"),
+    ):  # fmt: skip
+        group.add_argument(f"--{name}", action="store_true", help=help_text)
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -332,6 +357,33 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
         "--gradient_checkpointing", action="store_true", help="recompute activations: less memory"
     )
     group.add_argument(
+        "--gradient_checkpointing_cpu_offload", action="store_true",
+        help="with --gradient_checkpointing: keep the saved block inputs in CPU memory (less GPU memory, slower)",
+    )  # fmt: skip
+    group.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile each DiT block (first steps are slow: compiling)",
+    )
+    group.add_argument(
+        "--compile_backend", default="inductor", help="torch.compile backend (default inductor)"
+    )
+    group.add_argument(
+        "--compile_mode",
+        default="default",
+        choices=COMPILE_MODES,
+        help="torch.compile mode (default default)",
+    )
+    group.add_argument(
+        "--compile_dynamic", choices=("true", "false", "auto"), type=str.lower,
+        help="dynamic shapes: true, false, or auto (unset: auto, torch decides)",
+    )  # fmt: skip
+    group.add_argument("--compile_fullgraph", action="store_true", help="torch.compile fullgraph=True")
+    group.add_argument(
+        "--compile_cache_size_limit", type=positive_int,
+        help="torch._dynamo recompile limit per block kind (unset: torch's default, 8)",
+    )  # fmt: skip
+    group.add_argument(
         "--mixed_precision", default="no", choices=("no", "fp16", "bf16"), help="autocast dtype"
     )
     group.add_argument(
@@ -344,6 +396,10 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--ddp_timeout", type=positive_int, help="DDP timeout in minutes (unset: accelerate's)"
     )
+    group.add_argument(
+        "--max_nonfinite_steps", type=non_negative_int, default=5,
+        help="a NaN/Inf loss or gradient skips the step; stop after N such steps in a row (0: no check)",
+    )  # fmt: skip
 
 
 def add_timestep_args(parser: argparse.ArgumentParser) -> None:
@@ -447,6 +503,23 @@ def add_general_args(parser: argparse.ArgumentParser) -> None:
         choices=("table", "json"),
         help="print the modules the LoRA would wrap and its param groups, then stop (no weights are loaded)",
     )
+    parser.add_argument(
+        "--estimate_memory",
+        action="store_true",
+        help="print an estimate of the GPU memory of one training step, then stop (no weights are loaded)",
+    )
+    parser.add_argument(
+        "--vram_budget_gb",
+        type=positive_float,
+        help="GPU memory in GiB (24 for a 24 GB card): report the smallest --blocks_to_swap that fits",
+    )
+    parser.add_argument(
+        "--estimate_resolution",
+        nargs="+",
+        type=positive_int,
+        metavar="W H FRAMES [BATCH]",
+        help="estimate for this batch instead of the largest bucket of --dataset_config",
+    )
 
 
 ARG_GROUPS = (
@@ -505,18 +578,48 @@ def check_combinations(args: TrainArgs) -> None:
         raise UserError("--dim_from_weights needs --network_weights (the LoRA file to read the rank from)")
     if args.full_bf16 and args.full_fp16:
         raise UserError("--full_bf16 and --full_fp16 exclude each other; choose one")
+    if args.gradient_checkpointing_cpu_offload and not args.gradient_checkpointing:
+        raise UserError("--gradient_checkpointing_cpu_offload needs --gradient_checkpointing")
+    if args.compile and args.blocks_to_swap and args.compile_mode in ("reduce-overhead", "max-autotune"):
+        # CUDA graphs bake in the weights' addresses; block swap gives them new ones every step
+        raise UserError(
+            f"--compile_mode {args.compile_mode} uses CUDA graphs, which block swap breaks: with --blocks_to_swap "
+            "use --compile_mode default or max-autotune-no-cudagraphs"
+        )
+    if args.compile and args.blocks_to_swap and args.compile_backend == "cudagraphs":
+        raise UserError(
+            "--compile_backend cudagraphs and --blocks_to_swap exclude each other (weight addresses)"
+        )
+    if args.estimate_resolution is not None and len(args.estimate_resolution) not in (3, 4):
+        raise UserError(
+            f"--estimate_resolution {' '.join(map(str, args.estimate_resolution))}: give W H FRAMES [BATCH]"
+        )
+    attention_backend(args)  # two attention backends -> UserError
+
+
+ATTENTION_BACKENDS = ("flash_attn", "sage_attn", "xformers", "split_attn")  # flags; none set: "sdpa"
+
+
+def attention_backend(args: TrainArgs) -> str:
+    """The attention backend the flags choose: "sdpa" unless one of ATTENTION_BACKENDS is set.
+
+    `--sdpa --split_attn` is split_attn (it is SDPA, one sample at a time; musubi users write both); any other
+    two flags are a UserError.
+    """
+    from .errors import UserError
+
+    chosen = [name for name in ATTENTION_BACKENDS if getattr(args, name)]
+    if args.sdpa and chosen and chosen[0] != "split_attn":
+        chosen.insert(0, "sdpa")
+    if len(chosen) > 1:
+        flags = " and ".join(f"--{name}" for name in chosen)
+        raise UserError(f"{flags} exclude each other: choose one attention backend")
+    return chosen[0] if chosen else "sdpa"
 
 
 # --- options accepted before they work ----------------------------------------------------------------------
 
 UNIMPLEMENTED_OPTIONS = {
-    "blocks_to_swap": "every DiT block stays on the training device",
-    "fp8_base": "the DiT keeps --dit_dtype",
-    "fp8_scaled": "the DiT keeps --dit_dtype",
-    "flash_attn": "attention uses PyTorch SDPA",
-    "sage_attn": "attention uses PyTorch SDPA",
-    "xformers": "attention uses PyTorch SDPA",
-    "split_attn": "attention runs on the whole batch at once",
     "img_in_txt_in_offloading": "img_in and txt_in stay on the training device",
     "full_bf16": "LoRA weights and gradients stay float32 (--mixed_precision still applies)",
     "full_fp16": "LoRA weights and gradients stay float32 (--mixed_precision still applies)",

@@ -7,20 +7,20 @@ and renamed when complete, so `--resume auto` never sees half a state.
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from hv_common.atomic import atomic_dir
+
 from .errors import UserError
 
 STATE_FILE = "train_state.pt"
-_STATE_DIR = re.compile(r"-(step|epoch)(\d+)-state$")
+STATE_LORA = "lora.safetensors"
 
 
 @dataclass
@@ -71,36 +71,30 @@ def _set_rng_state(state: dict) -> None:
 def save_state(
     folder: Path, network, optimizer, scheduler, progress: Progress, extra: dict | None = None
 ) -> None:
-    """Write a complete state folder atomically (temp folder, fsync'd files, rename)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        network.save_weights(str(tmp / "lora.safetensors"))
-        payload = {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "progress": asdict(progress),
-            "rng": _rng_state(),
-            "extra": extra or {},
-        }
-        torch.save(payload, tmp / STATE_FILE)
-        with open(tmp / STATE_FILE, "rb") as f:
-            os.fsync(f.fileno())
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    """Write a complete state folder atomically (hv_common.atomic.atomic_dir: temp folder, fsync, rename)."""
+    payload = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "progress": asdict(progress),
+        "rng": _rng_state(),
+        "extra": extra or {},
+    }
+    with atomic_dir(folder) as tmp:
+        network.save_weights(str(tmp / STATE_LORA))
+        # a file object: torch.save then fails with the OSError in its context (a full disk keeps its errno)
+        with open(tmp / STATE_FILE, "wb") as f:
+            torch.save(payload, f)
 
 
 def find_latest_state(output_dir: Path, output_name: str) -> Path | None:
-    """The newest complete state of this run (temp folders never match the name pattern)."""
+    """The newest complete state of this run: temp folders (`.<name>.*.tmp`), other runs' states (another
+    output_name that starts with this one) and folders without both files never match."""
     if not output_dir.is_dir():
         return None
+    name = re.compile(rf"^{re.escape(output_name)}-(?:step|epoch)?\d+-state$")
     best: tuple[int, Path] | None = None
     for path in output_dir.iterdir():
-        if not (path.is_dir() and path.name.startswith(output_name) and (path / STATE_FILE).is_file()):
+        if not (name.match(path.name) and (path / STATE_FILE).is_file() and (path / STATE_LORA).is_file()):
             continue
         try:
             step = int(
@@ -122,7 +116,7 @@ def load_state(folder: Path, network, optimizer, scheduler) -> tuple[Progress, d
         payload = torch.load(state_file, weights_only=True, map_location="cpu")
     except Exception as e:
         raise UserError(f"--resume {folder}: unreadable state ({' '.join(str(e).split())[:160]})") from None
-    network.load_weights(str(folder / "lora.safetensors"))
+    network.load_weights(str(folder / STATE_LORA))
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     _set_rng_state(payload["rng"])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -41,3 +43,32 @@ def run_command(run: Callable[[Sequence[str] | None], int], argv: Sequence[str] 
             raise
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a folder we may not write: the user's to fix; other I/O errors trace
+        message = disk_error_message(e)
+        if message is None:
+            raise
+        _close_progress_bars()  # a save fails mid-run: end the bar's line, so ours starts a line of its own
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+def _close_progress_bars() -> None:
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        bar.close()
+
+
+def disk_error_message(e: OSError) -> str | None:
+    """One line for a full disk / quota / size limit, or a write to a read-only or forbidden place; else None."""
+    from hv_common.atomic import NO_SPACE_ERRNOS, WriteError
+
+    path = os.fsdecode(e.filename) if e.filename is not None else None
+    reason = e.strerror or os.strerror(e.errno or 0)
+    if e.errno in NO_SPACE_ERRNOS:
+        where = f" while writing {path}" if path else ""
+        kept = "; no partial file was left and earlier saves are intact" if isinstance(e, WriteError) else ""
+        return f"{reason[:1].lower()}{reason[1:]}{where}{kept} (free some space, or write elsewhere)"
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and path:
+        verb = "write" if isinstance(e, WriteError) or e.errno == errno.EROFS else "access"
+        return f"cannot {verb} {path}: {reason}"
+    return None

@@ -19,6 +19,7 @@ import toml
 from .errors import UserError
 
 NOT_FROM_A_FILE = ("config_file",)  # a config file naming another one would hide where a value came from
+MAX_CONFIG_BYTES = 1 << 20  # real config files are a few KB; megabytes of TOML are not one
 
 
 def read_config_file(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
@@ -40,16 +41,22 @@ def option_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action
 
 def _find(path: str) -> Path:
     config_file = Path(path)
-    if config_file.is_file():
-        return config_file
-    with_suffix = Path(f"{path}.toml")  # musubi-tuner accepts the name without .toml
-    if config_file.suffix != ".toml" and with_suffix.is_file():
-        return with_suffix
+    try:
+        if config_file.is_file():
+            return config_file
+        with_suffix = Path(f"{path}.toml")  # musubi-tuner accepts the name without .toml
+        if config_file.suffix != ".toml" and with_suffix.is_file():
+            return with_suffix
+    except OSError as e:  # a name too long for the file system, ...
+        raise UserError(f"--config_file {_short(path)}: cannot use it: {e.strerror}") from None
     raise UserError(f"--config_file {path}: no such file ({config_file.absolute()})")
 
 
 def _load(config_file: Path) -> dict[str, Any]:
     try:
+        size = config_file.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise UserError(f"{config_file}: {size} bytes is too large for a config file (at most 1 MiB)")
         text = config_file.read_text(encoding="utf-8-sig")  # -sig: a BOM from a Windows editor is not TOML
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{config_file}: cannot read the config file: {e}") from None
@@ -57,6 +64,8 @@ def _load(config_file: Path) -> dict[str, Any]:
         return toml.loads(text)  # the parser musubi-tuner uses: its users' files read the same here
     except toml.TomlDecodeError as e:
         raise UserError(f"{config_file}: line {e.lineno}: TOML syntax error: {e.msg}") from None
+    except Exception as e:  # the toml package fails on some garbage with IndexError, RecursionError, ...
+        raise UserError(f"{config_file}: TOML syntax error ({type(e).__name__} in the parser)") from None
 
 
 def flatten(doc: dict[str, Any], config_file: Path, actions: dict[str, argparse.Action]) -> dict[str, Any]:
@@ -70,7 +79,9 @@ def flatten(doc: dict[str, Any], config_file: Path, actions: dict[str, argparse.
             entries = [(name, value, "the top level")]
         for key, item, place in entries:
             if isinstance(item, dict) and place != "the top level":
-                raise UserError(f"{config_file}: [{name}.{key}]: sections nest one level only; flatten it")
+                raise UserError(
+                    f"{config_file}: [{_short(name)}.{_short(key)}]: sections nest one level only; flatten it"
+                )
             _check_key(key, item, place, config_file, actions)
             if key in flat:
                 raise UserError(
@@ -88,7 +99,7 @@ def _check_key(
     if key not in actions:
         close = difflib.get_close_matches(key, actions, n=1)
         hint = f"; did you mean {close[0]}?" if close else "; see docs/options.md"
-        raise UserError(f"{config_file}: unknown option {key!r} in {place}{hint}")
+        raise UserError(f"{config_file}: unknown option {_short(repr(key))} in {place}{hint}")
     if isinstance(value, dict):
         raise UserError(f"{config_file}: {key}: expected a value, not a table ({key} is an option)")
 
@@ -127,7 +138,7 @@ def _convert_one(action: argparse.Action, value: Any, where: str) -> Any:
     try:
         converted = text if action.type is None else action.type(text)
     except (argparse.ArgumentTypeError, TypeError, ValueError) as e:
-        raise UserError(f"{where}: {e}") from None
+        raise UserError(f"{where}: {_short(str(e), 200)}") from None
     if action.choices is not None and converted not in action.choices:
         close = difflib.get_close_matches(str(converted), [str(c) for c in action.choices], n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
@@ -146,4 +157,9 @@ def _as_text(value: Any) -> str:
 
 
 def _show(value: Any) -> str:
-    return json.dumps(value, default=str)  # TOML-like: "text", true, [1, 2]
+    return _short(json.dumps(value, default=str))  # TOML-like: "text", true, [1, 2]
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """A user's text cut for a one-line message (a 10 MB key must not become a 10 MB line)."""
+    return text if len(text) <= limit else f"{text[: limit - 20]}...({len(text)} characters)"

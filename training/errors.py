@@ -14,6 +14,7 @@ def user_error_types() -> tuple[type[Exception], ...]:
     """Every exception type that means "the user can fix this" across the packages the trainer drives."""
     from dataset.cache_files import CacheFileError
     from dataset.errors import DatasetConfigError, MediaError
+    from hunyuan_model.attention import AttentionBackendError
     from hunyuan_model.errors import CheckpointError
     from networks.lora_file import LoRAFileError
     from networks.network_args import NetworkArgsError
@@ -26,4 +27,5 @@ def user_error_types() -> tuple[type[Exception], ...]:
         DatasetConfigError,
         MediaError,
         CacheFileError,
+        AttentionBackendError,
     )

@@ -91,6 +91,19 @@ def sample_t(
     return t * (hi - lo) + lo
 
 
+def seeded_draws(
+    settings: FlowSettings, latents: torch.Tensor, seeds: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(noise, t) for each item from its own generator, on the CPU: an item's draws depend on its seed only,
+    not on the batch it shares, the process that trains it, or how many draws came before."""
+    noise, ts = [], []
+    for i, seed in enumerate(seeds.tolist()):
+        g = torch.Generator().manual_seed(int(seed))
+        ts.append(sample_t(settings, latents[i : i + 1], g))
+        noise.append(torch.randn(tuple(latents.shape[1:]), generator=g))
+    return torch.stack(noise).to(latents.dtype), torch.cat(ts)
+
+
 def loss_weights(settings: FlowSettings, t: torch.Tensor) -> torch.Tensor | None:
     """Per-item loss weights (SD3's compute_loss_weighting_for_sd3); None means uniform."""
     if settings.weighting_scheme == "sigma_sqrt":
@@ -108,8 +121,17 @@ def noisy_input(
     return (1 - tb) * latents + tb * noise, noise - latents
 
 
-def flow_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+def flow_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    weights: torch.Tensor | None,
+    item_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The mean per-item MSE; with item_scale, the sum of per-item losses times it (a data-parallel share of
+    a global batch's mean, where pads have scale 0)."""
     per_item = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
     if weights is not None:
         per_item = per_item * weights.to(per_item.device)
+    if item_scale is not None:
+        return (per_item * item_scale.to(per_item.device)).sum()
     return per_item.mean()

@@ -24,7 +24,11 @@ from .lora_io import LoadedLoRA, linear_shapes, load_checked, multipliers
 
 logger = logging.getLogger(__name__)
 
-ATTN_MODES = ("sdpa", "torch")  # musubi-tuner calls PyTorch's SDPA "torch"
+# --attn_mode value -> attention backend (hunyuan_model/attention.py); musubi-tuner's names and ours.
+ATTN_MODES = {
+    "sdpa": "sdpa", "torch": "sdpa", "flash": "flash_attn", "flash2": "flash_attn", "flash_attn": "flash_attn",
+    "sageattn": "sage_attn", "sage_attn": "sage_attn", "xformers": "xformers",
+}  # fmt: skip
 LATENT_KEY = "latent"  # musubi-tuner's key in latent files
 
 
@@ -40,8 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument(
         "--vae_dtype", default=None, help="float32 | float16 | bfloat16 (default: fp16 on GPU)"
     )
-    models.add_argument("--fp8", action="store_true", help="fp8 DiT weights (not implemented yet: issue 7)")
-    models.add_argument("--attn_mode", default="sdpa", help="attention kernel: sdpa (PyTorch's; 'torch' too)")
+    models.add_argument("--fp8", action="store_true",
+                        help="store the DiT blocks' Linear weights in float8_e4m3fn (about half the memory), "
+                        "compute in --dit_dtype; LoRAs are applied on the fly")  # fmt: skip
+    models.add_argument(
+        "--fp8_scaled",
+        action="store_true",
+        help="like --fp8 (implies it), with a per-row scale: more accurate",
+    )
+    models.add_argument("--attn_mode", default="sdpa",
+                        help="attention kernel: sdpa (or torch; the default), flash (pip install flash-attn), "
+                        "sageattn (pip install sageattention), xformers (pip install xformers); all but sdpa "
+                        "need a CUDA GPU, flash and sageattn a fp16/bf16 DiT")  # fmt: skip
+    models.add_argument("--split_attn", action="store_true",
+                        help="SDPA one sample at a time on its valid tokens (with --attn_mode sdpa only): "
+                        "less peak memory with --guidance_scale (2 samples a step)")  # fmt: skip
     models.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
 
     video = p.add_argument_group("video")
@@ -84,10 +101,10 @@ def _check(args: argparse.Namespace) -> None:
     """Every cheap check, before any model is loaded."""
     from hunyuan_model.sampler import validate_request
 
-    if args.fp8:
-        raise UserError("--fp8 is not implemented yet (issue 7); run without it (bf16 DiT)")
-    if args.attn_mode not in ATTN_MODES:
-        raise UserError(f"--attn_mode {args.attn_mode}: not available in this build; use sdpa")
+    if (args.fp8 or args.fp8_scaled) and args.lora_merge:
+        raise UserError("--lora_merge needs a DiT in --dit_dtype: with --fp8 the LoRAs are applied on the "
+                        "fly; drop --lora_merge")  # fmt: skip
+    _attention_backend(args)
     height, width = args.video_size
     try:
         validate_request(height, width, args.video_length, args.infer_steps, args.flow_shift)
@@ -147,6 +164,27 @@ def _encode(args: argparse.Namespace, device: torch.device):
     return positive, negative
 
 
+def _attention_backend(args: argparse.Namespace, device: torch.device | None = None) -> str:
+    """--attn_mode / --split_attn as a backend name, checked (package now; CUDA and dtype once the device is
+    known). A kernel that cannot run is an error, never a silent fall-back to SDPA."""
+    from hunyuan_model.attention import AttentionBackendError, check_attention_backend
+
+    backend = ATTN_MODES.get(args.attn_mode)
+    if backend is None:
+        raise UserError(f"--attn_mode {args.attn_mode}: unknown; use one of {', '.join(ATTN_MODES)}")
+    if args.split_attn:
+        if backend != "sdpa":
+            raise UserError(f"--split_attn and --attn_mode {args.attn_mode} exclude each other: "
+                            "choose one attention backend")  # fmt: skip
+        backend = "split_attn"
+    dtype = None if device is None else _dtypes(args, device)[0]
+    try:
+        check_attention_backend(backend, device, dtype=dtype, flag=f"--attn_mode {args.attn_mode}")
+    except AttentionBackendError as e:
+        raise UserError(str(e)) from None
+    return backend
+
+
 def _dtypes(args: argparse.Namespace, device: torch.device) -> tuple[torch.dtype, torch.dtype]:
     """(DiT, VAE) dtypes: bf16 / fp16 on a GPU, fp32 on a CPU, unless given."""
     gpu = device.type == "cuda"
@@ -155,17 +193,21 @@ def _dtypes(args: argparse.Namespace, device: torch.device) -> tuple[torch.dtype
 
 
 def _sample(args, loras, positive, negative, seed: int, device: torch.device) -> torch.Tensor:
+    from hunyuan_model.attention import set_attention_backend
     from hunyuan_model.checkpoint import load_dit
     from hunyuan_model.sampler import sample_latents
 
     from .lora_apply import apply_on_the_fly, merge_into
 
     dtype = _dtypes(args, device)[0]
-    model = load_dit(args.dit, dtype=dtype, device=device).eval().requires_grad_(False)
+    fp8 = args.fp8 or args.fp8_scaled
+    model = load_dit(args.dit, dtype=dtype, device=device, fp8_base=fp8, fp8_scaled=args.fp8_scaled)
+    model.eval().requires_grad_(False)
+    set_attention_backend(model, _attention_backend(args, device))
     if loras and args.lora_merge:
         merge_into(model, loras)
     elif loras:
-        apply_on_the_fly(model, loras)
+        apply_on_the_fly(model, loras, dtype=dtype if fp8 else None)  # LoRA weights never in fp8
     height, width = args.video_size
     latents = sample_latents(
         model, positive, height=height, width=width, frames=args.video_length, steps=args.infer_steps,
@@ -213,6 +255,7 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     device = pick_device(args.device)
     _dtypes(args, device)  # a bad dtype name fails now, not after minutes of work
+    _attention_backend(args, device)  # and a kernel that needs CUDA or fp16/bf16
     loras = _load_loras(args)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
     logger.info("seed %d", seed)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from networks.lora_file import LoRAFileError
+from networks.lora_file import LoRAFileError, check_lora_tensors
 
 from .errors import UserError
 from .lora_layouts import LoRAWeights, read_layout
@@ -30,6 +30,8 @@ class LoadedLoRA:
 def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, header metadata) of a LoRA file, or a one-line LoRAFileError."""
     path = Path(path)
+    if path.is_dir():
+        raise LoRAFileError(f"LoRA file {path}: is a directory, not a .safetensors file")
     if not path.is_file():
         raise LoRAFileError(f"LoRA file not found: {path}")
     try:
@@ -40,6 +42,7 @@ def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tens
         raise LoRAFileError(
             f"cannot read LoRA file {path}: {type(e).__name__}: {' '.join(str(e).split())}"
         ) from None
+    check_lora_tensors(path, tensors)
     return tensors, metadata
 
 

@@ -25,6 +25,7 @@ import torch
 from hunyuan_model.diffusers_layout import ModuleMap, module_maps
 from networks.lora import lora_name_for
 from networks.lora_file import LoRAFileError
+from networks.network_args import has_nested_repeat
 
 LAYOUTS = ("default", "other", "diffusers")
 _DEFAULT_KEY = re.compile(
@@ -72,7 +73,10 @@ LoRAWeights = dict[str, Factors]
 
 def _maps(keys: Iterable[str]) -> list[ModuleMap]:
     """Every module of a DiT with at least as many blocks as the keys mention (the fit check comes later)."""
-    n = 1 + max((int(d) for k in keys for d in re.findall(r"\d+", k)), default=0)
+    # a number of > 6 digits is past _MAX_BLOCKS anyway (and int() refuses > 4300 digits)
+    n = 1 + max(
+        (int(d) if len(d) < 7 else _MAX_BLOCKS for k in keys for d in re.findall(r"\d+", k)), default=0
+    )
     n = min(n, _MAX_BLOCKS)
     return module_maps(n, n, n, guidance=True)
 
@@ -164,11 +168,24 @@ def _peft_alpha(metadata: Mapping[str, str] | None, module: str, rank: int, sour
         raise LoRAFileError(f"{source}: unreadable {PEFT_METADATA_KEY} in the header") from None
     if config.get("use_dora"):
         raise LoRAFileError(f"{source}: a DoRA adapter (use_dora); only plain LoRA can be converted")
-    alpha = float(config.get("lora_alpha") or config.get("r") or rank)
-    for pattern, value in (config.get("alpha_pattern") or {}).items():  # PEFT's rule: a suffix match
-        if re.fullmatch(pattern if pattern.startswith("^") else rf"(.*\.)?(?:{pattern})", module):
-            alpha = float(value)
-            break
+    try:  # the header is the file author's text: a bad number or a regex bomb is an error, not a hang
+        alpha = float(config.get("lora_alpha") or config.get("r") or rank)
+        for pattern, value in (config.get("alpha_pattern") or {}).items():  # PEFT's rule: a suffix match
+            if has_nested_repeat(pattern):
+                raise LoRAFileError(
+                    f"{source}: alpha_pattern {pattern[:80]!r} in the header nests repetitions"
+                )
+            if re.fullmatch(pattern if pattern.startswith("^") else rf"(.*\.)?(?:{pattern})", module):
+                alpha = float(value)
+                break
+        if not math.isfinite(alpha):
+            raise ValueError(alpha)
+    except (ValueError, TypeError, AttributeError, re.error, RecursionError, OverflowError) as e:
+        if isinstance(e, LoRAFileError):
+            raise
+        raise LoRAFileError(
+            f"{source}: unreadable {PEFT_METADATA_KEY} in the header ({type(e).__name__})"
+        ) from None
     # rsLoRA scales by alpha / sqrt(rank); expressed as an alpha for our alpha / rank
     return alpha * math.sqrt(rank) if config.get("use_rslora") else alpha
 

@@ -107,6 +107,11 @@ _TABLE_KEYS: dict[str, str] = {
 }  # fmt: skip
 
 
+def _short(text: str, limit: int = 80) -> str:
+    """A user's text cut for a one-line message (a 10 MB value must not become a 10 MB line)."""
+    return text if len(text) <= limit else f"{text[: limit - 20]}...({len(text)} characters)"
+
+
 def _did_you_mean(name: str, known: list[str]) -> str:
     close = difflib.get_close_matches(name, known, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -119,7 +124,7 @@ def _set_option(values: dict[str, Any], option: str, raw: Any, where: str, shown
     try:
         values[field] = parse(raw)
     except (ValueError, TypeError):
-        raise UserError(f"{where}: {shown} {raw!r}: expected {expected}") from None
+        raise UserError(f"{where}: {shown} {_short(repr(raw))}: expected {expected}") from None
 
 
 def _finish(
@@ -161,7 +166,7 @@ def parse_prompt_line(line: str, defaults: PromptDefaults, index: int, where: st
         if option not in _OPTIONS:
             hint = _did_you_mean(option, list(_OPTIONS))
             known = " ".join(f"--{k}" for k in _OPTIONS)
-            raise UserError(f"{where}: unknown option --{name}{hint}; known: {known}")
+            raise UserError(f"{where}: unknown option --{_short(name)}{hint}; known: {known}")
         if not raw.strip():
             raise UserError(f"{where}: --{name} has no value")
         _set_option(values, option, raw.strip(), where, f"--{name}")
@@ -177,7 +182,9 @@ def _parse_table(table: dict, defaults: PromptDefaults, index: int, where: str) 
         if key in ("prompt", "enum"):  # musubi-tuner numbers its entries itself
             continue
         if key not in _TABLE_KEYS:
-            raise UserError(f"{where}: unknown key {key!r}{_did_you_mean(key, list(_TABLE_KEYS))}")
+            raise UserError(
+                f"{where}: unknown key {_short(repr(key))}{_did_you_mean(key, list(_TABLE_KEYS))}"
+            )
         _set_option(values, _TABLE_KEYS[key], raw, where, repr(key))
     return _finish(text.strip(), values, defaults, index, where)
 
@@ -207,11 +214,15 @@ def _load_structured(path: Path, content: str, defaults: PromptDefaults) -> list
             data = toml.loads(content)
         except toml.TomlDecodeError as e:
             raise UserError(f"{path}:{e.lineno}: not valid TOML ({e.msg})") from None
+        except Exception as e:  # the toml package fails on some garbage with IndexError, RecursionError, ...
+            raise UserError(f"{path}: not valid TOML ({type(e).__name__} in the parser)") from None
     else:
         try:
             data = json.loads(content)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        except (RecursionError, ValueError) as e:  # nesting too deep; an integer of > 4300 digits
+            raise UserError(f"{path}: not valid JSON ({type(e).__name__}: {_short(str(e))})") from None
     prompts = []
     for i, entry in enumerate(_entries(data, path)):
         where = f"{path}: entry {i + 1}"

@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 from .checkpoints import Progress, find_latest_state, load_state, lora_file_name, prune, save_state
 from .devices import parse_dtype
 from .errors import UserError
-from .flow import FlowSettings, flow_loss, loss_weights, noisy_input, sample_t
+from .flow import FlowSettings, flow_loss, loss_weights, noisy_input, seeded_draws
+from .nonfinite import NonFiniteGuard, NonFiniteStop, gradient_norm
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class Run:
     raw_network: object | None = (
         None  # the network without accelerate's wrapper (unwrapping costs ~1 ms a step)
     )
+    guard: NonFiniteGuard | None = None  # the NaN/Inf guard (train() sets it; None: off)
 
 
 def _require(args, *names: str) -> None:
@@ -64,13 +66,31 @@ def _flow_settings(args) -> FlowSettings:
     )  # fmt: skip
 
 
+def _process_state(ddp_timeout_minutes: int | None = None):
+    """accelerate's process state, made as Accelerator makes it: the first maker fixes it for the process (and
+    its process group's timeout: --ddp_timeout), and `accelerate launch --cpu` (ACCELERATE_USE_CPU) must keep
+    meaning gloo on the CPU."""
+    from datetime import timedelta
+
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    kwargs = {"timeout": timedelta(minutes=ddp_timeout_minutes)} if ddp_timeout_minutes else {}
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **kwargs)
+
+
 def _load_batches(args):
     from dataset.config import load_dataset_config
     from dataset.train_dataset import CachedBatches, CachedDatasetSpec
 
     blueprint = load_dataset_config(args.dataset_config, check_media=False)
     specs = [CachedDatasetSpec.of(d) for d in blueprint.datasets]
-    batches = CachedBatches(specs, seed=args.seed)
+    procs = _process_state(
+        args.ddp_timeout
+    )  # data parallel: each process trains its share of every global batch
+    batches = CachedBatches(
+        specs, seed=args.seed or 0, num_processes=procs.num_processes, process_index=procs.process_index
+    )
     summary = [
         {"cache_directory": str(s.cache_directory), "batch_size": s.batch_size, "num_repeats": s.num_repeats}
         for s in specs
@@ -101,10 +121,55 @@ def _max_steps(args, batches_per_epoch: int) -> int:
     return args.max_train_steps
 
 
+def _check_attention(args, device: torch.device, dtype: torch.dtype) -> str:
+    """The attention backend the flags choose, checked (package, CUDA, dtype, trainable) before the DiT loads."""
+    from hunyuan_model.attention import AttentionBackendError, check_attention_backend
+
+    from .args import attention_backend
+
+    backend = attention_backend(args)
+    mixed = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision or "no")
+    try:
+        check_attention_backend(backend, device, dtype=mixed or dtype, training=True)
+    except AttentionBackendError as e:
+        raise UserError(str(e)) from None
+    if backend != "sdpa":
+        logger.info("attention: %s", backend)
+    return backend
+
+
+def _swap_and_compile(args, model, device: torch.device) -> None:
+    """--blocks_to_swap, then --compile: after the LoRA is applied (the compiled blocks trace through it)."""
+    from hunyuan_model.block_swap import check_blocks_to_swap
+
+    n = args.blocks_to_swap or 0
+    try:
+        check_blocks_to_swap(n, len(model.blocks()))
+    except ValueError as e:
+        raise UserError(f"--{e}") from None
+    if n and device.type == "cpu":
+        logger.info("--blocks_to_swap %d has no effect on the CPU: the DiT already lives in CPU memory", n)
+    elif n:
+        model.enable_block_swap(n, device)
+        logger.info("block swap: the last %d of %d DiT blocks live in CPU memory", n, len(model.blocks()))
+    if args.compile:
+        if args.compile_cache_size_limit:
+            torch._dynamo.config.cache_size_limit = args.compile_cache_size_limit
+        dynamic = {"true": True, "false": False}.get(args.compile_dynamic or "auto")
+        try:
+            model.compile_blocks(args.compile_backend, args.compile_mode, dynamic, args.compile_fullgraph)
+        except torch._dynamo.exc.InvalidBackend:
+            known = ", ".join(torch._dynamo.list_backends())
+            raise UserError(f"--compile_backend {args.compile_backend}: unknown; known: {known}") from None
+        logger.info("compiling each DiT block (backend %s, mode %s): the first steps are slow",
+                    args.compile_backend, args.compile_mode)  # fmt: skip
+
+
 def build_run(args) -> Run:
     from accelerate import Accelerator
 
     from dataset.cache_files import file_identity
+    from hunyuan_model.attention import set_attention_backend
     from hunyuan_model.checkpoint import load_dit
     from hunyuan_model.config import DEFAULT_EXCLUDE_PATTERNS, TARGET_BLOCK_CLASSES
 
@@ -112,6 +177,8 @@ def build_run(args) -> Run:
     from .optim import build_optimizer, build_scheduler, steps_from
 
     _require(args, "dit", "dataset_config", "output_dir")
+    if not Path(args.dit).exists():
+        raise UserError(f"--dit {args.dit}: no such file or folder")
     _check_trackers(args)
     flow = _flow_settings(args)
     batches, summary = _load_batches(args)
@@ -127,12 +194,19 @@ def build_run(args) -> Run:
     dtype = parse_dtype(
         args.dit_dtype, default=torch.bfloat16 if accelerator.device.type == "cuda" else torch.float32
     )
-    if not Path(args.dit).exists():
-        raise UserError(f"--dit {args.dit}: no such file or folder")
-    model = load_dit(args.dit, dtype=dtype, device=accelerator.device)
+    backend = _check_attention(args, accelerator.device, dtype)
+    if accelerator.device.type == "cuda" and accelerator.is_main_process:
+        from .memory_estimate import log_estimate
+
+        log_estimate(args)  # from shapes, before the weights load: what fits is known before 25 GB are read
+    swap = bool(args.blocks_to_swap) and accelerator.device.type != "cpu"
+    # swapped blocks stay in CPU memory: load there, enable_block_swap moves the rest (13 B may not fit first)
+    model = load_dit(args.dit, dtype=dtype, device="cpu" if swap else accelerator.device,
+                     fp8_base=args.fp8_base, fp8_scaled=args.fp8_scaled)  # fmt: skip
+    set_attention_backend(model, backend)
     model.requires_grad_(False)
     if args.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
+        model.enable_gradient_checkpointing(cpu_offload=args.gradient_checkpointing_cpu_offload)
 
     module = load_network_module(args.network_module)
     network = module.create_network(
@@ -144,18 +218,20 @@ def build_run(args) -> Run:
         network.load_weights(args.network_weights)
     network.apply_to(model)
     network.train()
+    _swap_and_compile(args, model, accelerator.device)
 
     optimizer = build_optimizer(args.optimizer_type or "AdamW", network.prepare_optimizer_params(args.learning_rate),
                                 args.learning_rate, args.optimizer_args or ())  # fmt: skip
     max_steps = _max_steps(args, len(batches))
-    procs = accelerator.num_processes  # accelerate steps a prepared scheduler once per process
+    # One scheduler step per optimizer step (training_step calls it): a scheduler prepared by accelerate
+    # would step once per process, and a schedule stretched to match is off by one step per process.
     scheduler = build_scheduler(
-        optimizer, args.lr_scheduler, steps_from(args.lr_warmup_steps, max_steps) * procs, max_steps * procs,
+        optimizer, args.lr_scheduler, steps_from(args.lr_warmup_steps, max_steps), max_steps,
         args.lr_scheduler_num_cycles, args.lr_scheduler_power, args.lr_scheduler_min_lr_ratio or 0.0,
-        steps_from(args.lr_decay_steps, max_steps) * procs, args.lr_scheduler_timescale,
+        steps_from(args.lr_decay_steps, max_steps), args.lr_scheduler_timescale,
     )  # fmt: skip
     raw_network = network
-    network, optimizer, scheduler = accelerator.prepare(network, optimizer, scheduler)
+    network, optimizer = accelerator.prepare(network, optimizer)
     run = Run(args, accelerator, model, network, optimizer, scheduler, batches, flow, max_steps,
               Path(args.output_dir), summary, file_identity(args.dit), dtype)  # fmt: skip
     run.raw_network = raw_network
@@ -167,13 +243,15 @@ def _unwrapped(run: Run):
 
 
 def training_step(run: Run, batch: dict) -> float:
-    """One micro-batch: noise, flow-matching target, forward, backward; the optimizer steps on sync."""
+    """One micro-batch: noise, flow-matching target, forward, backward; the optimizer steps on sync.
+
+    Returns the loss, on a sync step averaged over the processes (the global batch's mean)."""
     args, device = run.args, run.accelerator.device
+    # Noise and t come from each item's own seed, on the CPU: the same item gets the same draws on any device,
+    # in any process, whatever the batch around it.
+    noise, t = seeded_draws(run.flow, batch["latents"], batch["noise_seed"])
     latents = batch["latents"].to(device)
-    # Noise and t are drawn on the CPU: the same run gives the same draws on any device.
-    noise = torch.randn(latents.shape).to(device)
-    t = sample_t(run.flow, latents)
-    x_t, target = noisy_input(latents, noise, t.to(device))
+    x_t, target = noisy_input(latents, noise.to(device), t.to(device))
     bsz = latents.shape[0]
     guidance = torch.full((bsz,), float(args.guidance_scale) * 1000.0, device=device)
     with run.accelerator.accumulate(run.network), run.accelerator.autocast():
@@ -181,14 +259,57 @@ def training_step(run: Run, batch: dict) -> float:
             x_t.to(run.dtype), (t * 1000.0).to(device), batch["llm"].to(device, run.dtype),
             batch["llm_mask"].to(device), batch["clip_pooled"].to(device, run.dtype), guidance.to(run.dtype),
         )  # fmt: skip
-        loss = flow_loss(pred, target, loss_weights(run.flow, t))
+        loss = flow_loss(pred, target, loss_weights(run.flow, t), batch.get("loss_scale"))
         run.accelerator.backward(loss)
-        if run.accelerator.sync_gradients and args.max_grad_norm:
-            run.accelerator.clip_grad_norm_(_unwrapped(run).parameters(), args.max_grad_norm)
+        if not run.accelerator.sync_gradients:
+            value = float(loss.detach())
+            if run.guard is not None:
+                run.guard.note_loss(value)
+            return value
+        return _optimizer_step(run, loss.detach())
+
+
+def _average_gradients(run: Run, params: list[torch.nn.Parameter]) -> None:
+    """Data parallel: the mean of every process's gradients, in one all-reduce per optimizer step.
+
+    accelerate's DDP wrapper cannot do it: the model's forward runs the LoRA modules, never the wrapper's
+    forward, so DDP's gradient hooks stay disarmed (measured: each process kept its own gradients).
+    Every process has the same parameters with gradients (same model, same shapes), so the lists match."""
+    if run.accelerator.num_processes == 1 or not params:
+        return
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    grads = [p.grad for p in params]
+    flat = run.accelerator.reduce(_flatten_dense_tensors(grads), reduction="mean")
+    for g, averaged in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
+        g.copy_(averaged)
+
+
+def _optimizer_step(run: Run, loss: torch.Tensor) -> float:
+    """Clip, agree across processes on the loss and on skipping, step (or skip), advance the schedule."""
+    acc, guard = run.accelerator, run.guard
+    params = [p for p in _unwrapped(run).parameters() if p.grad is not None]
+    _average_gradients(run, params)
+    norm = None
+    if run.args.max_grad_norm:
+        norm = acc.clip_grad_norm_(params, run.args.max_grad_norm)
+    elif guard is not None:
+        norm = gradient_norm(params)
+    bad = 0.0
+    if guard is not None:
+        local_bad = guard.take_loss_flag() or not bool(torch.isfinite(loss))
+        bad = float(local_bad or (norm is not None and not bool(torch.isfinite(norm))))
+    # One all-reduce: the logged loss is the global batch's, and every process takes the same decision
+    # (a process that skipped alone would diverge from the others).
+    stats = acc.reduce(torch.stack([loss.float(), torch.tensor(bad, device=loss.device)]), reduction="mean")
+    value, skip = float(stats[0]), bool(stats[1] > 0)
+    if not skip or acc.scaler is not None:  # fp16: the GradScaler itself skips non-finite gradients
         run.optimizer.step()
-        run.scheduler.step()
-        run.optimizer.zero_grad(set_to_none=True)
-    return float(loss.detach())
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if guard is not None:
+        guard.record(skip)
+    return value
 
 
 # ---------------------------------------------------------------- saving
@@ -353,9 +474,12 @@ def train(args) -> int:
     from .args import unimplemented_option_notes
 
     start = time.perf_counter()
+    args = _prepare_processes(args)
     for note in unimplemented_option_notes(args):
         logger.warning(note)
     run = build_run(args)
+    if args.max_nonfinite_steps:
+        run.guard = NonFiniteGuard(args.max_nonfinite_steps)
     run.output_dir.mkdir(parents=True, exist_ok=True)
     progress = _resume(run)
     if args.log_with:
@@ -368,8 +492,8 @@ def train(args) -> int:
         if args.sample_at_first and progress.step == 0:
             _sample(run, "step00000000", 0)
     logger.info(
-        "training: %d steps, %d batches per epoch, start-up %.1f s", run.max_steps, len(run.batches),
-        time.perf_counter() - start,
+        "training: %d steps, %d batches per epoch, %d process(es), start-up %.1f s", run.max_steps,
+        len(run.batches), run.accelerator.num_processes, time.perf_counter() - start,
     )  # fmt: skip
     bar = tqdm(
         total=run.max_steps, initial=progress.step, desc="steps", disable=not run.accelerator.is_main_process
@@ -391,8 +515,28 @@ def train(args) -> int:
     return 0
 
 
+def _prepare_processes(args):
+    """Before anything logs: only the main process speaks, and every process uses the same seed."""
+    import dataclasses
+    import secrets
+
+    from accelerate.utils import broadcast_object_list
+
+    state = _process_state(args.ddp_timeout)
+    if not state.is_main_process:
+        logging.getLogger().setLevel(logging.ERROR)
+    if args.seed is None:
+        seed = broadcast_object_list([secrets.randbelow(2**31)])[0]
+        logger.info("seed %d (--seed %d repeats this run)", seed, seed)
+        args = dataclasses.replace(args, seed=seed)
+    return args
+
+
 def _end_step(run: Run, progress: Progress, loss: float, bar, start: float) -> None:
     progress.step += 1
+    if run.guard is not None and run.guard.skipped:
+        _skipped_step(run, progress, bar)
+        return
     run.losses.append(loss)
     if len(run.losses) == 1:
         logger.info("first optimizer step done (%.2f s after start-up began)", time.perf_counter() - start)
@@ -403,6 +547,32 @@ def _end_step(run: Run, progress: Progress, loss: float, bar, start: float) -> N
         logs.update({f"lr/{g.get('kind', 'lora')}": g["lr"] for g in run.optimizer.param_groups})
         run.accelerator.log(logs, step=progress.step)
     _on_boundary(run, progress, "step")
+
+
+def _skipped_step(run: Run, progress: Progress, bar) -> None:
+    """A step without an update still counts; too many in a row stop the run with the last good weights."""
+    guard = run.guard
+    logger.warning("step %d: non-finite loss or gradients, optimizer step skipped (%d in a row, stop at %d)",
+                   progress.step, guard.streak, guard.limit)  # fmt: skip
+    bar.update(1)
+    if not guard.exhausted:
+        _on_boundary(run, progress, "step")
+        return
+    a = run.args
+    path = save_lora(run, progress, lora_file_name(a.output_name, step=progress.step))
+    saved = str(path)
+    if a.save_state or a.save_state_on_train_end:
+        save_training_state(run, progress, "step")
+        saved += f" and state {_state_dir(run, progress, 'step')} (--resume auto continues from it)"
+    run.accelerator.wait_for_everyone()  # no process may exit while the main one is still writing
+    run.accelerator.end_training()
+    bar.close()
+    first = progress.step - guard.streak + 1
+    raise NonFiniteStop(
+        f"steps {first}-{progress.step}: {guard.streak} optimizer steps in a row had a non-finite loss or "
+        f"gradients, training stopped; the last good weights are saved in {saved}; try a lower "
+        "--learning_rate, check the data, or raise --max_nonfinite_steps"
+    )
 
 
 def _end_epoch(run: Run, progress: Progress) -> None:
@@ -423,8 +593,10 @@ def _finish(run: Run, progress: Progress) -> None:
     sampling = a.sample_every_n_steps or a.sample_every_n_epochs
     if run.sampler is not None and sampling and run.last_sample_step != progress.step:
         _sample(run, "final", progress.step)
-    if run.accelerator.is_main_process and run.losses:
+    finite = [x for x in run.losses if math.isfinite(x)]  # with the guard off a NaN may be there
+    if run.accelerator.is_main_process and finite:
         write_loss_plot(
-            run.output_dir / f"{a.output_name}_loss.png", run.losses, f"{a.output_name}: training loss"
+            run.output_dir / f"{a.output_name}_loss.png", finite, f"{a.output_name}: training loss"
         )
+    run.accelerator.wait_for_everyone()  # no process may exit while the main one is still writing
     run.accelerator.end_training()

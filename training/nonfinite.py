@@ -1,0 +1,50 @@
+"""The NaN/Inf guard: a step whose loss or gradients are not finite leaves the weights alone, and a run that
+keeps producing them stops, its last good weights saved, instead of training garbage for hours.
+
+A skipped step still counts: the step counter, the lr schedule and the data position advance as for any
+step (as with AMP's GradScaler), so max_train_steps, save schedules and resume positions do not move.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .errors import UserError
+
+
+class NonFiniteStop(UserError):
+    """Too many non-finite steps in a row: the CLI prints it as one line and exits with code 2."""
+
+
+@dataclass
+class NonFiniteGuard:
+    limit: int  # stop after this many skipped steps in a row
+    streak: int = 0  # skipped steps in a row so far
+    loss_bad: bool = False  # a micro-batch of the current step had a non-finite loss
+    skipped: bool = False  # the last optimizer step was skipped
+
+    def note_loss(self, value: float) -> None:
+        self.loss_bad = self.loss_bad or not math.isfinite(value)
+
+    def take_loss_flag(self) -> bool:
+        bad, self.loss_bad = self.loss_bad, False
+        return bad
+
+    def record(self, skipped: bool) -> None:
+        self.skipped = skipped
+        self.streak = self.streak + 1 if skipped else 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.streak >= self.limit
+
+
+def gradient_norm(parameters) -> torch.Tensor:
+    """The total L2 norm of the gradients (inf or nan when any gradient is)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.nn.utils.get_total_norm(grads)
