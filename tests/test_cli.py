@@ -42,3 +42,15 @@ def test_bad_option_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.split() == ["2", "False"], out.stderr
+
+
+def test_a_huge_message_stays_one_screen(capsys):
+    """A hostile file can put megabytes into a message (a key name, a value): the line is cut, and says so."""
+
+    def huge(_argv):
+        raise UserError("bad key " + "k" * 1_000_000)
+
+    assert run_command(huge, []) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: bad key kkk")
+    assert len(err) <= 2010 and "(1000008 characters)" in err

@@ -108,6 +108,8 @@ def _foreign_lora(path: Path) -> Path:
         (["--lora_weight", "{bad}"], "3072 x 3072 in the LoRA but 64 x 64"),
         (["--lora_weight", "{foreign}"], "unknown LoRA layout"),
         (["--lora_weight", "{lora}", "--lora_multiplier", "1", "1"], "2 values for 1 --lora_weight"),
+        (["--blocks_to_swap", "-1"], "--blocks_to_swap -1: expected 0 or more"),
+        (["--blocks_to_swap", "99"], "allowed 0 to 2"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(models, tmp_path, capsys, extra, expected):

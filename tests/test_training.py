@@ -2,6 +2,7 @@
 
 import json
 import math
+import random
 import signal
 import subprocess
 import sys
@@ -101,9 +102,19 @@ def test_sigkill_then_resume_auto_is_bit_identical(cached_demo, tmp_path, monkey
     deadline = time.time() + 120
     while time.time() < deadline and not list(killed.glob("tiny_lora-step*-state")) and proc.poll() is None:
         time.sleep(0.01)
+    # then a random moment (seeded: a failure repeats): mid-step, mid-save or between, a few steps further
+    time.sleep(random.Random(8).uniform(0.0, 0.6))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "tiny_lora.safetensors").exists(), "the run finished before it was killed"
+    # What a crash can leave besides complete states: a torn temporary folder and a state without its LoRA,
+    # both "newer" than anything saved. --resume auto must take neither.
+    torn = killed / ".tiny_lora-step00000039-state.x1y2.tmp"
+    torn.mkdir()
+    (torn / "train_state.pt").write_bytes(b"torn")
+    incomplete = killed / "tiny_lora-step00000038-state"
+    incomplete.mkdir()
+    (incomplete / "train_state.pt").write_bytes(b"no lora beside me")
 
     assert _train(killed, *common, "--resume", "auto") == 0
     a = load_file(str(straight / "tiny_lora.safetensors"))

@@ -41,7 +41,7 @@ def run_command(run: Callable[[Sequence[str] | None], int], argv: Sequence[str] 
 
         if not isinstance(e, user_error_types()):
             raise
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"error: {_one_line(str(e))}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk, a folder we may not write: the user's to fix; other I/O errors trace
         message = disk_error_message(e)
@@ -50,6 +50,18 @@ def run_command(run: Callable[[Sequence[str] | None], int], argv: Sequence[str] 
         _close_progress_bars()  # a save fails mid-run: end the bar's line, so ours starts a line of its own
         print(f"error: {message}", file=sys.stderr)
         return 2
+
+
+MAX_ERROR_CHARS = 2000  # a hostile file can make a message of megabytes: one line stays one screen
+
+
+def _one_line(message: str) -> str:
+    line = " ".join(message.split())
+    return (
+        line
+        if len(line) <= MAX_ERROR_CHARS
+        else f"{line[: MAX_ERROR_CHARS - 30]} ... ({len(line)} characters)"
+    )
 
 
 def _close_progress_bars() -> None:

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--split_attn", action="store_true",
                         help="SDPA one sample at a time on its valid tokens (with --attn_mode sdpa only): "
                         "less peak memory with --guidance_scale (2 samples a step)")  # fmt: skip
+    models.add_argument("--blocks_to_swap", type=int, default=0, metavar="N",
+                        help="keep the last N DiT blocks in CPU memory, copied to the GPU just before they run "
+                        "(0 to blocks - 2; a no-op on the CPU)")  # fmt: skip
     models.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
 
     video = p.add_argument_group("video")
@@ -105,6 +108,8 @@ def _check(args: argparse.Namespace) -> None:
         raise UserError("--lora_merge needs a DiT in --dit_dtype: with --fp8 the LoRAs are applied on the "
                         "fly; drop --lora_merge")  # fmt: skip
     _attention_backend(args)
+    if args.blocks_to_swap < 0:
+        raise UserError(f"--blocks_to_swap {args.blocks_to_swap}: expected 0 or more")
     height, width = args.video_size
     try:
         validate_request(height, width, args.video_length, args.infer_steps, args.flow_shift)
@@ -201,13 +206,19 @@ def _sample(args, loras, positive, negative, seed: int, device: torch.device) ->
 
     dtype = _dtypes(args, device)[0]
     fp8 = args.fp8 or args.fp8_scaled
-    model = load_dit(args.dit, dtype=dtype, device=device, fp8_base=fp8, fp8_scaled=args.fp8_scaled)
+    swap = args.blocks_to_swap and device.type != "cpu"
+    # with swap the DiT loads into CPU memory: the swapped blocks stay there, the rest moves to the device
+    model = load_dit(args.dit, dtype=dtype, device="cpu" if swap else device, fp8_base=fp8,
+                     fp8_scaled=args.fp8_scaled)  # fmt: skip
     model.eval().requires_grad_(False)
     set_attention_backend(model, _attention_backend(args, device))
     if loras and args.lora_merge:
         merge_into(model, loras)
     elif loras:
-        apply_on_the_fly(model, loras, dtype=dtype if fp8 else None)  # LoRA weights never in fp8
+        applied = apply_on_the_fly(model, loras, dtype=dtype if fp8 else None)  # LoRA weights never in fp8
+        for module in applied:  # small: always on the device, also those of swapped blocks
+            module.to(device)
+    _block_swap(model, args.blocks_to_swap, device)
     height, width = args.video_size
     latents = sample_latents(
         model, positive, height=height, width=width, frames=args.video_length, steps=args.infer_steps,
@@ -217,6 +228,21 @@ def _sample(args, loras, positive, negative, seed: int, device: torch.device) ->
     del model
     gc.collect()
     return latents.cpu()
+
+
+def _block_swap(model, n: int, device: torch.device) -> None:
+    """After the LoRAs: the swapped blocks' weights stay in CPU memory, everything else moves to the device."""
+    from hunyuan_model.block_swap import check_blocks_to_swap
+
+    try:
+        check_blocks_to_swap(n, len(model.blocks()))
+    except ValueError as e:
+        raise UserError(f"--{e}") from None
+    if n and device.type == "cpu":
+        logger.info("--blocks_to_swap %d has no effect on the CPU: the DiT already lives in CPU memory", n)
+    elif n:
+        model.enable_block_swap(n, device)
+        logger.info("block swap: the last %d of %d DiT blocks live in CPU memory", n, len(model.blocks()))
 
 
 def _settings(args: argparse.Namespace, seed: int) -> dict[str, str]:

@@ -480,17 +480,18 @@ def train(args) -> int:
     run = build_run(args)
     if args.max_nonfinite_steps:
         run.guard = NonFiniteGuard(args.max_nonfinite_steps)
-    run.output_dir.mkdir(parents=True, exist_ok=True)
     progress = _resume(run)
-    if args.log_with:
-        run.accelerator.init_trackers(args.log_tracker_name or "hv_lora")
     from .validation import build_validator
 
     run.validator = build_validator(args, run.flow)
     if args.sample_prompts:
         run.sampler, run.vae = _build_sampler(args, run.accelerator.device)
-        if args.sample_at_first and progress.step == 0:
-            _sample(run, "step00000000", 0)
+    # Only now that every input has been read: a bad one (a prompt file, ...) leaves nothing on disk.
+    run.output_dir.mkdir(parents=True, exist_ok=True)
+    if args.log_with:
+        run.accelerator.init_trackers(args.log_tracker_name or "hv_lora")
+    if run.sampler is not None and args.sample_at_first and progress.step == 0:
+        _sample(run, "step00000000", 0)
     logger.info(
         "training: %d steps, %d batches per epoch, %d process(es), start-up %.1f s", run.max_steps,
         len(run.batches), run.accelerator.num_processes, time.perf_counter() - start,
