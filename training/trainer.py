@@ -45,9 +45,6 @@ class Run:
     last_sample_step: int = -1
     validator: object | None = None
     validations: list[dict] = field(default_factory=list)
-    raw_network: object | None = (
-        None  # the network without accelerate's wrapper (unwrapping costs ~1 ms a step)
-    )
     guard: NonFiniteGuard | None = None  # the NaN/Inf guard (train() sets it; None: off)
 
 
@@ -230,16 +227,30 @@ def build_run(args) -> Run:
         args.lr_scheduler_num_cycles, args.lr_scheduler_power, args.lr_scheduler_min_lr_ratio or 0.0,
         steps_from(args.lr_decay_steps, max_steps), args.lr_scheduler_timescale,
     )  # fmt: skip
-    raw_network = network
-    network, optimizer = accelerator.prepare(network, optimizer)
-    run = Run(args, accelerator, model, network, optimizer, scheduler, batches, flow, max_steps,
-              Path(args.output_dir), summary, file_identity(args.dit), dtype)  # fmt: skip
-    run.raw_network = raw_network
-    return run
+    # The network is not prepared: the DiT calls the LoRA modules itself, so a DDP wrapper would never see a
+    # forward (it averaged nothing: _average_gradients does) and would only cost its gradient buckets, a
+    # second copy of every LoRA gradient on the GPU. The network was created on the device already.
+    optimizer = accelerator.prepare(optimizer)
+    _broadcast_parameters(accelerator, network)
+    return Run(args, accelerator, model, network, optimizer, scheduler, batches, flow, max_steps,
+               Path(args.output_dir), summary, file_identity(args.dit), dtype)  # fmt: skip
+
+
+def _broadcast_parameters(accelerator, network: torch.nn.Module) -> None:
+    """Every process starts from the main process's LoRA (what DDP's constructor would do): the same seed
+    already gives the same initialisation, but a --network_weights file read on one disk and not another, or a
+    future change of seeding, must not let the processes train different LoRAs."""
+    if accelerator.num_processes == 1:
+        return
+    from accelerate.utils import broadcast
+
+    with torch.no_grad():
+        for t in [*network.parameters(), *network.buffers()]:
+            t.copy_(broadcast(t.detach().clone(), from_process=0))
 
 
 def _unwrapped(run: Run):
-    return run.raw_network
+    return run.network  # never wrapped (see build_run)
 
 
 def training_step(run: Run, batch: dict) -> float:
