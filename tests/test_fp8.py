@@ -292,3 +292,44 @@ def test_generation_with_fp8_stays_close_and_refuses_lora_merge(
         assert 0 < _rel_err(latents[name], latents["ref"]) < 1e-2, name
     assert hv_generate_video.main([*base, "--fp8", "--lora_merge"]) == 2
     assert "--lora_merge needs a DiT in --dit_dtype" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scaled", [False, True], ids=["fp8", "fp8_scaled"])
+def test_merging_into_a_float8_file_writes_dense_weights_with_the_update(tmp_path, scaled):
+    """merge_lora.py on ComfyUI's fp8 file: scales applied, the update added in fp32 and written in bf16 (a LoRA
+    update is far below fp8's rounding step: requantized, most of it would vanish); no scale keys or marker."""
+    import merge_lora
+    from training.lora_apply import by_module, merged_weight
+    from training.lora_io import load_lora
+
+    path, upcast = _fp8_file(tmp_path, scaled)
+    network = tiny_network(load_dit(path, torch.float32), dim=4, alpha=4.0)
+    with torch.no_grad():
+        for p in network.parameters():
+            p.normal_(0.0, 0.05)  # lora_up is zero at creation: give the update a size
+    lora = tmp_path / "lora.safetensors"
+    network.save_weights(str(lora))
+    out = tmp_path / "merged.safetensors"
+    argv = [
+        "--dit",
+        str(path),
+        "--lora_weight",
+        str(lora),
+        "--lora_multiplier",
+        "0.5",
+        "--save_merged_model",
+        str(out),
+    ]
+    assert merge_lora.main(argv) == 0
+
+    merged = load_file(str(out))
+    assert merged.keys() == upcast.keys()  # original layout, no scale_weight, no marker
+    updates = by_module([(load_lora(lora), 0.5)])
+    assert {f"{name}.weight" for name in updates} <= FP8_KEYS
+    for key, value in upcast.items():
+        name = key.removesuffix(".weight")
+        want = merged_weight(value, updates[name]) if name in updates else value
+        assert merged[key].dtype == torch.bfloat16, key
+        assert torch.equal(merged[key], want.to(torch.bfloat16)), key
+    changed = [k for k in FP8_KEYS if not torch.equal(merged[k], upcast[k].to(torch.bfloat16))]
+    assert len(changed) == len(updates)  # every LoRA update survived the write

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from hunyuan_model.fp8 import FLOAT8_DTYPES, dequantize
 from hv_common.safetensors_stream import write_safetensors_streaming
 
 from .devices import parse_dtype, pick_device
@@ -52,23 +53,32 @@ def run(args: argparse.Namespace) -> int:
     save_dtype = parse_dtype(args.save_dtype, None) if args.save_dtype else None
     device = pick_device(args.device)
     with LazyDiT(args.dit) as dit:
-        meta = dit.meta_state_dict()
+        meta, scaled = _without_fp8_scales(dit.meta_state_dict())
         check_keys(build_dit(config_from_state_dict(meta, args.dit), device="meta"), meta, args.dit)
         updates = by_module(load_checked(args.lora_weight, mults, linear_shapes(meta), args.dit))
 
         def dtype_of(t: torch.Tensor) -> torch.dtype:
-            return save_dtype if save_dtype is not None and t.is_floating_point() else t.dtype
+            if save_dtype is not None and t.is_floating_point():
+                return save_dtype
+            # a LoRA update is far below fp8's rounding step: merged float8 weights are written dense
+            return torch.bfloat16 if t.dtype in FLOAT8_DTYPES else t.dtype
 
         specs = [(k, dtype_of(meta[k]), tuple(meta[k].shape)) for k in sorted(meta)]
+        if any(meta[k].dtype in FLOAT8_DTYPES for k in meta):
+            logger.info("%s: float8 weights are written as %s, scales applied (load the merged file with "
+                        "--fp8_scaled to store them in fp8 again)", args.dit, save_dtype or torch.bfloat16)  # fmt: skip
         bar = tqdm(total=len(specs), desc="merging", leave=False)
 
         def produce(key: str) -> torch.Tensor:
             bar.update()
             tensor = dit.get(key)
             name = key.removesuffix(".weight")
+            if tensor.dtype in FLOAT8_DTYPES:
+                scale = _scale_of(dit, name, tensor, args.dit) if name in scaled else None
+                tensor = dequantize(tensor, scale, torch.float32)
             if key.endswith(".weight") and name in updates:
                 tensor = merged_weight(tensor.to(device), updates[name])
-            return tensor.to(dtype_of(tensor)).cpu()
+            return tensor.to(dtype_of(meta[key])).cpu()
 
         record = [
             {"file": Path(f).name, "multiplier": m} for f, m in zip(args.lora_weight, mults, strict=True)
@@ -78,3 +88,25 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
     logger.info("wrote %s (%d LoRA modules merged)", out, len(updates))
     return 0
+
+
+def _without_fp8_scales(meta: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """A scaled-fp8 file's weights without its `<linear>.scale_weight` keys and ComfyUI's marker, and the
+    Linears those scales belong to (applied while merging)."""
+    from hunyuan_model.fp8 import COMFY_MARKER_KEYS, SCALE_KEY
+
+    suffix = "." + SCALE_KEY
+    scaled = {k.removesuffix(suffix) for k in meta if k.endswith(suffix)}
+    weights = {k: v for k, v in meta.items() if not k.endswith(suffix) and k not in COMFY_MARKER_KEYS}
+    return weights, scaled
+
+
+def _scale_of(dit, name: str, weight: torch.Tensor, source: str) -> torch.Tensor:
+    from hunyuan_model.fp8 import SCALE_KEY, normalize_scale
+
+    scale = normalize_scale(dit.get(f"{name}.{SCALE_KEY}"), weight.shape[0])
+    if scale is None:
+        raise UserError(
+            f"{source}: {name}.{SCALE_KEY} is no scale of {name}.weight (a scalar or one per row)"
+        )
+    return scale
