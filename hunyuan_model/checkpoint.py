@@ -270,7 +270,7 @@ def check_keys(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: s
         )
 
 
-def _pop_scales(sd: StateDict, source: str) -> dict[str, torch.Tensor]:
+def pop_fp8_scales(sd: StateDict, source: str) -> dict[str, torch.Tensor]:
     """Take scaled-fp8 files' `<linear>.scale_weight` keys (and ComfyUI's marker) out of sd: {linear: scale}."""
     for marker in COMFY_MARKER_KEYS:
         sd.pop(marker, None)
@@ -308,7 +308,7 @@ def load_dit(
     source = str(path)
     device = torch.device(device)
     sd = to_original_layout(read_state_dict(path), source)
-    scales = _pop_scales(sd, source)
+    scales = pop_fp8_scales(sd, source)
     config = config or config_from_state_dict(sd, source)
     model = build_dit(config, device="meta")
     check_keys(model, sd, source)

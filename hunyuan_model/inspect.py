@@ -16,6 +16,7 @@ from .checkpoint import (
     check_keys,
     config_from_state_dict,
     detect_layout,
+    pop_fp8_scales,
     read_state_dict,
     strip_prefix,
     to_original_layout,
@@ -31,6 +32,7 @@ def describe(path: str) -> dict:
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     sd = to_original_layout(raw, path)
+    scales = pop_fp8_scales(sd, path)  # a scaled-fp8 file's per-Linear scales are no parameters
     config = config_from_state_dict(sd, path)
     check_keys(build_dit(config, device="meta"), sd, path)
     dtypes = Counter(str(v.dtype).removeprefix("torch.") for v in sd.values())
@@ -40,6 +42,7 @@ def describe(path: str) -> dict:
         "preset": config.name,
         "parameters": sum(v.numel() for v in sd.values()),
         "dtypes": dict(dtypes),
+        "fp8_scaled_linears": len(scales),
         "config": dataclasses.asdict(config),
     }
 
@@ -63,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         f"  {info['parameters'] / 1e9:.3f} B parameters, dtypes {info['dtypes']}, hidden {cfg['hidden_size']}, "
         f"{cfg['heads_num']} heads, {cfg['mm_double_blocks_depth']} double + {cfg['mm_single_blocks_depth']} single blocks"
     )
+    if info["fp8_scaled_linears"]:
+        print(f"  scaled fp8: {info['fp8_scaled_linears']} Linears carry a scale_weight")
     return 0
 
 

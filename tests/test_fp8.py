@@ -333,3 +333,15 @@ def test_merging_into_a_float8_file_writes_dense_weights_with_the_update(tmp_pat
         assert torch.equal(merged[key], want.to(torch.bfloat16)), key
     changed = [k for k in FP8_KEYS if not torch.equal(merged[k], upcast[k].to(torch.bfloat16))]
     assert len(changed) == len(updates)  # every LoRA update survived the write
+
+
+def test_inspect_describes_a_scaled_fp8_file(tmp_path, capsys):
+    import json
+
+    from hunyuan_model.inspect import main as inspect_main
+
+    path, _ = _fp8_file(tmp_path, scaled=True)
+    assert inspect_main([str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["preset"] == "tiny" and info["fp8_scaled_linears"] == TINY_FP8_WEIGHTS
+    assert info["dtypes"]["float8_e4m3fn"] == TINY_FP8_WEIGHTS
