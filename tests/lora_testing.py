@@ -47,3 +47,16 @@ def tiny_inputs(seed: int = 1) -> dict[str, torch.Tensor]:
 
 def tiny_network(model: nn.Module, *network_args: str, dim: int = 4, alpha: float = 2.0, **kw) -> LoRANetwork:
     return create_network(1.0, dim, alpha, model, network_args=list(network_args), **NET_KW, **kw)
+
+
+def applied_random_network(model: nn.Module, seed: int = 1) -> LoRANetwork:
+    """A tiny LoRA applied to `model` with every weight random: lora_up starts at zero, and then no LoRA weight
+    would matter to the gradients a test compares."""
+    torch.manual_seed(seed)
+    net = tiny_network(model)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.5)
+    net.apply_to(model)
+    return net

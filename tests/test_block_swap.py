@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lora_testing import tiny_inputs, tiny_network
+from lora_testing import applied_random_network, tiny_inputs
 from safetensors.torch import load_file
 
 from hunyuan_model.config import PRESETS
@@ -27,13 +27,7 @@ def _model(ckpt: bool = False, fp8: bool = False):
     model = build_dit(CFG, device="cpu", dtype=torch.float32).requires_grad_(False)
     if fp8:
         quantize_linears(model, scaled=True)
-    torch.manual_seed(1)
-    net = tiny_network(model)
-    with torch.no_grad():  # lora_up starts at zero: make every LoRA weight matter to every gradient
-        for p in net.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.5)
-    net.apply_to(model)
+    net = applied_random_network(model)
     if ckpt:
         model.enable_gradient_checkpointing()
     return model, net

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from lora_testing import tiny_inputs, tiny_model, tiny_network
+from lora_testing import applied_random_network, tiny_inputs, tiny_model
 
 from training.args import parse_args
 from training.errors import UserError
@@ -21,13 +21,7 @@ DOUBLE_INPUTS, SINGLE_INPUTS = (
 
 def _model(ckpt: bool = False, offload: bool = False):
     model = tiny_model()
-    torch.manual_seed(1)
-    net = tiny_network(model)
-    with torch.no_grad():  # lora_up starts at zero: make every LoRA weight matter to every gradient
-        for p in net.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.5)
-    net.apply_to(model)
+    net = applied_random_network(model)
     if ckpt:
         model.enable_gradient_checkpointing(cpu_offload=offload)
     return model, net

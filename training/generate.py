@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .devices import parse_dtype, pick_device
+from .devices import apply_block_swap, parse_dtype, pick_device
 from .encoder_args import add_text_encoder_args
 from .errors import UserError
 from .lora_io import LoadedLoRA, linear_shapes, load_checked, multipliers
@@ -218,7 +218,7 @@ def _sample(args, loras, positive, negative, seed: int, device: torch.device) ->
         applied = apply_on_the_fly(model, loras, dtype=dtype if fp8 else None)  # LoRA weights never in fp8
         for module in applied:  # small: always on the device, also those of swapped blocks
             module.to(device)
-    _block_swap(model, args.blocks_to_swap, device)
+    apply_block_swap(model, args.blocks_to_swap, device)
     height, width = args.video_size
     latents = sample_latents(
         model, positive, height=height, width=width, frames=args.video_length, steps=args.infer_steps,
@@ -228,21 +228,6 @@ def _sample(args, loras, positive, negative, seed: int, device: torch.device) ->
     del model
     gc.collect()
     return latents.cpu()
-
-
-def _block_swap(model, n: int, device: torch.device) -> None:
-    """After the LoRAs: the swapped blocks' weights stay in CPU memory, everything else moves to the device."""
-    from hunyuan_model.block_swap import check_blocks_to_swap
-
-    try:
-        check_blocks_to_swap(n, len(model.blocks()))
-    except ValueError as e:
-        raise UserError(f"--{e}") from None
-    if n and device.type == "cpu":
-        logger.info("--blocks_to_swap %d has no effect on the CPU: the DiT already lives in CPU memory", n)
-    elif n:
-        model.enable_block_swap(n, device)
-        logger.info("block swap: the last %d of %d DiT blocks live in CPU memory", n, len(model.blocks()))
 
 
 def _settings(args: argparse.Namespace, seed: int) -> dict[str, str]:

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .checkpoints import Progress, find_latest_state, load_state, lora_file_name, prune, save_state
-from .devices import parse_dtype
+from .devices import apply_block_swap, parse_dtype
 from .errors import UserError
 from .flow import FlowSettings, flow_loss, loss_weights, noisy_input, seeded_draws
 from .nonfinite import NonFiniteGuard, NonFiniteStop, gradient_norm
@@ -137,18 +137,7 @@ def _check_attention(args, device: torch.device, dtype: torch.dtype) -> str:
 
 def _swap_and_compile(args, model, device: torch.device) -> None:
     """--blocks_to_swap, then --compile: after the LoRA is applied (the compiled blocks trace through it)."""
-    from hunyuan_model.block_swap import check_blocks_to_swap
-
-    n = args.blocks_to_swap or 0
-    try:
-        check_blocks_to_swap(n, len(model.blocks()))
-    except ValueError as e:
-        raise UserError(f"--{e}") from None
-    if n and device.type == "cpu":
-        logger.info("--blocks_to_swap %d has no effect on the CPU: the DiT already lives in CPU memory", n)
-    elif n:
-        model.enable_block_swap(n, device)
-        logger.info("block swap: the last %d of %d DiT blocks live in CPU memory", n, len(model.blocks()))
+    apply_block_swap(model, args.blocks_to_swap or 0, device)
     if args.compile:
         if args.compile_cache_size_limit:
             torch._dynamo.config.cache_size_limit = args.compile_cache_size_limit
