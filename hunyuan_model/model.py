@@ -147,6 +147,7 @@ class HYVideoDiffusionTransformer(nn.Module):
 
         img = self.img_in(x)
         txt = self.txt_in(text_states, t, text_mask)
+        txt, text_mask = self._drop_padding_of_one(txt, text_mask)
         img_len = img.shape[1]
         attn_mask = self._joint_mask(text_mask, img_len, img.device)
 
@@ -159,6 +160,18 @@ class HYVideoDiffusionTransformer(nn.Module):
             tokens = self._run(i, block, tokens, vec, img_len, attn_mask, rope)
         out = self.final_layer(tokens[:, :img_len], vec)
         return self._unpatchify(out, grid)
+
+    @staticmethod
+    def _drop_padding_of_one(
+        txt: torch.Tensor, text_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A batch of one (the usual video batch) needs no attention mask: its padded text tokens are dropped
+        instead, after the refiner (which reads the mask itself). The image tokens come out the same, the blocks
+        skip the padding's work, and with no mask SDPA may use its flash kernel on a GPU (a mask rules it out)."""
+        if text_mask is None or text_mask.shape[0] != 1:
+            return txt, text_mask
+        keep = text_mask[0].bool()
+        return (txt if bool(keep.all()) else txt[:, keep.to(txt.device)]), None
 
     @staticmethod
     def _joint_mask(

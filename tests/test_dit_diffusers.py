@@ -90,3 +90,16 @@ def test_round_trip_to_diffusers_layout():
     assert not result.missing_keys and not result.unexpected_keys
     for key, value in theirs.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
+
+
+def test_a_batch_of_one_drops_its_padding_and_computes_the_same():
+    """Batch 1 runs without an attention mask (its padded text dropped): each sample equals itself in a masked
+    batch of two, where the mask does the work."""
+    ours = build_dit(CONFIG, device="cpu").eval()
+    inp = _inputs()
+    assert not inp["text_mask"].all()  # the batch has padding for the mask to hide
+    with torch.no_grad():
+        batch = ours(**inp)
+        for i in range(2):
+            one = ours(**{k: v[i : i + 1] for k, v in inp.items()})
+            assert (one[0] - batch[i]).abs().max().item() <= 1e-5
