@@ -170,6 +170,8 @@ class HYVideoDiffusionTransformer(nn.Module):
         skip the padding's work, and with no mask SDPA may use its flash kernel on a GPU (a mask rules it out)."""
         if text_mask is None or text_mask.shape[0] != 1:
             return txt, text_mask
+        if text_mask.is_meta:  # counting FLOPs or shapes: no values to read, every token taken as valid
+            return txt, None
         keep = text_mask[0].bool()
         return (txt if bool(keep.all()) else txt[:, keep.to(txt.device)]), None
 
