@@ -68,7 +68,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
                 os.fsync(f.fileno())
             os.replace(tmp, target)
             _fsync_dir(target.parent)
-    remove_stale_temps(target)
+    _remove_known_stale_temps(target)
 
 
 def atomic_write(target: str | Path, write: Callable[[Path], None]) -> None:
@@ -89,11 +89,13 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, _DIR_MODE)
         _fsync_tree(tmp)
+        old = tmp.with_name(tmp.name.removesuffix(TEMP_SUFFIX) + ".old" + TEMP_SUFFIX)
         if target.exists() or target.is_symlink():
-            os.replace(target, tmp.with_name(tmp.name.removesuffix(TEMP_SUFFIX) + ".old" + TEMP_SUFFIX))
+            os.replace(target, old)
         os.replace(tmp, target)
         _fsync_dir(target.parent)
-    remove_stale_temps(target)  # the old folder set aside, and what killed writers left
+        shutil.rmtree(old, ignore_errors=True)
+    _remove_known_stale_temps(target)  # what killed writers left
 
 
 @contextlib.contextmanager
@@ -134,6 +136,31 @@ def remove_stale_temps(target: str | Path) -> list[Path]:
             if pattern.match(path.name) and _remove_if_unlocked(path):
                 removed.append(path)
     return removed
+
+
+# Temporaries seen in each folder, listed once per process: a cache folder of 10,000 files must not be listed
+# again on every write (that made caching quadratic). Killed writers' leftovers exist before a run starts.
+_temps_seen: dict[Path, set[str]] = {}
+
+
+def _remove_known_stale_temps(target: Path) -> None:
+    """After a write of `target`: remove the temporaries of target that killed writers left (no live writer
+    holds them), from one listing of the folder per process."""
+    if fcntl is None:
+        return
+    folder = target.parent
+    names = _temps_seen.get(folder)
+    if names is None:
+        try:
+            names = {e.name for e in os.scandir(folder) if is_temp_name(e.name)}
+        except OSError:
+            return
+        _temps_seen[folder] = names
+    pattern = temp_pattern(target.name)
+    for name in [n for n in names if pattern.match(n)]:
+        path = folder / name
+        if _remove_if_unlocked(path) or not path.exists():
+            names.discard(name)
 
 
 def _remove_if_unlocked(path: Path) -> bool:
