@@ -51,6 +51,28 @@ def test_demo_learns_and_writes_a_usable_lora(cached_demo, tmp_path, monkeypatch
     assert (out / "tiny_lora_loss.png").stat().st_size > 1000
 
 
+def test_the_24gb_recipes_memory_options_train_together(cached_demo, tmp_path, monkeypatch):
+    """fp8 scaled + checkpointing with CPU offload + split attention (+ swap, a no-op note on the CPU), as the 24 GB
+    recipe combines them: the run finishes, every LoRA factor trains, and the loss is that of the plain run's
+    arithmetic within fp8's rounding (the first step's, before the paths diverge)."""
+    monkeypatch.chdir(cached_demo)
+    memory = ["--fp8_scaled", "--gradient_checkpointing", "--gradient_checkpointing_cpu_offload", "--split_attn",
+              "--blocks_to_swap", "2"]  # fmt: skip
+    runs = {}
+    for name, extra in (("plain", []), ("memory", memory)):
+        out = tmp_path / name
+        assert (
+            _train(out, "--max_train_steps", "4", "--save_every_n_steps", "1000", "--save_state", *extra) == 0
+        )
+        runs[name] = (
+            load_file(str(out / "tiny_lora.safetensors")),
+            _losses(out / "tiny_lora-step00000004-state"),
+        )
+    lora, losses = runs["memory"]
+    assert all(v.abs().max() > 0 for k, v in lora.items() if k.endswith("lora_up.weight"))
+    assert abs(losses[0] - runs["plain"][1][0]) <= 1e-3 * abs(runs["plain"][1][0])  # measured 4e-5
+
+
 def test_excluding_single_blocks_leaves_no_single_block_key(cached_demo, tmp_path, monkeypatch):
     monkeypatch.chdir(cached_demo)
     out = tmp_path / "out"
