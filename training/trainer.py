@@ -18,6 +18,7 @@ from .devices import apply_block_swap, parse_dtype
 from .errors import UserError
 from .flow import FlowSettings, flow_loss, loss_weights, noisy_input, seeded_draws
 from .nonfinite import NonFiniteGuard, NonFiniteStop, gradient_norm
+from .processes import average_gradients, broadcast_parameters, prepare_processes, process_state
 
 logger = logging.getLogger(__name__)
 
@@ -63,28 +64,13 @@ def _flow_settings(args) -> FlowSettings:
     )  # fmt: skip
 
 
-def _process_state(ddp_timeout_minutes: int | None = None):
-    """accelerate's process state, made as Accelerator makes it: the first maker fixes it for the process (and
-    its process group's timeout: --ddp_timeout), and `accelerate launch --cpu` (ACCELERATE_USE_CPU) must keep
-    meaning gloo on the CPU."""
-    from datetime import timedelta
-
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    kwargs = {"timeout": timedelta(minutes=ddp_timeout_minutes)} if ddp_timeout_minutes else {}
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **kwargs)
-
-
 def _load_batches(args):
     from dataset.config import load_dataset_config
     from dataset.train_dataset import CachedBatches, CachedDatasetSpec
 
     blueprint = load_dataset_config(args.dataset_config, check_media=False)
     specs = [CachedDatasetSpec.of(d) for d in blueprint.datasets]
-    procs = _process_state(
-        args.ddp_timeout
-    )  # data parallel: each process trains its share of every global batch
+    procs = process_state(args.ddp_timeout)  # data parallel: each process trains its share of every batch
     batches = CachedBatches(
         specs, seed=args.seed or 0, num_processes=procs.num_processes, process_index=procs.process_index
     )
@@ -220,22 +206,9 @@ def build_run(args) -> Run:
     # forward (it averaged nothing: _average_gradients does) and would only cost its gradient buckets, a
     # second copy of every LoRA gradient on the GPU. The network was created on the device already.
     optimizer = accelerator.prepare(optimizer)
-    _broadcast_parameters(accelerator, network)
+    broadcast_parameters(accelerator, network)
     return Run(args, accelerator, model, network, optimizer, scheduler, batches, flow, max_steps,
                Path(args.output_dir), summary, file_identity(args.dit), dtype)  # fmt: skip
-
-
-def _broadcast_parameters(accelerator, network: torch.nn.Module) -> None:
-    """Every process starts from the main process's LoRA (what DDP's constructor would do): the same seed
-    already gives the same initialisation, but a --network_weights file read on one disk and not another, or a
-    future change of seeding, must not let the processes train different LoRAs."""
-    if accelerator.num_processes == 1:
-        return
-    from accelerate.utils import broadcast
-
-    with torch.no_grad():
-        for t in [*network.parameters(), *network.buffers()]:
-            t.copy_(broadcast(t.detach().clone(), from_process=0))
 
 
 def _unwrapped(run: Run):
@@ -269,27 +242,11 @@ def training_step(run: Run, batch: dict) -> float:
         return _optimizer_step(run, loss.detach())
 
 
-def _average_gradients(run: Run, params: list[torch.nn.Parameter]) -> None:
-    """Data parallel: the mean of every process's gradients, in one all-reduce per optimizer step.
-
-    accelerate's DDP wrapper cannot do it: the model's forward runs the LoRA modules, never the wrapper's
-    forward, so DDP's gradient hooks stay disarmed (measured: each process kept its own gradients).
-    Every process has the same parameters with gradients (same model, same shapes), so the lists match."""
-    if run.accelerator.num_processes == 1 or not params:
-        return
-    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-
-    grads = [p.grad for p in params]
-    flat = run.accelerator.reduce(_flatten_dense_tensors(grads), reduction="mean")
-    for g, averaged in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
-        g.copy_(averaged)
-
-
 def _optimizer_step(run: Run, loss: torch.Tensor) -> float:
     """Clip, agree across processes on the loss and on skipping, step (or skip), advance the schedule."""
     acc, guard = run.accelerator, run.guard
     params = [p for p in _unwrapped(run).parameters() if p.grad is not None]
-    _average_gradients(run, params)
+    average_gradients(run.accelerator, params)
     norm = None
     if run.args.max_grad_norm:
         norm = acc.clip_grad_norm_(params, run.args.max_grad_norm)
@@ -474,7 +431,7 @@ def train(args) -> int:
     from .args import unimplemented_option_notes
 
     start = time.perf_counter()
-    args = _prepare_processes(args)
+    args = prepare_processes(args)
     for note in unimplemented_option_notes(args):
         logger.warning(note)
     run = build_run(args)
@@ -514,23 +471,6 @@ def train(args) -> int:
     bar.close()
     _finish(run, progress)
     return 0
-
-
-def _prepare_processes(args):
-    """Before anything logs: only the main process speaks, and every process uses the same seed."""
-    import dataclasses
-    import secrets
-
-    from accelerate.utils import broadcast_object_list
-
-    state = _process_state(args.ddp_timeout)
-    if not state.is_main_process:
-        logging.getLogger().setLevel(logging.ERROR)
-    if args.seed is None:
-        seed = broadcast_object_list([secrets.randbelow(2**31)])[0]
-        logger.info("seed %d (--seed %d repeats this run)", seed, seed)
-        args = dataclasses.replace(args, seed=seed)
-    return args
 
 
 def _end_step(run: Run, progress: Progress, loss: float, bar, start: float) -> None:

@@ -1,0 +1,69 @@
+"""Data parallel bookkeeping: the process group, one seed and one initial LoRA for every process, and the
+gradient average (the DiT calls the LoRA modules itself, so no DDP wrapper ever sees a forward)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def process_state(ddp_timeout_minutes: int | None = None):
+    """accelerate's process state, made as Accelerator makes it: the first maker fixes it for the process (and
+    its process group's timeout: --ddp_timeout), and `accelerate launch --cpu` (ACCELERATE_USE_CPU) must keep
+    meaning gloo on the CPU."""
+    from datetime import timedelta
+
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    kwargs = {"timeout": timedelta(minutes=ddp_timeout_minutes)} if ddp_timeout_minutes else {}
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **kwargs)
+
+
+def prepare_processes(args):
+    """Before anything logs: only the main process speaks, and every process uses the same seed."""
+    import dataclasses
+    import secrets
+
+    from accelerate.utils import broadcast_object_list
+
+    state = process_state(args.ddp_timeout)
+    if not state.is_main_process:
+        logging.getLogger().setLevel(logging.ERROR)
+    if args.seed is None:
+        seed = broadcast_object_list([secrets.randbelow(2**31)])[0]
+        logger.info("seed %d (--seed %d repeats this run)", seed, seed)
+        args = dataclasses.replace(args, seed=seed)
+    return args
+
+
+def broadcast_parameters(accelerator, network: torch.nn.Module) -> None:
+    """Every process starts from the main process's LoRA (what DDP's constructor would do): the same seed
+    already gives the same initialisation, but a --network_weights file read on one disk and not another, or a
+    future change of seeding, must not let the processes train different LoRAs."""
+    if accelerator.num_processes == 1:
+        return
+    from accelerate.utils import broadcast
+
+    with torch.no_grad():
+        for t in [*network.parameters(), *network.buffers()]:
+            t.copy_(broadcast(t.detach().clone(), from_process=0))
+
+
+def average_gradients(accelerator, params: list[torch.nn.Parameter]) -> None:
+    """Data parallel: the mean of every process's gradients, in one all-reduce per optimizer step.
+
+    accelerate's DDP wrapper cannot do it: the model's forward runs the LoRA modules, never the wrapper's
+    forward, so DDP's gradient hooks stay disarmed (measured: each process kept its own gradients).
+    Every process has the same parameters with gradients (same model, same shapes), so the lists match."""
+    if accelerator.num_processes == 1 or not params:
+        return
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    grads = [p.grad for p in params]
+    flat = accelerator.reduce(_flatten_dense_tensors(grads), reduction="mean")
+    for g, averaged in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
+        g.copy_(averaged)
