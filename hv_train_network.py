@@ -22,7 +22,7 @@ def run(argv: Sequence[str] | None) -> int:
 
         return show_batches(args)
     if args.estimate_memory:
-        from training.memory_estimate import render as render_estimate
+        from training.memory_report import render as render_estimate
 
         print(render_estimate(args))  # shapes only: no weights, VAE or text encoder is read
         return 0

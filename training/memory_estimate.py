@@ -23,7 +23,6 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .errors import UserError
 
@@ -114,6 +113,10 @@ class MemoryEstimate:
 
 
 OVERHEAD = "CUDA context + allocator slack"
+
+
+def gib(n: int) -> float:
+    return n / GIB
 
 
 # ---------------------------------------------------------------- weights
@@ -331,7 +334,7 @@ def estimate(cfg, shapes: dict, lora: LoRAInfo, work: Workload, s: Settings) -> 
     notes = [
         opt_note,
         "attention: a memory-efficient/flash SDPA kernel is assumed (the math kernel would add "
-        f"{_gib(math_kernel):.1f} GiB per block)",
+        f"{gib(math_kernel):.1f} GiB per block)",
     ]
     return MemoryEstimate(comps, notes)
 
@@ -353,163 +356,6 @@ def smallest_blocks_to_swap(
     return None
 
 
-# ---------------------------------------------------------------- from the command line
-
-
-def settings_from_args(args) -> Settings:
-    """Read with getattr: options other parts of the trainer add may not exist yet."""
-    mixed = getattr(args, "mixed_precision", "no") or "no"
-    dit_dtype = getattr(args, "dit_dtype", None) or "bfloat16"  # the trainer's default on a GPU
-    weight = DTYPE_BYTES[dit_dtype.lower()]
-    full = getattr(args, "full_bf16", False) or getattr(args, "full_fp16", False)
-    return Settings(
-        weight_bytes=weight,
-        act_bytes=2 if mixed in ("bf16", "fp16") else weight,
-        autocast=mixed in ("bf16", "fp16"),
-        fp8_base=bool(getattr(args, "fp8_base", False)),
-        fp8_scaled=bool(getattr(args, "fp8_scaled", False)),
-        blocks_to_swap=getattr(args, "blocks_to_swap", None) or 0,
-        gradient_checkpointing=bool(getattr(args, "gradient_checkpointing", False)),
-        checkpoint_cpu_offload=bool(getattr(args, "gradient_checkpointing_cpu_offload", False)),
-        split_attn=bool(getattr(args, "split_attn", False)),
-        optimizer=getattr(args, "optimizer_type", None) or "AdamW",
-        lora_bytes=2 if full else 4,
-    )
-
-
-def workload_from_dataset_config(path: str) -> Workload:
-    """The bucket of the dataset config with the most tokens per batch (batch size x tokens)."""
-    from dataset.buckets import bucket_resolutions
-    from dataset.config import load_dataset_config
-    from dataset.frames import round_down_to_vae_frames
-
-    best: Workload | None = None
-    for d in load_dataset_config(path, check_media=False).datasets:
-        sizes = bucket_resolutions(d.resolution) if d.enable_bucket else [tuple(d.resolution)]
-        frames = 1
-        if d.is_video:
-            full = d.frame_extraction == "full"
-            frames = round_down_to_vae_frames(d.max_frames) if full else max(d.target_frames)
-        for w, h in sizes:
-            work = Workload(w, h, frames, d.batch_size)
-            if best is None or _load(work) > _load(best):
-                best = work
-    assert best is not None  # load_dataset_config refuses a config without datasets
-    return best
-
-
-def _load(work: Workload) -> int:
-    return work.batch_size * (work.image_tokens() + work.text_tokens)
-
-
-def workload_from_args(args) -> Workload:
-    override = getattr(args, "estimate_resolution", None)
-    if override:
-        return Workload(*override)
-    if not getattr(args, "dataset_config", None):
-        raise UserError(
-            "--estimate_memory needs --dataset_config or --estimate_resolution W H FRAMES [BATCH]"
-        )
-    return workload_from_dataset_config(args.dataset_config)
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """Everything an estimate is computed from, gathered once."""
-
-    config: object
-    shapes: dict
-    lora: LoRAInfo
-    work: Workload
-    settings: Settings
-    notes: tuple[str, ...] = ()
-
-
-def inputs_from_args(args) -> Inputs:
-    from .list_targets import meta_model
-
-    work = workload_from_args(args)
-    dit = getattr(args, "dit", None)
-    notes: tuple[str, ...] = ()
-    if dit is not None and not Path(dit).exists():  # planning before the download is a use of its own
-        notes = (f"--dit {dit} does not exist (yet): the official 720p architecture is assumed",)
-        dit = None
-    model = meta_model(dit)  # headers only (or the 720p preset)
-    lora = lora_info(model, args)
-    return Inputs(model.config, dit_shapes(model), lora, work, settings_from_args(args), notes)
-
-
-def estimate_from_args(args) -> tuple[MemoryEstimate, Inputs]:
-    i = inputs_from_args(args)
-    return estimate(i.config, i.shapes, i.lora, i.work, i.settings), i
-
-
-# ---------------------------------------------------------------- printing
-
-
-def _gib(n: int) -> float:
-    return n / GIB
-
-
-def format_estimate(est: MemoryEstimate, i: Inputs, budget_gb: float | None = None) -> str:
-    s, w, cfg = i.settings, i.work, i.config
-    weights = {1: "fp8", 2: "16-bit", 4: "fp32"}[s.weight_bytes]
-    fp8 = " + fp8 block Linears" + (" (scaled)" if s.fp8_scaled else "") if s.fp8_base or s.fp8_scaled else ""
-    ckpt = "gradient checkpointing" + (" (inputs on CPU)" if s.checkpoint_cpu_offload else "")
-    lines = [
-        "GPU memory ESTIMATE for one training step (arithmetic on shapes, not a measurement)",
-        f"  DiT {cfg.name}: {weights} weights{fp8}, --blocks_to_swap {s.blocks_to_swap}",
-        f"  batch {w.describe()}: {w.latent_frames} latent frames, {w.image_tokens(cfg.patch_size)} image + "
-        f"{w.text_tokens} text tokens per sample; {ckpt if s.gradient_checkpointing else 'no checkpointing'}",
-        f"  {'component':<40}{'GiB':>8}",
-    ]
-    lines += [f"  {name:<40}{_gib(v):>8.2f}" for name, v in est.components.items() if v]
-    lines.append(f"  {'total (estimate)':<40}{_gib(est.total):>8.2f}")
-    lines += [f"  note: {n}" for n in (*est.notes, *i.notes)]
-    if budget_gb is not None:
-        lines.append(_fits_line(i, budget_gb))
-    else:
-        lines.append("  smallest --blocks_to_swap by card (estimate): " + ", ".join(
-            f"{gb} GB: {_swap_text(i, gb)}" for gb in COMMON_CARDS_GB))  # fmt: skip
-    return "\n".join(lines)
-
-
-def _swap_text(i: Inputs, budget_gb: float) -> str:
-    n = smallest_blocks_to_swap(i.config, i.shapes, i.lora, i.work, i.settings, budget_gb)
-    return "no" if n is None else str(n)
-
-
-def _fits_line(i: Inputs, budget_gb: float) -> str:
-    n = smallest_blocks_to_swap(i.config, i.shapes, i.lora, i.work, i.settings, budget_gb)
-    if n is not None:
-        return f"fits in {budget_gb:g} GB with --blocks_to_swap {n} (estimate)"
-    s = i.settings
-    tips = [t for t, off in (("--fp8_base", not (s.fp8_base or s.fp8_scaled)),
-                             ("--gradient_checkpointing", not s.gradient_checkpointing),
-                             ("--gradient_checkpointing_cpu_offload", s.gradient_checkpointing
-                              and not s.checkpoint_cpu_offload)) if off]  # fmt: skip
-    tips.append("fewer frames or a smaller resolution/batch")
-    return f"does not fit in {budget_gb:g} GB even with --blocks_to_swap {max_blocks_to_swap(i.config)} " \
-        f"(estimate); try {', '.join(tips)}"  # fmt: skip
-
-
-def render(args) -> str:
-    est, i = estimate_from_args(args)
-    return format_estimate(est, i, getattr(args, "vram_budget_gb", None))
-
-
-def log_estimate(args) -> None:
-    """The same one-screen estimate at the start of training; never stops a run."""
-    try:
-        text = render(args)
-    except ValueError:
-        return  # a user error (a bad --dit, ...): the loading that follows reports it, once
-    except Exception as e:  # noqa: BLE001 - an estimate must not cost the user their run
-        logger.warning("memory estimate unavailable: %s", " ".join(str(e).split()))
-        return
-    logger.info("%s", text)
-
-
 # ---------------------------------------------------------------- for GPU benchmarks
 
 
@@ -522,7 +368,7 @@ def compare_with_cuda(est: MemoryEstimate, device=None) -> dict[str, float]:
 
     measured = torch.cuda.max_memory_allocated(device)
     return {
-        "estimated_allocated_gib": _gib(est.allocated),
-        "measured_max_allocated_gib": _gib(measured),
+        "estimated_allocated_gib": gib(est.allocated),
+        "measured_max_allocated_gib": gib(measured),
         "ratio": est.allocated / measured if measured else float("inf"),
     }

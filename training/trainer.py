@@ -168,7 +168,7 @@ def build_run(args) -> Run:
     )
     backend = _check_attention(args, accelerator.device, dtype)
     if accelerator.device.type == "cuda" and accelerator.is_main_process:
-        from .memory_estimate import log_estimate
+        from .memory_report import log_estimate
 
         log_estimate(args)  # from shapes, before the weights load: what fits is known before 25 GB are read
     swap = bool(args.blocks_to_swap) and accelerator.device.type != "cpu"
