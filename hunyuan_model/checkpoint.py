@@ -26,6 +26,7 @@ from .errors import CheckpointError
 from .fp8 import (
     COMFY_MARKER_KEYS,
     FLOAT8_DTYPES,
+    INPUT_SCALE_KEYS,
     SCALE_KEY,
     all_finite,
     finite_flag,
@@ -271,9 +272,13 @@ def check_keys(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: s
 
 
 def pop_fp8_scales(sd: StateDict, source: str) -> dict[str, torch.Tensor]:
-    """Take scaled-fp8 files' `<linear>.scale_weight` keys (and ComfyUI's marker) out of sd: {linear: scale}."""
+    """Take scaled-fp8 files' `<linear>.scale_weight` keys (and ComfyUI's marker) out of sd: {linear: scale}.
+    Activation scales (`<linear>.scale_input`, for fp8 matmuls we do not use) are dropped."""
     for marker in COMFY_MARKER_KEYS:
         sd.pop(marker, None)
+    for key in [k for k in sd if k.rpartition(".")[2] in INPUT_SCALE_KEYS]:
+        if f"{key.rpartition('.')[0]}.weight" in sd:
+            del sd[key]
     scales = {}
     for key in [k for k in sd if k.endswith("." + SCALE_KEY)]:
         name, scale = key.removesuffix("." + SCALE_KEY), sd.pop(key)

@@ -25,6 +25,9 @@ FLOAT8_DTYPES = frozenset(
     {torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e4m3fnuz, torch.float8_e5m2fnuz}
 )
 SCALE_KEY = "scale_weight"
+# Activation scales of files made for fp8 matmuls (ComfyUI's `scale_input`): we compute in bf16, so they are
+# read past, not used.
+INPUT_SCALE_KEYS = ("scale_input", "input_scale")
 # ComfyUI's scaled-fp8 files carry this empty marker tensor at the top level; it is no weight.
 COMFY_MARKER_KEYS = frozenset({"scaled_fp8"})
 

@@ -345,3 +345,39 @@ def test_inspect_describes_a_scaled_fp8_file(tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["preset"] == "tiny" and info["fp8_scaled_linears"] == TINY_FP8_WEIGHTS
     assert info["dtypes"]["float8_e4m3fn"] == TINY_FP8_WEIGHTS
+
+
+def test_activation_scales_of_fp8_matmul_files_are_read_past(tmp_path):
+    """ComfyUI's fp8-matmul files also carry `<linear>.scale_input`: we compute in bf16, so loading, merging and
+    inspecting ignore them (and only them: a stray scale_input without its Linear stays an unexpected key)."""
+    import merge_lora
+
+    path, upcast = _fp8_file(tmp_path, scaled=True)
+    stored = load_file(str(path))
+    with_inputs = dict(stored)
+    for key in [k for k in stored if k.endswith(".scale_weight")]:
+        with_inputs[key.replace(".scale_weight", ".scale_input")] = torch.tensor([0.5])
+    other = tmp_path / "with_scale_input.safetensors"
+    save_file(with_inputs, str(other))
+
+    for flags in ({}, {"fp8_scaled": True}):
+        a, b = (
+            load_dit(path, torch.float32, **flags).state_dict(),
+            load_dit(other, torch.float32, **flags).state_dict(),
+        )
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    out = tmp_path / "merged.safetensors"
+    network = tiny_network(load_dit(path, torch.float32))
+    lora = tmp_path / "lora.safetensors"
+    network.save_weights(str(lora))
+    assert (
+        merge_lora.main(["--dit", str(other), "--lora_weight", str(lora), "--save_merged_model", str(out)])
+        == 0
+    )
+    assert load_file(str(out)).keys() == upcast.keys()
+
+    stray = dict(stored)
+    stray["model.diffusion_model.double_blocks.0.nothing.scale_input"] = torch.tensor([0.5])
+    save_file(stray, str(tmp_path / "stray.safetensors"))
+    with pytest.raises(CheckpointError, match="unexpected keys"):
+        load_dit(tmp_path / "stray.safetensors")

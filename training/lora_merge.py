@@ -93,11 +93,12 @@ def run(args: argparse.Namespace) -> int:
 def _without_fp8_scales(meta: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], set[str]]:
     """A scaled-fp8 file's weights without its `<linear>.scale_weight` keys and ComfyUI's marker, and the
     Linears those scales belong to (applied while merging)."""
-    from hunyuan_model.fp8 import COMFY_MARKER_KEYS, SCALE_KEY
+    from hunyuan_model.fp8 import COMFY_MARKER_KEYS, INPUT_SCALE_KEYS, SCALE_KEY
 
     suffix = "." + SCALE_KEY
     scaled = {k.removesuffix(suffix) for k in meta if k.endswith(suffix)}
-    weights = {k: v for k, v in meta.items() if not k.endswith(suffix) and k not in COMFY_MARKER_KEYS}
+    dropped = {k for k in meta if k.endswith(suffix) or k.rpartition(".")[2] in INPUT_SCALE_KEYS}
+    weights = {k: v for k, v in meta.items() if k not in dropped and k not in COMFY_MARKER_KEYS}
     return weights, scaled
 
 
