@@ -301,17 +301,20 @@ def load_dit(
     *,
     fp8_base: bool = False,
     fp8_scaled: bool = False,
+    work_device: torch.device | str | None = None,
 ) -> HYVideoDiffusionTransformer:
     """Load a DiT of any supported layout. Built on the meta device, weights assigned: no random init ever.
 
     dtype converts floating-point weights while loading (None keeps the file's dtype; float8 becomes bfloat16).
     fp8_base / fp8_scaled (which implies fp8 storage) keep the block Linears' weights in float8_e4m3fn (see
-    hunyuan_model/fp8.py), per-row scaled with fp8_scaled; each is converted before it moves to `device`.
+    hunyuan_model/fp8.py), per-row scaled with fp8_scaled; each is converted on `work_device` (default: `device`;
+    a GPU when the model loads into CPU memory for block swap) one tensor at a time, then moved to `device`.
     A file stored in float8 (with or without `scale_weight` keys) loads as it is under either flag, and is
     upcast (scale applied) without them. NaN/Inf weights are a CheckpointError naming the first bad key.
     """
     source = str(path)
     device = torch.device(device)
+    work_device = device if work_device is None else torch.device(work_device)
     sd = to_original_layout(read_state_dict(path), source)
     scales = pop_fp8_scales(sd, source)
     config = config or config_from_state_dict(sd, source)
@@ -329,9 +332,9 @@ def load_dit(
             scale = scales.get(name) if leaf == "weight" else None
             # Quantize on an accelerator, where it is ~100x faster than a CPU (minutes for 13 B there): one
             # source tensor at a time is on the device, so a full 16-bit copy of the model never is.
-            on_device = target and device.type != "cpu" and value.dtype not in FLOAT8_DTYPES
+            on_device = target and work_device.type != "cpu" and value.dtype not in FLOAT8_DTYPES
             if on_device:
-                value = value.to(device)
+                value = value.to(work_device)
             converted, scale = load_tensor(value, scale, target, fp8_scaled, dtype)
             upcast += value.dtype in FLOAT8_DTYPES and converted.dtype not in FLOAT8_DTYPES
             if target and converted.dtype != value.dtype:

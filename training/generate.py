@@ -209,7 +209,7 @@ def _sample(args, loras, positive, negative, seed: int, device: torch.device) ->
     swap = args.blocks_to_swap and device.type != "cpu"
     # with swap the DiT loads into CPU memory: the swapped blocks stay there, the rest moves to the device
     model = load_dit(args.dit, dtype=dtype, device="cpu" if swap else device, fp8_base=fp8,
-                     fp8_scaled=args.fp8_scaled)  # fmt: skip
+                     fp8_scaled=args.fp8_scaled, work_device=device)  # fmt: skip
     model.eval().requires_grad_(False)
     set_attention_backend(model, _attention_backend(args, device))
     if loras and args.lora_merge:

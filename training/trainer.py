@@ -173,8 +173,8 @@ def build_run(args) -> Run:
         log_estimate(args)  # from shapes, before the weights load: what fits is known before 25 GB are read
     swap = bool(args.blocks_to_swap) and accelerator.device.type != "cpu"
     # swapped blocks stay in CPU memory: load there, enable_block_swap moves the rest (13 B may not fit first)
-    model = load_dit(args.dit, dtype=dtype, device="cpu" if swap else accelerator.device,
-                     fp8_base=args.fp8_base, fp8_scaled=args.fp8_scaled)  # fmt: skip
+    model = load_dit(args.dit, dtype=dtype, device="cpu" if swap else accelerator.device, fp8_base=args.fp8_base,
+                     fp8_scaled=args.fp8_scaled, work_device=accelerator.device)  # fmt: skip
     set_attention_backend(model, backend)
     model.requires_grad_(False)
     if args.gradient_checkpointing:
