@@ -53,6 +53,7 @@ def test_generation_writes_an_mp4_and_is_deterministic_per_seed(models, tmp_path
         "merged": ["--seed", "7", "--output_type", "latent", "--lora_merge", *lora],
         "other_seed": ["--seed", "8", "--output_type", "latent", *lora],
         "no_lora": ["--seed", "7", "--output_type", "latent"],
+        "swap": ["--seed", "7", "--output_type", "latent", "--blocks_to_swap", "2", *lora],  # a CPU: a note
     }
     for name, extra in runs.items():
         assert hv_generate_video.main(_argv(models, tmp_path, "--output_name", name, *extra)) == 0
@@ -62,6 +63,7 @@ def test_generation_writes_an_mp4_and_is_deterministic_per_seed(models, tmp_path
     assert torch.equal(_latent(tmp_path, "a"), _latent(tmp_path, "a_again"))
     assert (frames == read_frames(tmp_path / "a_again.mp4")).all()
     assert (_latent(tmp_path, "a") - _latent(tmp_path, "merged")).abs().max() <= 1e-4
+    assert torch.equal(_latent(tmp_path, "a"), _latent(tmp_path, "swap"))
     assert (_latent(tmp_path, "a") - _latent(tmp_path, "other_seed")).abs().max() > 0.1
     assert (_latent(tmp_path, "a") - _latent(tmp_path, "no_lora")).abs().max() > 1e-3  # the LoRA was used
     assert not (tmp_path / "merged.mp4").exists()  # latent only
