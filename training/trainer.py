@@ -211,10 +211,6 @@ def build_run(args) -> Run:
                Path(args.output_dir), summary, file_identity(args.dit), dtype)  # fmt: skip
 
 
-def _unwrapped(run: Run):
-    return run.network  # never wrapped (see build_run)
-
-
 def training_step(run: Run, batch: dict) -> float:
     """One micro-batch: noise, flow-matching target, forward, backward; the optimizer steps on sync.
 
@@ -245,7 +241,7 @@ def training_step(run: Run, batch: dict) -> float:
 def _optimizer_step(run: Run, loss: torch.Tensor) -> float:
     """Clip, agree across processes on the loss and on skipping, step (or skip), advance the schedule."""
     acc, guard = run.accelerator, run.guard
-    params = [p for p in _unwrapped(run).parameters() if p.grad is not None]
+    params = [p for p in run.network.parameters() if p.grad is not None]
     average_gradients(run.accelerator, params)
     norm = None
     if run.args.max_grad_norm:
@@ -275,7 +271,7 @@ def _optimizer_step(run: Run, loss: torch.Tensor) -> float:
 def _metadata(run: Run, progress: Progress) -> dict[str, str]:
     from .metadata import minimal_metadata, training_metadata
 
-    net = _unwrapped(run)
+    net = run.network
     if run.args.no_metadata:
         return minimal_metadata(net)
     return training_metadata(run.args, net, run.dataset_summary, progress.step, progress.epoch, run.base_id)
@@ -287,7 +283,7 @@ def save_lora(run: Run, progress: Progress, name: str) -> Path:
         dtype = (
             parse_dtype(run.args.save_precision, default=torch.float32) if run.args.save_precision else None
         )
-        _unwrapped(run).save_weights(str(path), dtype=dtype, metadata=_metadata(run, progress))
+        run.network.save_weights(str(path), dtype=dtype, metadata=_metadata(run, progress))
         logger.info("saved %s", path)
     return path
 
@@ -301,7 +297,7 @@ def save_training_state(run: Run, progress: Progress, kind: str) -> None:
     if run.accelerator.is_main_process:
         folder = _state_dir(run, progress, kind)
         extra = {"losses": run.losses, "validations": run.validations}
-        save_state(folder, _unwrapped(run), run.optimizer, run.scheduler, progress, extra)
+        save_state(folder, run.network, run.optimizer, run.scheduler, progress, extra)
         logger.info("saved state %s", folder)
         keep = run.args.save_last_n_steps_state if kind == "step" else run.args.save_last_n_epochs_state
         prune(run.output_dir, run.args.output_name, kind, keep, state=True)
@@ -333,7 +329,7 @@ def _on_boundary(run: Run, progress: Progress, kind: str) -> None:
 def _validate(run: Run, progress: Progress) -> None:
     if run.validations and run.validations[-1]["step"] == progress.step:
         return
-    logs = run.validator.evaluate(run.model, _unwrapped(run), run.accelerator.device, run.dtype,
+    logs = run.validator.evaluate(run.model, run.network, run.accelerator.device, run.dtype,
                                   float(run.args.guidance_scale))  # fmt: skip
     run.validations.append({"step": progress.step, **logs})
     logger.info("step %d: validation loss %.5f", progress.step, logs["loss/validation"])
@@ -345,7 +341,7 @@ def _sample(run: Run, label: str, step: int) -> None:
     run.last_sample_step = step
     if run.accelerator.is_main_process:
         run.sampler.sample(run.model, run.vae, label, run.output_dir, run.accelerator.device, run.dtype,
-                           network=_unwrapped(run), progress=False)  # fmt: skip
+                           network=run.network, progress=False)  # fmt: skip
 
 
 def _build_sampler(args, device: torch.device):
@@ -373,7 +369,7 @@ def _resume(run: Run) -> Progress:
     if folder is None:
         logger.info("--resume auto: no saved state in %s, starting fresh", run.output_dir)
         return Progress()
-    progress, extra = load_state(folder, _unwrapped(run), run.optimizer, run.scheduler)
+    progress, extra = load_state(folder, run.network, run.optimizer, run.scheduler)
     run.losses = list(extra.get("losses", []))
     run.validations = list(extra.get("validations", []))
     logger.info(
