@@ -1,0 +1,198 @@
+"""Does a (whole) state fit this run? What changed since it was saved, named with what to do about it.
+
+A state restores the optimizer's groups and learning rates, the schedule and the position in the data as they
+were: a run that asks for something else (LoRA+ off, another optimizer, another rank, another dataset) would
+either crash inside torch or silently train on with the state's settings instead of the new ones. So a change
+stops the resume: restore the option, or start fresh from the state's LoRA with --network_weights.
+
+What is compared: the network (module names, ranks, alphas: from the state's LoRA file itself), the optimizer
+groups and their learning rates (from the optimizer and scheduler states), and, from the run's record that
+states carry since it exists, the optimizer class, the network module, the lr scheduler and the batches per
+epoch. A state without the record is compared on what it has, and accepted with a note.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from .checkpoints import STATE_LORA, DamagedState
+from .errors import UserError
+from .state_check import CheckedState
+
+logger = logging.getLogger(__name__)
+
+
+class StateMismatch(UserError):
+    """The state is whole but was saved by a run with other options: resuming it would not continue that run."""
+
+
+def _optimizer_class(optimizer) -> type:
+    return type(getattr(optimizer, "optimizer", optimizer))  # accelerate wraps it
+
+
+def run_record(run) -> dict:
+    """What a state records of the run that saved it (plain containers: weights_only reads them)."""
+    a = run.args
+    cls = _optimizer_class(run.optimizer)
+    return {
+        "optimizer": f"{cls.__module__}.{cls.__qualname__}",
+        "optimizer_type": a.optimizer_type or "AdamW",
+        "groups": [
+            {"kind": g.get("kind", "lora"), "params": len(g["params"])} for g in run.optimizer.param_groups
+        ],
+        "network_module": a.network_module,
+        "lr_scheduler": a.lr_scheduler,
+        "batches_per_epoch": len(run.batches),
+    }
+
+
+def check_fit(state: CheckedState, run) -> None:
+    """Raise StateMismatch naming every difference between the state and this run, with what to do."""
+    changes: list[tuple[str, str]] = []  # (what changed, the option to restore)
+    shape = _network_changes(state, run)
+    changes += shape
+    changes += _group_changes(state, run)
+    record = state.record
+    if record is not None:
+        changes += _record_changes(record, run)
+    elif state.progress.batch_in_epoch > len(run.batches):
+        changes.append((f"the state stopped at batch {state.progress.batch_in_epoch} of an epoch, this run has "
+                        f"{len(run.batches)} batches per epoch", "the dataset config, batch sizes and process count"))  # fmt: skip
+    if changes:
+        what = "; ".join(c for c, _ in changes)
+        restore = " and ".join(dict.fromkeys(o for _, o in changes))
+        fresh = (
+            "start fresh without the state (its LoRA does not fit this network either)"
+            if shape
+            else f"start fresh with --network_weights {state.folder / STATE_LORA} (keeps the LoRA, not the "
+            "optimizer state or the position)"
+        )
+        raise StateMismatch(f"the state does not fit this run: {what}; restore {restore}, or {fresh}")
+    _optimizer_tensors(state, run)
+    if record is None:
+        logger.info("state %s has no run record (saved by an older version): its LoRA, optimizer groups and "
+                    "learning rates are checked; the optimizer type, lr scheduler and dataset size cannot be",
+                    state.folder)  # fmt: skip
+
+
+def _network_changes(state: CheckedState, run) -> list[tuple[str, str]]:
+    saved, expected = state.lora or {}, run.network.state_dict()
+    only_saved = sorted(saved.keys() - expected.keys())
+    only_run = sorted(expected.keys() - saved.keys())
+    if only_saved or only_run:
+        example = f"{only_saved[0]} only in the state" if only_saved else f"{only_run[0]} only in this run"
+        count = (
+            sum(1 for k in saved if k.endswith(".alpha")),
+            sum(1 for k in expected if k.endswith(".alpha")),
+        )
+        return [(f"the LoRA wraps other modules ({count[0]} in the state, {count[1]} now; e.g. {example})",
+                 "the LoRA selection (--network_args exclude_patterns / include_patterns)")]  # fmt: skip
+    out = []
+    for key in sorted(saved):
+        if key.endswith("lora_down.weight") and saved[key].shape != expected[key].shape:
+            was, now = saved[key].shape[0], expected[key].shape[0]
+            out.append((f"LoRA rank {was} in the state, {now} now ({key.removesuffix('.lora_down.weight')})",
+                        f"--network_dim {was} (or rank_patterns)"))  # fmt: skip
+            break
+    for key in sorted(saved):
+        if key.endswith(".alpha") and not math.isclose(float(saved[key]), float(expected[key]), rel_tol=1e-6):
+            was, now = float(saved[key]), float(expected[key])
+            out.append((f"LoRA alpha {was:g} in the state, {now:g} now ({key.removesuffix('.alpha')})",
+                        f"--network_alpha {was:g} (or alpha_patterns)"))  # fmt: skip
+            break
+    return out
+
+
+def _group_changes(state: CheckedState, run) -> list[tuple[str, str]]:
+    """LoRA+ on/off or its ratio, the learning rates, and (for states without a record) the optimizer type."""
+    saved = state.payload["optimizer"]["param_groups"]
+    current = run.optimizer.param_groups
+    kinds = [g.get("kind", "lora") for g in saved], [g.get("kind", "lora") for g in current]
+    saved_lrs = state.payload["scheduler"].get("base_lrs") or [g.get("initial_lr", g["lr"]) for g in saved]
+    lrs = (
+        dict(zip(kinds[0], saved_lrs, strict=True)),
+        dict(zip(kinds[1], run.scheduler.base_lrs, strict=True)),
+    )
+    out = []
+    if kinds[0] != kinds[1]:
+        if "lora_plus" in kinds[0] and "lora_plus" not in kinds[1]:
+            ratio = lrs[0]["lora_plus"] / lrs[0]["lora"]
+            out.append((f"LoRA+ was on in the state (loraplus_lr_ratio={ratio:g}), it is off now",
+                        f"--network_args loraplus_lr_ratio={ratio:g}"))  # fmt: skip
+        elif "lora_plus" in kinds[1] and "lora_plus" not in kinds[0]:
+            out.append(
+                ("LoRA+ was off in the state, it is on now", "--network_args without loraplus_lr_ratio")
+            )
+        else:
+            out.append((f"the optimizer groups were {', '.join(kinds[0])}, now {', '.join(kinds[1])}",
+                        "--network_module and --network_args"))  # fmt: skip
+        return out
+    was, now = lrs[0].get("lora", saved_lrs[0]), lrs[1].get("lora", run.scheduler.base_lrs[0])
+    if not math.isclose(was, now, rel_tol=1e-9):
+        out.append((f"learning rate {was:g} in the state, {now:g} now", f"--learning_rate {was:g}"))
+    if "lora_plus" in lrs[0]:
+        ratios = lrs[0]["lora_plus"] / lrs[0]["lora"], lrs[1]["lora_plus"] / lrs[1]["lora"]
+        if not math.isclose(*ratios, rel_tol=1e-9):
+            out.append((f"loraplus_lr_ratio {ratios[0]:g} in the state, {ratios[1]:g} now",
+                        f"--network_args loraplus_lr_ratio={ratios[0]:g}"))  # fmt: skip
+    if state.record is None:
+        out += _optimizer_kind_change(saved, current)
+    return out
+
+
+def _optimizer_kind_change(saved: list[dict], current: list[dict]) -> list[tuple[str, str]]:
+    """Without a record: another optimizer class has other group settings (AdamW's betas, Adafactor's beta1).
+    A setting only one side has is a torch upgrade that added it; settings on both sides are another class."""
+    ignore = {"params", "lr", "initial_lr", "kind"}
+    was, now = set(saved[0]) - ignore, set(current[0]) - ignore
+    if was - now and now - was:
+        return [(f"the state's optimizer has settings ({', '.join(sorted(was - now))}) this run's optimizer lacks "
+                 "(another --optimizer_type)", "the --optimizer_type the state was saved with")]  # fmt: skip
+    return []
+
+
+def _record_changes(record: dict, run) -> list[tuple[str, str]]:
+    a, out = run.args, []
+    cls = _optimizer_class(run.optimizer)
+    if record["optimizer"] != f"{cls.__module__}.{cls.__qualname__}":
+        was = record["optimizer_type"]
+        out.append(
+            (f"optimizer {was} in the state, {a.optimizer_type or 'AdamW'} now", f"--optimizer_type {was}")
+        )
+    if record["network_module"] != a.network_module:
+        was = record["network_module"]
+        out.append((f"network module {was} in the state, {a.network_module} now", f"--network_module {was}"))
+    if record["lr_scheduler"] != a.lr_scheduler:
+        was = record["lr_scheduler"]
+        out.append((f"lr scheduler {was} in the state, {a.lr_scheduler} now", f"--lr_scheduler {was}"))
+    if record["batches_per_epoch"] != len(run.batches):
+        out.append((f"{record['batches_per_epoch']} batches per epoch in the state, {len(run.batches)} now "
+                    "(another dataset, batch size or process count)",
+                    "the dataset config, batch sizes and process count"))  # fmt: skip
+    return out
+
+
+def _optimizer_tensors(state: CheckedState, run) -> None:
+    """Each optimizer-state tensor of a param's rank has the param's shape (torch does not check; a step would
+    fail mid-run). The network fits by now, so a mismatch is a damaged optimizer state."""
+    saved = state.payload["optimizer"]
+    sizes = (
+        [len(g["params"]) for g in saved["param_groups"]],
+        [len(g["params"]) for g in run.optimizer.param_groups],
+    )
+    if sizes[0] != sizes[1]:
+        raise DamagedState(
+            f"the optimizer state's groups hold {sizes[0]} tensors, its LoRA's make {sizes[1]}"
+        )
+    params = [p for g in run.optimizer.param_groups for p in g["params"]]
+    order = [i for g in saved["param_groups"] for i in g["params"]]
+    for index, param in zip(order, params, strict=True):
+        for name, value in saved["state"].get(index, {}).items():
+            if isinstance(value, torch.Tensor) and value.dim() == param.dim() and value.shape != param.shape:
+                raise DamagedState(
+                    f"optimizer.state[{index}].{name} has shape {tuple(value.shape)}, its LoRA tensor "
+                    f"{tuple(param.shape)}"
+                )
