@@ -192,3 +192,18 @@ def test_state_without_record_resumes_with_a_note_and_is_still_checked(out, caps
     record = torch.load(out / STEP2 / "train_state.pt", weights_only=True)["run"]  # saved again at the end
     assert record["optimizer_type"] == "AdamW" and record["batches_per_epoch"] == 6
     assert record["groups"] == [{"kind": "lora", "params": 20}, {"kind": "lora_plus", "params": 20}]
+
+
+def test_a_state_for_another_dit_is_named(out, capsys):
+    """Same modules and rank, other layer widths: the state was trained on another DiT (a traceback in
+    load_state_dict before)."""
+    from safetensors.torch import load_file, save_file
+
+    lora = out / STEP2 / "lora.safetensors"
+    tensors = load_file(str(lora))
+    key = sorted(k for k in tensors if k.endswith("lora_up.weight"))[0]
+    tensors[key] = torch.zeros(tensors[key].shape[0] * 2, tensors[key].shape[1])
+    save_file(tensors, str(lora))
+    assert _train(out, "--max_train_steps", "2", "--resume", str(out / STEP2)) == 2
+    line = _one_error(capsys)
+    assert f"{key} is {tuple(tensors[key].shape)} in the state" in line and "restore the --dit" in line, line

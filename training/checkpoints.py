@@ -121,10 +121,19 @@ def read_state_file(folder: Path, mmap: bool = False) -> dict:
     try:
         payload = torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
     except Exception as e:  # torn, truncated, foreign or refused by weights_only: all the same to the user
-        raise DamagedState(f"{STATE_FILE} is unreadable ({' '.join(str(e).split())[:160]})") from None
+        raise DamagedState(f"{STATE_FILE} is unreadable ({_load_error(e)})") from None
     if not isinstance(payload, dict):
         raise DamagedState(f"{STATE_FILE} holds a {type(payload).__name__}, not a state's dict")
     return payload
+
+
+def _load_error(e: Exception) -> str:
+    """torch.load's reason, short: its messages run to paragraphs of advice (with terminal escapes)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(e).split()))
+    refused = re.search(r"GLOBAL ([\w.]+)", text)
+    if refused:  # weights_only met a type a state never holds: a foreign or tampered file
+        return f"it holds {refused.group(1)}, a type weights_only=True refuses to load"
+    return text.split(". ")[0][:160]
 
 
 def find_latest_state(output_dir: Path, output_name: str) -> Path | None:

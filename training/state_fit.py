@@ -80,23 +80,34 @@ def check_fit(state: CheckedState, run) -> None:
 
 def _network_changes(state: CheckedState, run) -> list[tuple[str, str]]:
     saved, expected = state.lora or {}, run.network.state_dict()
-    only_saved = sorted(saved.keys() - expected.keys())
-    only_run = sorted(expected.keys() - saved.keys())
-    if only_saved or only_run:
-        example = f"{only_saved[0]} only in the state" if only_saved else f"{only_run[0]} only in this run"
-        count = (
-            sum(1 for k in saved if k.endswith(".alpha")),
-            sum(1 for k in expected if k.endswith(".alpha")),
+    modules = _modules(saved), _modules(expected)
+    if modules[0] != modules[1] or saved.keys() != expected.keys():
+        only_saved, only_run = sorted(modules[0] - modules[1]), sorted(modules[1] - modules[0])
+        example = (
+            f"{only_saved[0]} only in the state"
+            if only_saved
+            else f"{(only_run or ['?'])[0]} only in this run"
         )
+        count = len(modules[0]), len(modules[1])
         return [(f"the LoRA wraps other modules ({count[0]} in the state, {count[1]} now; e.g. {example})",
                  "the LoRA selection (--network_args exclude_patterns / include_patterns)")]  # fmt: skip
     out = []
     for key in sorted(saved):
-        if key.endswith("lora_down.weight") and saved[key].shape != expected[key].shape:
-            was, now = saved[key].shape[0], expected[key].shape[0]
-            out.append((f"LoRA rank {was} in the state, {now} now ({key.removesuffix('.lora_down.weight')})",
-                        f"--network_dim {was} (or rank_patterns)"))  # fmt: skip
-            break
+        if saved[key].shape == expected[key].shape:
+            continue
+        module = key.split(".")[0]
+        was, now = _rank(saved, module), _rank(expected, module)
+        if was != now:
+            out.append(
+                (
+                    f"LoRA rank {was} in the state, {now} now ({module})",
+                    f"--network_dim {was} (or rank_patterns)",
+                )
+            )
+        else:  # same rank, other features: the layer itself is another size
+            out.append((f"{key} is {tuple(saved[key].shape)} in the state, {tuple(expected[key].shape)} now "
+                        "(another DiT)", "the --dit the state was trained on"))  # fmt: skip
+        break
     for key in sorted(saved):
         if key.endswith(".alpha") and not math.isclose(float(saved[key]), float(expected[key]), rel_tol=1e-6):
             was, now = float(saved[key]), float(expected[key])
@@ -104,6 +115,15 @@ def _network_changes(state: CheckedState, run) -> list[tuple[str, str]]:
                         f"--network_alpha {was:g} (or alpha_patterns)"))  # fmt: skip
             break
     return out
+
+
+def _rank(tensors: dict, module: str) -> int | None:
+    down = tensors.get(f"{module}.lora_down.weight")
+    return None if down is None or down.dim() < 1 else int(down.shape[0])
+
+
+def _modules(tensors: dict) -> set[str]:
+    return {key.split(".")[0] for key in tensors}  # lora_unet_<module>.lora_down.weight: the first part
 
 
 def _group_changes(state: CheckedState, run) -> list[tuple[str, str]]:
@@ -149,7 +169,9 @@ def _optimizer_kind_change(saved: list[dict], current: list[dict]) -> list[tuple
     ignore = {"params", "lr", "initial_lr", "kind"}
     was, now = set(saved[0]) - ignore, set(current[0]) - ignore
     if was - now and now - was:
-        return [(f"the state's optimizer has settings ({', '.join(sorted(was - now))}) this run's optimizer lacks "
+        names = sorted(was - now)
+        listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        return [(f"the state's optimizer has settings ({listed}) this run's optimizer lacks "
                  "(another --optimizer_type)", "the --optimizer_type the state was saved with")]  # fmt: skip
     return []
 
