@@ -83,6 +83,8 @@ DAMAGE = {
     "negative step": (lambda f: _edit(f, lambda p: p["progress"].update(step=-5)), "progress.step is -5"),
     "absurd step": (lambda f: _edit(f, lambda p: p["progress"].update(step=10**12)), "expected an integer from 0"),
     "step not the schedule's": (lambda f: _edit(f, lambda p: p["progress"].update(step=7)), "lr schedule is at step 2"),
+    "a method's name in the scheduler": (lambda f: _edit(f, lambda p: p["scheduler"].update(step=3)),
+                                         "scheduler has the key 'step'"),
     "group fewer": (lambda f: _edit(f, _drop_group), "the optimizer state has 1 param group"),
     "group fewer, no record": (lambda f: _edit(f, lambda p: _drop_group(p, record=False)), "covers 20 tensors"),
     "torn state file": (lambda f: _truncate(f / "train_state.pt"), "train_state.pt is unreadable"),

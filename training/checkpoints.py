@@ -119,7 +119,13 @@ def read_state_file(folder: Path, mmap: bool = False) -> dict:
     if not path.is_file():
         raise DamagedState(f"no {STATE_FILE} in it (not a training state, or an incomplete one)")
     try:
-        payload = torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
+        try:
+            payload = torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
+        except Exception:
+            if not mmap:
+                raise
+            # a file system without mmap, or an old serialization format: read it; a torn file fails here too
+            payload = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as e:  # torn, truncated, foreign or refused by weights_only: all the same to the user
         raise DamagedState(f"{STATE_FILE} is unreadable ({_load_error(e)})") from None
     if not isinstance(payload, dict):

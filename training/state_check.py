@@ -133,16 +133,20 @@ def _scheduler(raw: dict, progress: Progress, groups: int) -> None:
         raise DamagedState(
             f"{STATE_FILE}: scheduler.lr_lambdas holds values (the schedule is the run's, not data)"
         )
-    # load_state_dict sets every key as an attribute of the scheduler: only a schedule's own keys may be there
-    unknown = sorted(set(raw) - _scheduler_keys(), key=str)
-    if unknown:
-        raise DamagedState(f"{STATE_FILE}: scheduler has unknown key {unknown[0]!r}")
+    # load_state_dict sets every key as an attribute of the scheduler: none may replace a method or the optimizer
+    # (other unknown keys are bookkeeping of another torch version, harmless)
+    bad = sorted((k for k in raw if not _plain_scheduler_key(k)), key=str)
+    if bad:
+        raise DamagedState(
+            f"{STATE_FILE}: scheduler has the key {bad[0]!r}, which names no state of a schedule"
+        )
 
 
-def _scheduler_keys() -> set:
-    """The keys of a LambdaLR's state in this torch, and "verbose" that older versions wrote."""
-    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    return {*torch.optim.lr_scheduler.LambdaLR(probe, lambda _: 1.0).state_dict(), "verbose"}
+def _plain_scheduler_key(key) -> bool:
+    if not isinstance(key, str) or key.startswith("__") or key == "optimizer":
+        return False
+    default = getattr(torch.optim.lr_scheduler.LambdaLR, key, None)
+    return not (callable(default) or isinstance(default, property))
 
 
 def _rng(raw: dict) -> None:

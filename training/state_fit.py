@@ -139,7 +139,7 @@ def _group_changes(state: CheckedState, run) -> list[tuple[str, str]]:
     out = []
     if kinds[0] != kinds[1]:
         if "lora_plus" in kinds[0] and "lora_plus" not in kinds[1]:
-            ratio = lrs[0]["lora_plus"] / lrs[0]["lora"]
+            ratio = _ratio(lrs[0])
             out.append((f"LoRA+ was on in the state (loraplus_lr_ratio={ratio:g}), it is off now",
                         f"--network_args loraplus_lr_ratio={ratio:g}"))  # fmt: skip
         elif "lora_plus" in kinds[1] and "lora_plus" not in kinds[0]:
@@ -154,13 +154,17 @@ def _group_changes(state: CheckedState, run) -> list[tuple[str, str]]:
     if not math.isclose(was, now, rel_tol=1e-9):
         out.append((f"learning rate {was:g} in the state, {now:g} now", f"--learning_rate {was:g}"))
     if "lora_plus" in lrs[0]:
-        ratios = lrs[0]["lora_plus"] / lrs[0]["lora"], lrs[1]["lora_plus"] / lrs[1]["lora"]
+        ratios = _ratio(lrs[0]), _ratio(lrs[1])
         if not math.isclose(*ratios, rel_tol=1e-9):
             out.append((f"loraplus_lr_ratio {ratios[0]:g} in the state, {ratios[1]:g} now",
                         f"--network_args loraplus_lr_ratio={ratios[0]:g}"))  # fmt: skip
     if state.record is None:
         out += _optimizer_kind_change(saved, current)
     return out
+
+
+def _ratio(lrs: dict[str, float]) -> float:
+    return lrs["lora_plus"] / lrs["lora"] if lrs.get("lora") else math.inf
 
 
 def _optimizer_kind_change(saved: list[dict], current: list[dict]) -> list[tuple[str, str]]:
