@@ -144,6 +144,8 @@ CHANGED = {
     "LoRA+ ratio": (["--network_args", "loraplus_lr_ratio=8"], ["loraplus_lr_ratio 4 in the state, 8 now"]),
     "optimizer": (["--optimizer_type", "Adafactor"], ["optimizer AdamW in the state, Adafactor now",
                   "restore --optimizer_type AdamW"]),
+    "optimizer args": (["--optimizer_args", "weight_decay=0.1"], ["optimizer setting weight_decay 0.01 in the "
+                       "state, 0.1 now", "restore --optimizer_args weight_decay=0.01"]),
     "learning rate": (["--learning_rate", "3e-3"], ["learning rate 0.001 in the state, 0.003 now",
                       "restore --learning_rate 0.001"]),
     "rank": (["--network_dim", "8"], ["LoRA rank 4 in the state, 8 now", "restore --network_dim 4",
@@ -176,7 +178,9 @@ def test_changed_option_is_one_line_naming_it_and_the_fix(out, capsys, monkeypat
 def test_auto_stops_on_a_changed_option_instead_of_falling_back(out, capsys):
     assert _train(out, "--max_train_steps", "2", "--resume", "auto", "--network_args", "verbose=False") == 2
     line = _one_error(capsys)
-    assert f"--resume auto: newest state {out / STEP2}: the state does not fit" in line and "LoRA+" in line
+    assert (
+        f"--resume auto: newest whole state {out / STEP2}: the state does not fit" in line and "LoRA+" in line
+    )
 
 
 def test_state_without_record_resumes_with_a_note_and_is_still_checked(out, capsys):

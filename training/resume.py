@@ -55,8 +55,8 @@ def _newest_usable(run) -> CheckedState | None:
     for folder in folders:  # a first pass on the torch files alone (mapped, not read) orders them by step
         try:
             ordered.append((check_payload(folder, read_state_file(folder, mmap=True)).progress.step, folder))
-        except DamagedState as e:
-            damaged.append(_skip(folder, e))
+        except DamagedState as e:  # its step is unknown: newer or older, it is no candidate
+            damaged.append(_skip(folder, e, ""))
     for _, folder in sorted(ordered, key=lambda item: (-item[0], item[1].name)):
         try:
             state = check_state(folder, run)
@@ -64,7 +64,7 @@ def _newest_usable(run) -> CheckedState | None:
             damaged.append(_skip(folder, e))
             continue
         except UserError as e:
-            raise UserError(f"--resume auto: newest state {folder}: {e}") from None
+            raise UserError(f"--resume auto: newest whole state {folder}: {e}") from None
         if damaged:
             logger.warning("--resume auto: using %s (skipped %d damaged: %s)", folder, len(damaged),
                            ", ".join(damaged))  # fmt: skip
@@ -75,6 +75,6 @@ def _newest_usable(run) -> CheckedState | None:
     )
 
 
-def _skip(folder: Path, problem: DamagedState) -> str:
-    logger.warning("--resume auto: skipping damaged state %s: %s; trying the next older one", folder, problem)
+def _skip(folder: Path, problem: DamagedState, then: str = "; trying the next older one") -> str:
+    logger.warning("--resume auto: skipping damaged state %s: %s%s", folder, problem, then)
     return folder.name

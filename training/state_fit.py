@@ -6,9 +6,9 @@ either crash inside torch or silently train on with the state's settings instead
 stops the resume: restore the option, or start fresh from the state's LoRA with --network_weights.
 
 What is compared: the network (module names, ranks, alphas: from the state's LoRA file itself), the optimizer
-groups and their learning rates (from the optimizer and scheduler states), and, from the run's record that
-states carry since it exists, the optimizer class, the network module, the lr scheduler and the batches per
-epoch. A state without the record is compared on what it has, and accepted with a note.
+groups, their learning rates and the optimizer's settings (from the optimizer and scheduler states), and, from
+the run's record that states carry since it exists, the optimizer class, the network module, the lr scheduler
+and the batches per epoch. A state without the record is compared on what it has, and accepted with a note.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def check_fit(state: CheckedState, run) -> None:
     shape = _network_changes(state, run)
     changes += shape
     changes += _group_changes(state, run)
+    changes += _optimizer_changes(state, run)
     record = state.record
     if record is not None:
         changes += _record_changes(record, run)
@@ -127,7 +128,7 @@ def _modules(tensors: dict) -> set[str]:
 
 
 def _group_changes(state: CheckedState, run) -> list[tuple[str, str]]:
-    """LoRA+ on/off or its ratio, the learning rates, and (for states without a record) the optimizer type."""
+    """LoRA+ on/off or its ratio, and the learning rates."""
     saved = state.payload["optimizer"]["param_groups"]
     current = run.optimizer.param_groups
     kinds = [g.get("kind", "lora") for g in saved], [g.get("kind", "lora") for g in current]
@@ -158,8 +159,6 @@ def _group_changes(state: CheckedState, run) -> list[tuple[str, str]]:
         if not math.isclose(*ratios, rel_tol=1e-9):
             out.append((f"loraplus_lr_ratio {ratios[0]:g} in the state, {ratios[1]:g} now",
                         f"--network_args loraplus_lr_ratio={ratios[0]:g}"))  # fmt: skip
-    if state.record is None:
-        out += _optimizer_kind_change(saved, current)
     return out
 
 
@@ -167,11 +166,36 @@ def _ratio(lrs: dict[str, float]) -> float:
     return lrs["lora_plus"] / lrs["lora"] if lrs.get("lora") else math.inf
 
 
+NOT_SETTINGS = {"params", "lr", "initial_lr", "kind"}  # what a group holds besides the optimizer's settings
+
+
+def _optimizer_changes(state: CheckedState, run) -> list[tuple[str, str]]:
+    """Another optimizer class, or the same one with other settings (--optimizer_args): load_state_dict would
+    put the state's settings back without a word."""
+    saved, current = state.payload["optimizer"]["param_groups"], run.optimizer.param_groups
+    record = state.record
+    if record is None:
+        other = _optimizer_kind_change(saved, current)
+        if other:
+            return other
+    else:
+        cls = _optimizer_class(run.optimizer)
+        if record["optimizer"] != f"{cls.__module__}.{cls.__qualname__}":
+            was, now = record["optimizer_type"], run.args.optimizer_type or "AdamW"
+            return [(f"optimizer {was} in the state, {now} now", f"--optimizer_type {was}")]
+    out = {}
+    for old, new in zip(saved, current, strict=False):  # groups that differ are named by _group_changes
+        for key in sorted(set(old) & set(new) - NOT_SETTINGS):  # one side only: another torch's new setting
+            if old[key] != new[key] and key not in out:
+                out[key] = (f"optimizer setting {key} {old[key]!r} in the state, {new[key]!r} now",
+                            f"--optimizer_args {key}={old[key]!r}")  # fmt: skip
+    return list(out.values())
+
+
 def _optimizer_kind_change(saved: list[dict], current: list[dict]) -> list[tuple[str, str]]:
     """Without a record: another optimizer class has other group settings (AdamW's betas, Adafactor's beta1).
     A setting only one side has is a torch upgrade that added it; settings on both sides are another class."""
-    ignore = {"params", "lr", "initial_lr", "kind"}
-    was, now = set(saved[0]) - ignore, set(current[0]) - ignore
+    was, now = set(saved[0]) - NOT_SETTINGS, set(current[0]) - NOT_SETTINGS
     if was - now and now - was:
         names = sorted(was - now)
         listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
@@ -182,12 +206,6 @@ def _optimizer_kind_change(saved: list[dict], current: list[dict]) -> list[tuple
 
 def _record_changes(record: dict, run) -> list[tuple[str, str]]:
     a, out = run.args, []
-    cls = _optimizer_class(run.optimizer)
-    if record["optimizer"] != f"{cls.__module__}.{cls.__qualname__}":
-        was = record["optimizer_type"]
-        out.append(
-            (f"optimizer {was} in the state, {a.optimizer_type or 'AdamW'} now", f"--optimizer_type {was}")
-        )
     if record["network_module"] != a.network_module:
         was = record["network_module"]
         out.append((f"network module {was} in the state, {a.network_module} now", f"--network_module {was}"))
