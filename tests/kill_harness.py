@@ -21,6 +21,7 @@ import os
 import resource
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import traceback
@@ -156,8 +157,8 @@ def _hook_atomic_steps(target: Path, kill: dict | None, events: list[dict]) -> N
             event: dict = {"op": name}
             if name == "replace":
                 event.update(aside=Path(args[0]) == target, into=Path(args[1]) == target)
-            if name == "fsync":
-                event["size"] = os.fstat(args[0]).st_size
+            if name == "fsync" and stat.S_ISREG((st := os.fstat(args[0])).st_mode):  # a file, not a folder
+                event["size"] = st.st_size
             if kill and kill.get("before") == index:
                 os.kill(os.getpid(), signal.SIGKILL)
             events.append(event)
@@ -176,6 +177,8 @@ def _child(ctx: Context, request: dict) -> None:
     target, kill = Path(request["target"]), request.get("kill")
     events: list[dict] = []
     if kill and "byte" in kill:
+        # stderr may be a file (pytest's capture): a warning written there must not be what crosses byte N
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
         die_at_byte(kill["byte"])
     else:
         _hook_atomic_steps(target, kill, events)
