@@ -130,7 +130,26 @@ def _video_plan(dataset: VideoDatasetConfig, entry: MediaEntry) -> ItemPlan | No
         )
         return None
     size = (info.width, info.height)
+    _check_musubi_batches(dataset, entry, size)
     return ItemPlan(entry.item_key, entry.caption, entry.path, True, size, size, count, windows, timeline)
+
+
+def _check_musubi_batches(dataset: VideoDatasetConfig, entry: MediaEntry, size: tuple[int, int]) -> None:
+    """musubi-tuner caches every video bucketed but batches a small one (no larger than the area) by its own
+    size when bucket_no_upscale is set: with batch_size > 1 its batches would differ from ours, so stop."""
+    w, h = dataset.resolution
+    if (
+        dataset.enable_bucket
+        and dataset.bucket_no_upscale
+        and dataset.batch_size > 1
+        and size[0] * size[1] <= w * h
+    ):
+        raise dataset.origin.error(
+            "bucket_no_upscale",
+            f"{entry.path} ({size[0]}x{size[1]}) is no larger than resolution: musubi-tuner would batch it by its "
+            "own size while training it bucketed, so its batches differ from this trainer's; set "
+            "bucket_no_upscale = false for this dataset (videos are always bucketed: nothing else changes)",
+        )
 
 
 def _timeline(dataset: VideoDatasetConfig, frame_count: int) -> tuple[int, ...]:
