@@ -25,10 +25,13 @@ from pathlib import Path
 import torch
 from musubi_parity_spec import (
     IMAGE_SETTINGS,
+    PIXEL_IMAGE_SETTINGS,
+    PIXEL_VIDEO_ROWS,
     VIDEO_BUCKETS,
     VIDEO_SETTINGS,
     frame_index,
     image_toml,
+    pixel_digest,
     video_toml,
     write_media,
 )
@@ -68,18 +71,23 @@ def _batches(dataset, items: list) -> tuple[int, int]:
 def image_outcome(root: Path, index: int) -> dict:
     dataset = _dataset(image_toml(root, index), root, f"image_{index}")
     items = _items(dataset)
-    buckets = {}
+    buckets, pixels = {}, {}
     for item in items:
         height, width = item.content.shape[:2]
         assert item.bucket_size[:2] == (width, height)
         buckets[Path(item.item_key).stem] = (width, height)
-    return {"buckets": dict(sorted(buckets.items())), "batches": _batches(dataset, items)}
+        pixels[Path(item.item_key).stem] = pixel_digest(item.content)
+    outcome = {"buckets": dict(sorted(buckets.items())), "batches": _batches(dataset, items)}
+    if index in PIXEL_IMAGE_SETTINGS:
+        outcome["pixels"] = dict(sorted(pixels.items()))
+    return outcome
 
 
 def video_outcome(root: Path, index: int, buckets: int) -> dict:
     dataset = _dataset(video_toml(root, index, buckets), root, f"video_{index}_{buckets}")
     items = _items(dataset)
     clips: dict[str, dict] = {}
+    pixels = {}
     for item in items:
         body = Path(item.item_key).stem  # "{clip}_{start:05d}-{frames:03d}"
         clip, window = body.rsplit("_", 1)
@@ -87,6 +95,7 @@ def video_outcome(root: Path, index: int, buckets: int) -> dict:
         frames, height, width = item.content.shape[:3]
         assert frames == count and item.bucket_size == (width, height, count)
         sources = [frame_index(f) for f in item.content]
+        pixels[(clip, start, count)] = pixel_digest(item.content)
         entry = clips.setdefault(clip, {"bucket": (width, height), "windows": []})
         assert entry["bucket"] == (width, height)
         # the source frames are written out only where they are not start, start + 1, ... (source_fps)
@@ -94,7 +103,10 @@ def video_outcome(root: Path, index: int, buckets: int) -> dict:
         entry["windows"].append((start, count) if same else (start, count, tuple(sources)))
     for entry in clips.values():  # a window met twice (uniform) is one cache file: one training item
         entry["windows"] = sorted(set(entry["windows"]))
-    return {"clips": dict(sorted(clips.items())), "batches": _batches(dataset, items)}
+    outcome = {"clips": dict(sorted(clips.items())), "batches": _batches(dataset, items)}
+    if (index, buckets) in PIXEL_VIDEO_ROWS:
+        outcome["pixels"] = dict(sorted(pixels.items()))
+    return outcome
 
 
 def main() -> None:

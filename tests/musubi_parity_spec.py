@@ -6,6 +6,7 @@ to produce the expected outcomes. Only numpy, Pillow and PyAV: both environments
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import av
@@ -68,6 +69,15 @@ VIDEO_BUCKETS = [  # (resolution, enable_bucket, bucket_no_upscale, batch_size, 
     ([160, 96], True, True, 1, 2),
     ([100, 100], False, True, 3, 1),
 ]
+
+
+# rows whose pixels are compared too (a digest of each resized image / window): enlarging and shrinking
+PIXEL_IMAGE_SETTINGS = (1, 4)
+PIXEL_VIDEO_ROWS = ((0, 0), (13, 2))
+
+
+def pixel_digest(pixels: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()).hexdigest()[:16]
 
 
 def image_toml(root: Path, index: int) -> str:

@@ -9,7 +9,8 @@ same images and clips) in a separate virtual environment, once:
 and its output is pasted below unchanged. Images: each image's bucket (width, height), then (batches per
 epoch, items per epoch) from musubi-tuner's training side. Videos, keyed (VIDEO_SETTINGS index, VIDEO_BUCKETS
 index): each clip's bucket and windows (start, frames), with the clip frames each window holds where they are
-not start, start + 1, ... (source_fps), decoded from the frames' gray levels; then the batches.
+not start, start + 1, ... (source_fps), decoded from the frames' gray levels; then the batches. Some rows
+also hold a digest of each item's pixels (tests/musubi_parity_spec.py: PIXEL_*), resized by musubi-tuner.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from pathlib import Path
 import pytest
 from musubi_parity_spec import (
     IMAGE_SETTINGS,
+    PIXEL_IMAGE_SETTINGS,
     VIDEO_BUCKETS,
     VIDEO_SETTINGS,
     frame_index,
     image_toml,
+    pixel_digest,
     video_toml,
     write_media,
 )
@@ -36,10 +39,10 @@ from dataset.train_dataset import CachedBatches, CachedDatasetSpec, CachedItem
 # fmt: off
 MUSUBI_IMAGES = [
     {'buckets': {'img_1000x1000': (960, 544), 'img_100x100': (960, 544), 'img_1080x1920': (960, 544), 'img_1280x720': (960, 544), 'img_17x33': (960, 544), 'img_1920x1080': (960, 544), 'img_2000x500': (960, 544), 'img_300x200': (960, 544), 'img_333x777': (960, 544), 'img_50x400': (960, 544), 'img_512x512': (960, 544), 'img_640x480': (960, 544), 'img_960x544': (960, 544)}, 'batches': (13, 13)},
-    {'buckets': {'img_1000x1000': (720, 720), 'img_100x100': (720, 720), 'img_1080x1920': (544, 960), 'img_1280x720': (960, 544), 'img_17x33': (512, 1008), 'img_1920x1080': (960, 544), 'img_2000x500': (1408, 368), 'img_300x200': (880, 592), 'img_333x777': (480, 1088), 'img_50x400': (352, 1472), 'img_512x512': (720, 720), 'img_640x480': (832, 624), 'img_960x544': (960, 544)}, 'batches': (11, 13)},
+    {'buckets': {'img_1000x1000': (720, 720), 'img_100x100': (720, 720), 'img_1080x1920': (544, 960), 'img_1280x720': (960, 544), 'img_17x33': (512, 1008), 'img_1920x1080': (960, 544), 'img_2000x500': (1408, 368), 'img_300x200': (880, 592), 'img_333x777': (480, 1088), 'img_50x400': (352, 1472), 'img_512x512': (720, 720), 'img_640x480': (832, 624), 'img_960x544': (960, 544)}, 'batches': (11, 13), 'pixels': {'img_1000x1000': '2a719336b0771f26', 'img_100x100': '2a719336b0771f26', 'img_1080x1920': 'ab30b49958cf57fc', 'img_1280x720': 'ab30b49958cf57fc', 'img_17x33': '8316826518d16bea', 'img_1920x1080': 'ab30b49958cf57fc', 'img_2000x500': '63920d8ea9ef43da', 'img_300x200': 'b3bec67ce544e83a', 'img_333x777': 'ab30b49958cf57fc', 'img_50x400': '63920d8ea9ef43da', 'img_512x512': '2a719336b0771f26', 'img_640x480': '37fb6e690b9a01ca', 'img_960x544': 'ab30b49958cf57fc'}},
     {'buckets': {'img_1000x1000': (720, 720), 'img_100x100': (96, 96), 'img_1080x1920': (544, 960), 'img_1280x720': (960, 544), 'img_17x33': (16, 32), 'img_1920x1080': (960, 544), 'img_2000x500': (1408, 368), 'img_300x200': (288, 192), 'img_333x777': (320, 768), 'img_50x400': (48, 400), 'img_512x512': (512, 512), 'img_640x480': (640, 480), 'img_960x544': (960, 544)}, 'batches': (12, 26)},
     {'buckets': {'img_1000x1000': (960, 544), 'img_100x100': (960, 544), 'img_1080x1920': (960, 544), 'img_1280x720': (960, 544), 'img_17x33': (960, 544), 'img_1920x1080': (960, 544), 'img_2000x500': (960, 544), 'img_300x200': (960, 544), 'img_333x777': (960, 544), 'img_50x400': (960, 544), 'img_512x512': (960, 544), 'img_640x480': (960, 544), 'img_960x544': (960, 544)}, 'batches': (39, 39)},
-    {'buckets': {'img_1000x1000': (256, 256), 'img_100x100': (256, 256), 'img_1080x1920': (192, 336), 'img_1280x720': (336, 192), 'img_17x33': (176, 368), 'img_1920x1080': (336, 192), 'img_2000x500': (512, 128), 'img_300x200': (304, 208), 'img_333x777': (160, 400), 'img_50x400': (128, 512), 'img_512x512': (256, 256), 'img_640x480': (288, 224), 'img_960x544': (336, 192)}, 'batches': (9, 13)},
+    {'buckets': {'img_1000x1000': (256, 256), 'img_100x100': (256, 256), 'img_1080x1920': (192, 336), 'img_1280x720': (336, 192), 'img_17x33': (176, 368), 'img_1920x1080': (336, 192), 'img_2000x500': (512, 128), 'img_300x200': (304, 208), 'img_333x777': (160, 400), 'img_50x400': (128, 512), 'img_512x512': (256, 256), 'img_640x480': (288, 224), 'img_960x544': (336, 192)}, 'batches': (9, 13), 'pixels': {'img_1000x1000': '3e8d9ace6caacdc4', 'img_100x100': '3e8d9ace6caacdc4', 'img_1080x1920': '1d4f412c866e1234', 'img_1280x720': '1d4f412c866e1234', 'img_17x33': 'de0b3a61cc9eee3c', 'img_1920x1080': '1d4f412c866e1234', 'img_2000x500': '3e8d9ace6caacdc4', 'img_300x200': 'e7f8a3e0f85d282b', 'img_333x777': 'acd295d3fcddee84', 'img_50x400': '3e8d9ace6caacdc4', 'img_512x512': '3e8d9ace6caacdc4', 'img_640x480': '1d4f412c866e1234', 'img_960x544': '1d4f412c866e1234'}},
     {'buckets': {'img_1000x1000': (256, 256), 'img_100x100': (96, 96), 'img_1080x1920': (192, 336), 'img_1280x720': (336, 192), 'img_17x33': (16, 32), 'img_1920x1080': (336, 192), 'img_2000x500': (512, 128), 'img_300x200': (288, 192), 'img_333x777': (160, 400), 'img_50x400': (48, 400), 'img_512x512': (256, 256), 'img_640x480': (288, 224), 'img_960x544': (336, 192)}, 'batches': (13, 13)},
     {'buckets': {'img_1000x1000': (624, 624), 'img_100x100': (624, 624), 'img_1080x1920': (464, 832), 'img_1280x720': (832, 464), 'img_17x33': (448, 864), 'img_1920x1080': (832, 464), 'img_2000x500': (1216, 320), 'img_300x200': (768, 512), 'img_333x777': (416, 944), 'img_50x400': (304, 1280), 'img_512x512': (624, 624), 'img_640x480': (720, 544), 'img_960x544': (832, 464)}, 'batches': (13, 26)},
     {'buckets': {'img_1000x1000': (512, 768), 'img_100x100': (512, 768), 'img_1080x1920': (512, 768), 'img_1280x720': (512, 768), 'img_17x33': (512, 768), 'img_1920x1080': (512, 768), 'img_2000x500': (512, 768), 'img_300x200': (512, 768), 'img_333x777': (512, 768), 'img_50x400': (512, 768), 'img_512x512': (512, 768), 'img_640x480': (512, 768), 'img_960x544': (512, 768)}, 'batches': (3, 13)},
@@ -49,7 +52,7 @@ MUSUBI_IMAGES = [
     {'buckets': {'img_1000x1000': (64, 64), 'img_100x100': (64, 64), 'img_1080x1920': (48, 80), 'img_1280x720': (80, 48), 'img_17x33': (16, 32), 'img_1920x1080': (80, 48), 'img_2000x500': (128, 32), 'img_300x200': (80, 48), 'img_333x777': (48, 80), 'img_50x400': (32, 128), 'img_512x512': (64, 64), 'img_640x480': (64, 64), 'img_960x544': (80, 48)}, 'batches': (13, 26)},
 ]
 MUSUBI_VIDEOS = {
-    (0, 0): {'clips': {'long': {'bucket': (160, 96), 'windows': [(0, 1), (0, 9), (0, 17)]}, 'phone': {'bucket': (96, 160), 'windows': [(0, 1), (0, 9)]}, 'small': {'bucket': (128, 128), 'windows': [(0, 1)]}, 'tall': {'bucket': (112, 144), 'windows': [(0, 1), (0, 9), (0, 17)]}, 'wide': {'bucket': (160, 96), 'windows': [(0, 1), (0, 9), (0, 17)]}}, 'batches': (12, 12)},
+    (0, 0): {'clips': {'long': {'bucket': (160, 96), 'windows': [(0, 1), (0, 9), (0, 17)]}, 'phone': {'bucket': (96, 160), 'windows': [(0, 1), (0, 9)]}, 'small': {'bucket': (128, 128), 'windows': [(0, 1)]}, 'tall': {'bucket': (112, 144), 'windows': [(0, 1), (0, 9), (0, 17)]}, 'wide': {'bucket': (160, 96), 'windows': [(0, 1), (0, 9), (0, 17)]}}, 'batches': (12, 12), 'pixels': {('long', 0, 1): '148be36253301b2b', ('long', 0, 9): '793771f3cbe2c010', ('long', 0, 17): 'a2a62f4f49ba730a', ('phone', 0, 1): '148be36253301b2b', ('phone', 0, 9): '793771f3cbe2c010', ('small', 0, 1): '3167fb35875f0ec7', ('tall', 0, 1): 'f122458b1d4d7eb4', ('tall', 0, 9): '703914fc3de7ca74', ('tall', 0, 17): 'e0f36f808506d186', ('wide', 0, 1): '148be36253301b2b', ('wide', 0, 9): '793771f3cbe2c010', ('wide', 0, 17): 'a2a62f4f49ba730a'}},
     (0, 1): {'clips': {'long': {'bucket': (160, 96), 'windows': [(0, 1), (0, 9), (0, 17)]}, 'phone': {'bucket': (96, 160), 'windows': [(0, 1), (0, 9)]}, 'small': {'bucket': (128, 128), 'windows': [(0, 1)]}, 'tall': {'bucket': (112, 144), 'windows': [(0, 1), (0, 9), (0, 17)]}, 'wide': {'bucket': (160, 96), 'windows': [(0, 1), (0, 9), (0, 17)]}}, 'batches': (7, 12)},
     (0, 2): {'clips': {'long': {'bucket': (160, 96), 'windows': [(0, 1), (0, 9), (0, 17)]}, 'phone': {'bucket': (96, 160), 'windows': [(0, 1), (0, 9)]}, 'small': {'bucket': (112, 128), 'windows': [(0, 1)]}, 'tall': {'bucket': (112, 128), 'windows': [(0, 1), (0, 9), (0, 17)]}, 'wide': {'bucket': (160, 96), 'windows': [(0, 1), (0, 9), (0, 17)]}}, 'batches': (24, 24)},
     (0, 3): {'clips': {'long': {'bucket': (112, 80), 'windows': [(0, 1), (0, 9), (0, 17)]}, 'phone': {'bucket': (64, 144), 'windows': [(0, 1), (0, 9)]}, 'small': {'bucket': (96, 96), 'windows': [(0, 1)]}, 'tall': {'bucket': (80, 112), 'windows': [(0, 1), (0, 9), (0, 17)]}, 'wide': {'bucket': (144, 64), 'windows': [(0, 1), (0, 9), (0, 17)]}}, 'batches': (5, 12)},
@@ -103,7 +106,7 @@ MUSUBI_VIDEOS = {
     (12, 3): {'clips': {'long': {'bucket': (112, 80), 'windows': [(0, 1)]}, 'phone': {'bucket': (64, 144), 'windows': [(0, 1)]}, 'small': {'bucket': (96, 96), 'windows': [(0, 1)]}, 'tall': {'bucket': (80, 112), 'windows': [(0, 1)]}, 'wide': {'bucket': (144, 64), 'windows': [(0, 1)]}}, 'batches': (2, 5)},
     (13, 0): {'clips': {'long': {'bucket': (160, 96), 'windows': [(0, 9, (0, 2, 3, 4, 5, 7, 8, 9, 11)), (0, 17, (0, 2, 3, 4, 5, 7, 8, 9, 11, 12, 13, 14, 15, 17, 18, 19, 20))]}, 'phone': {'bucket': (96, 160), 'windows': [(0, 9, (0, 2, 3, 4, 5, 7, 8, 9, 11))]}, 'tall': {'bucket': (112, 144), 'windows': [(0, 9, (0, 2, 3, 4, 5, 7, 8, 9, 11))]}, 'wide': {'bucket': (160, 96), 'windows': [(0, 9, (0, 2, 3, 4, 5, 7, 8, 9, 11)), (0, 17, (0, 2, 3, 4, 5, 7, 8, 9, 11, 12, 13, 14, 15, 17, 18, 19, 20))]}}, 'batches': (6, 6)},
     (13, 1): {'clips': {'long': {'bucket': (160, 96), 'windows': [(0, 9, (0, 2, 3, 4, 5, 7, 8, 9, 11)), (0, 17, (0, 2, 3, 4, 5, 7, 8, 9, 11, 12, 13, 14, 15, 17, 18, 19, 20))]}, 'phone': {'bucket': (96, 160), 'windows': [(0, 9, (0, 2, 3, 4, 5, 7, 8, 9, 11))]}, 'tall': {'bucket': (112, 144), 'windows': [(0, 9, (0, 2, 3, 4, 5, 7, 8, 9, 11))]}, 'wide': {'bucket': (160, 96), 'windows': [(0, 9, (0, 2, 3, 4, 5, 7, 8, 9, 11)), (0, 17, (0, 2, 3, 4, 5, 7, 8, 9, 11, 12, 13, 14, 15, 17, 18, 19, 20))]}}, 'batches': (3, 6)},
-    (13, 2): {'clips': {'long': {'bucket': (160, 96), 'windows': [(0, 9, (0, 2, 3, 4, 5, 7, 8, 9, 11)), (0, 17, (0, 2, 3, 4, 5, 7, 8, 9, 11, 12, 13, 14, 15, 17, 18, 19, 20))]}, 'phone': {'bucket': (96, 160), 'windows': [(0, 9, (0, 2, 3, 4, 5, 7, 8, 9, 11))]}, 'tall': {'bucket': (112, 128), 'windows': [(0, 9, (0, 2, 3, 4, 5, 7, 8, 9, 11))]}, 'wide': {'bucket': (160, 96), 'windows': [(0, 9, (0, 2, 3, 4, 5, 7, 8, 9, 11)), (0, 17, (0, 2, 3, 4, 5, 7, 8, 9, 11, 12, 13, 14, 15, 17, 18, 19, 20))]}}, 'batches': (12, 12)},
+    (13, 2): {'clips': {'long': {'bucket': (160, 96), 'windows': [(0, 9, (0, 2, 3, 4, 5, 7, 8, 9, 11)), (0, 17, (0, 2, 3, 4, 5, 7, 8, 9, 11, 12, 13, 14, 15, 17, 18, 19, 20))]}, 'phone': {'bucket': (96, 160), 'windows': [(0, 9, (0, 2, 3, 4, 5, 7, 8, 9, 11))]}, 'tall': {'bucket': (112, 128), 'windows': [(0, 9, (0, 2, 3, 4, 5, 7, 8, 9, 11))]}, 'wide': {'bucket': (160, 96), 'windows': [(0, 9, (0, 2, 3, 4, 5, 7, 8, 9, 11)), (0, 17, (0, 2, 3, 4, 5, 7, 8, 9, 11, 12, 13, 14, 15, 17, 18, 19, 20))]}}, 'batches': (12, 12), 'pixels': {('long', 0, 9): 'd5b927b927c8df8d', ('long', 0, 17): '249386f95d3e6479', ('phone', 0, 9): 'd5b927b927c8df8d', ('tall', 0, 9): 'e9cdf465de6b7adc', ('wide', 0, 9): 'd5b927b927c8df8d', ('wide', 0, 17): '249386f95d3e6479'}},
     (13, 3): {'clips': {'long': {'bucket': (112, 80), 'windows': [(0, 9, (0, 2, 3, 4, 5, 7, 8, 9, 11)), (0, 17, (0, 2, 3, 4, 5, 7, 8, 9, 11, 12, 13, 14, 15, 17, 18, 19, 20))]}, 'phone': {'bucket': (64, 144), 'windows': [(0, 9, (0, 2, 3, 4, 5, 7, 8, 9, 11))]}, 'tall': {'bucket': (80, 112), 'windows': [(0, 9, (0, 2, 3, 4, 5, 7, 8, 9, 11))]}, 'wide': {'bucket': (144, 64), 'windows': [(0, 9, (0, 2, 3, 4, 5, 7, 8, 9, 11)), (0, 17, (0, 2, 3, 4, 5, 7, 8, 9, 11, 12, 13, 14, 15, 17, 18, 19, 20))]}}, 'batches': (3, 6)},
     (14, 0): {'clips': {'long': {'bucket': (160, 96), 'windows': [(0, 9)]}, 'phone': {'bucket': (96, 160), 'windows': [(0, 9)]}, 'tall': {'bucket': (112, 144), 'windows': [(0, 9)]}, 'wide': {'bucket': (160, 96), 'windows': [(0, 9)]}}, 'batches': (4, 4)},
     (14, 1): {'clips': {'long': {'bucket': (160, 96), 'windows': [(0, 9)]}, 'phone': {'bucket': (96, 160), 'windows': [(0, 9)]}, 'tall': {'bucket': (112, 144), 'windows': [(0, 9)]}, 'wide': {'bucket': (160, 96), 'windows': [(0, 9)]}}, 'batches': (2, 4)},
@@ -166,11 +169,16 @@ def test_image_buckets_and_batches_are_musubis(media, index, monkeypatch):
     assert _our_batches(dataset, plans, monkeypatch) == expected["batches"]
 
 
-def test_image_pixels_come_out_at_the_bucket_size(media):
-    dataset = _load(media, image_toml(media, 2), "image_pixels")
+@pytest.mark.parametrize("index", PIXEL_IMAGE_SETTINGS)
+def test_image_pixels_are_musubis(media, index):
+    # Lanczos to enlarge (17x33 -> 512x1008), OpenCV's INTER_AREA to shrink (2000x500 -> 1408x368), center crop
+    dataset = _load(media, image_toml(media, index), f"image_pixels_{index}")
+    got = {}
     for plan in plan_items(dataset):
         (record,) = load_item(dataset, plan)
         assert record.frames.shape == (1, plan.bucket_size[1], plan.bucket_size[0], 3)
+        got[plan.item_key] = pixel_digest(record.frames[0])
+    assert got == MUSUBI_IMAGES[index]["pixels"]
 
 
 def _windows(plan) -> list[tuple]:
@@ -199,11 +207,16 @@ def test_video_buckets_windows_and_batches_are_musubis(media, index, buckets, mo
     # and stacking them fails (docs/dataset.md, "Coming from musubi-tuner"); elsewhere the counts are equal
     if batch_size == 1 or (enable_bucket and not no_upscale):
         assert _our_batches(dataset, plans, monkeypatch) == expected["batches"]
-    if buckets == 0:  # the decoded frames hold the planned clip frames (the plan is checked for every row)
+    if (
+        buckets == 0 or "pixels" in expected
+    ):  # decoded: the planned clip frames (the plan is checked everywhere)
+        pixels = {}
         for plan in plans:
             for record in load_item(dataset, plan):
                 window = range(record.start_frame, record.start_frame + record.bucket[2])
                 assert [frame_index(f) for f in record.frames] == [plan.timeline[j] for j in window]
+                pixels[(plan.item_key, record.start_frame, record.bucket[2])] = pixel_digest(record.frames)
+        assert pixels == expected.get("pixels", pixels)
 
 
 def test_the_table_covers_every_documented_key():
