@@ -63,9 +63,10 @@ ALL_KEYS = frozenset(IMAGE_KEYS) | frozenset(VIDEO_KEYS)
 
 
 def take_foreign_keys(table: dict[str, Any], is_video: bool, where: str) -> dict[str, Any]:
-    """`table` without the other models' keys; each one found is checked and named in a warning.
+    """`table` without the other models' keys; each one found is type-checked and named in a warning.
 
-    where: "file: datasets[0]" for messages. Raises schema.BadValue-derived DatasetConfigError via the caller.
+    where: "file: datasets[0]", for the warning. A key in the wrong kind of dataset, or of the wrong type, is a
+    ForeignKeyError (config.py names the file and the table).
     """
     allowed = VIDEO_KEYS if is_video else IMAGE_KEYS
     kind = "video" if is_video else "image"
