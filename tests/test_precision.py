@@ -93,3 +93,13 @@ def test_training_under_accelerates_bf16_writes_bf16_in_the_lora(cached_demo, tm
     assert "mixed precision: bf16 (from accelerate's setting" in done.stderr
     with safe_open(str(out / "bf16.safetensors"), "pt") as f:
         assert f.metadata()["ss_mixed_precision"] == "bf16"
+
+
+def test_the_memory_estimate_assumes_accelerates_setting_when_unset(monkeypatch):
+    from training.memory_report import settings_from_args
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert settings_from_args(parse_args(["--dit", "x"])).autocast
+    assert not settings_from_args(parse_args(["--dit", "x", "--mixed_precision", "no"])).autocast
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    assert not settings_from_args(parse_args(["--dit", "x"])).autocast

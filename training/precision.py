@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from argparse import Namespace
 
 from .errors import UserError
@@ -17,6 +18,11 @@ from .errors import UserError
 logger = logging.getLogger(__name__)
 
 SUPPORTED = ("no", "fp16", "bf16")
+
+
+def requested_mixed_precision(args) -> str:
+    """What a run will ask autocast for, before any Accelerator exists (the memory estimate)."""
+    return getattr(args, "mixed_precision", None) or os.environ.get("ACCELERATE_MIXED_PRECISION") or "no"
 
 
 def resolve_mixed_precision(args, accelerator):
@@ -33,7 +39,7 @@ def resolve_mixed_precision(args, accelerator):
         logger.warning(
             f"mixed precision {chosen} from {source}: not available on {accelerator.device}; float32"
         )
-    else:
+    elif not args.mixed_precision and used != "no":  # chosen outside this command line: say so
         logger.info(f"mixed precision: {used} (from {source})")
     if dataclasses.is_dataclass(args):
         return dataclasses.replace(args, mixed_precision=used)
