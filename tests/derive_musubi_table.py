@@ -25,12 +25,14 @@ from pathlib import Path
 import torch
 from musubi_parity_spec import (
     IMAGE_SETTINGS,
+    JSONL_SETTINGS,
     PIXEL_IMAGE_SETTINGS,
     PIXEL_VIDEO_ROWS,
     VIDEO_BUCKETS,
     VIDEO_SETTINGS,
     frame_index,
     image_toml,
+    jsonl_toml,
     pixel_digest,
     video_toml,
     write_media,
@@ -59,11 +61,13 @@ def _batches(dataset, items: list) -> tuple[int, int]:
     os.makedirs(dataset.cache_directory, exist_ok=True)
     for item in items:
         save_file({"latents": torch.zeros(1)}, item.latent_cache_path)
-    media = Path(dataset.image_directory if hasattr(dataset, "image_directory") else dataset.video_directory)
-    for caption in media.glob("*.txt"):  # the text-encoder cache: one file per media file
-        save_file(
-            {"te": torch.zeros(1)}, os.path.join(dataset.cache_directory, f"{caption.stem}_hv_te.safetensors")
-        )
+    stems = {
+        Path(item.item_key).stem.split("_")[0] for item in items
+    }  # clip names have no "_"; images: below
+    media = getattr(dataset, "image_directory", None)
+    stems |= {caption.stem for caption in Path(media).glob("*.txt")} if media else set()
+    for stem in stems:  # the text-encoder cache: one file per media file
+        save_file({"te": torch.zeros(1)}, os.path.join(dataset.cache_directory, f"{stem}_hv_te.safetensors"))
     dataset.prepare_for_training()
     return len(dataset.batch_manager), dataset.num_train_items
 
@@ -84,7 +88,13 @@ def image_outcome(root: Path, index: int) -> dict:
 
 
 def video_outcome(root: Path, index: int, buckets: int) -> dict:
-    dataset = _dataset(video_toml(root, index, buckets), root, f"video_{index}_{buckets}")
+    return _video_outcome(
+        root, video_toml(root, index, buckets), f"video_{index}_{buckets}", (index, buckets)
+    )
+
+
+def _video_outcome(root: Path, toml_text: str, name: str, row: object) -> dict:
+    dataset = _dataset(toml_text, root, name)
     items = _items(dataset)
     clips: dict[str, dict] = {}
     pixels = {}
@@ -104,7 +114,7 @@ def video_outcome(root: Path, index: int, buckets: int) -> dict:
     for entry in clips.values():  # a window met twice (uniform) is one cache file: one training item
         entry["windows"] = sorted(set(entry["windows"]))
     outcome = {"clips": dict(sorted(clips.items())), "batches": _batches(dataset, items)}
-    if (index, buckets) in PIXEL_VIDEO_ROWS:
+    if row in PIXEL_VIDEO_ROWS:
         outcome["pixels"] = dict(sorted(pixels.items()))
     return outcome
 
@@ -120,13 +130,20 @@ def main() -> None:
             for i in range(len(VIDEO_SETTINGS))
             for b in range(len(VIDEO_BUCKETS))
         }
+        jsonl = [
+            _video_outcome(root, jsonl_toml(root, i), f"jsonl_{i}", ("jsonl", i))
+            for i in range(len(JSONL_SETTINGS))
+        ]
     sys.stdout.write("MUSUBI_IMAGES = [\n")
     for outcome in images:
         sys.stdout.write(f"    {outcome!r},\n")
     sys.stdout.write("]\nMUSUBI_VIDEOS = {\n")
     for key, outcome in videos.items():
         sys.stdout.write(f"    {key!r}: {outcome!r},\n")
-    sys.stdout.write("}\n")
+    sys.stdout.write("}\nMUSUBI_JSONL = [\n")
+    for outcome in jsonl:
+        sys.stdout.write(f"    {outcome!r},\n")
+    sys.stdout.write("]\n")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ to produce the expected outcomes. Only numpy, Pillow and PyAV: both environments
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import av
@@ -26,6 +27,10 @@ CLIPS = {
     "long": (300, 170, 50),
     "phone": (90, 160, 13),
 }
+# folders of frames, read as videos: name -> (frames, size of even frames, size of odd frames); the bucket
+# comes from the first frame, every frame is fitted to it. "steps.mp4" sits in videos/ (a folder named like a
+# video is a video to musubi-tuner's glob); "jumps" is a JSONL video_path.
+FRAME_FOLDERS = {"videos/steps.mp4": (11, (80, 60), (96, 64)), "frames/jumps": (13, (120, 90), (120, 90))}
 GRAY_BASE, GRAY_STEP = 4, 5
 
 IMAGE_SETTINGS = [  # (resolution, enable_bucket, bucket_no_upscale, batch_size, num_repeats)
@@ -63,6 +68,11 @@ VIDEO_SETTINGS = [  # extra TOML lines of a video dataset (resolution and bucket
     'target_frames = [5]\nframe_extraction = "chunk"\nsource_fps = 12.0',
     'target_frames = [1, 5]\nframe_extraction = "uniform"\nframe_sample = 4\nsource_fps = 29.97',
 ]
+JSONL_SETTINGS = [  # a video_jsonl_file of the folder "jumps" and the clip "wide"
+    'target_frames = [1, 5, 9]\nframe_extraction = "head"',
+    'target_frames = [5]\nframe_extraction = "slide"\nframe_stride = 2\nsource_fps = 30.0',
+    'frame_extraction = "full"\nmax_frames = 129\nenable_bucket = true\nbucket_no_upscale = true',
+]
 VIDEO_BUCKETS = [  # (resolution, enable_bucket, bucket_no_upscale, batch_size, num_repeats)
     ([128, 128], True, False, 1, 1),
     ([128, 128], False, False, 2, 1),
@@ -73,7 +83,7 @@ VIDEO_BUCKETS = [  # (resolution, enable_bucket, bucket_no_upscale, batch_size, 
 
 # rows whose pixels are compared too (a digest of each resized image / window): enlarging and shrinking
 PIXEL_IMAGE_SETTINGS = (1, 4)
-PIXEL_VIDEO_ROWS = ((0, 0), (13, 2))
+PIXEL_VIDEO_ROWS = ((0, 0), (13, 2), ("jsonl", 0))
 
 
 def pixel_digest(pixels: np.ndarray) -> str:
@@ -100,6 +110,13 @@ def video_toml(root: Path, index: int, buckets: int) -> str:
     )
 
 
+def jsonl_toml(root: Path, index: int) -> str:
+    return (
+        f'[general]\nresolution = [128, 96]\n\n[[datasets]]\nvideo_jsonl_file = "{root.as_posix()}/videos.jsonl"\n'
+        f'cache_directory = "{root.as_posix()}/cache_jsonl_{index}"\n{JSONL_SETTINGS[index]}\n'
+    )
+
+
 def write_media(root: Path) -> None:
     """The images and clips, each with a caption file."""
     (root / "images").mkdir(parents=True)
@@ -119,6 +136,16 @@ def write_media(root: Path) -> None:
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
             container.mux(stream.encode())
         path.with_suffix(".txt").write_text(f"a clip {name}", encoding="utf-8")
+    for name, (count, even, odd) in FRAME_FOLDERS.items():
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(count):
+            w, h = odd if i % 2 else even
+            Image.new("RGB", (w, h), (GRAY_BASE + GRAY_STEP * i,) * 3).save(folder / f"{i:04d}.png")
+        folder.with_suffix(".txt").write_text(f"frames {folder.name}", encoding="utf-8")
+    lines = [{"video_path": str(root / "frames" / "jumps"), "caption": "jumps"}]
+    lines.append({"video_path": str(root / "videos" / "wide.mp4"), "caption": "wide"})
+    (root / "videos.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
 
 
 def frame_index(frame: np.ndarray) -> int:
