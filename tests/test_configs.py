@@ -20,8 +20,4 @@ def test_training_configs_parse(path):
 
 
 def test_there_are_recipes():
-    assert {p.name for p in TRAIN_CONFIGS} >= {
-        "tiny_demo.toml",
-        "hunyuan_720p_24gb.toml",
-        "hunyuan_720p_80gb.toml",
-    }
+    assert {p.name for p in TRAIN_CONFIGS} >= {"tiny_demo.toml", "hunyuan_720p_24gb.toml", "hunyuan_720p_80gb.toml"}
