@@ -93,7 +93,7 @@ class TrainArgs:
     compile_dynamic: str | None = None
     compile_fullgraph: bool = False
     compile_cache_size_limit: int | None = None
-    mixed_precision: str = "no"
+    mixed_precision: str | None = None  # None: accelerate's setting (training/precision.py)
     full_bf16: bool = False
     full_fp16: bool = False
     seed: int | None = None
@@ -384,8 +384,9 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
         help="torch._dynamo recompile limit per block kind (unset: torch's default, 8)",
     )  # fmt: skip
     group.add_argument(
-        "--mixed_precision", default="no", choices=("no", "fp16", "bf16"), help="autocast dtype"
-    )
+        "--mixed_precision", choices=("no", "fp16", "bf16"),
+        help="autocast dtype (unset: accelerate's, from `accelerate launch --mixed_precision` or `accelerate config`)",
+    )  # fmt: skip
     group.add_argument(
         "--full_bf16", action="store_true", help="bf16 LoRA weights and gradients (not implemented yet)"
     )

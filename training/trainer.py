@@ -18,6 +18,7 @@ from .devices import apply_block_swap, parse_dtype
 from .errors import UserError
 from .flow import FlowSettings, flow_loss, loss_weights, noisy_input, seeded_draws
 from .nonfinite import NonFiniteGuard, NonFiniteStop, gradient_norm
+from .precision import resolve_mixed_precision
 from .processes import average_gradients, broadcast_parameters, prepare_processes, process_state
 from .resume import choose_state
 from .state_fit import run_record
@@ -157,11 +158,12 @@ def build_run(args) -> Run:
     flow = _flow_settings(args)
     batches, summary = _load_batches(args)
     accelerator = Accelerator(
-        mixed_precision=args.mixed_precision or "no",
+        mixed_precision=args.mixed_precision,  # None: accelerate's setting, as in musubi-tuner
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=None if not args.log_with else args.log_with,
         project_dir=args.logging_dir,
     )
+    args = resolve_mixed_precision(args, accelerator)
     if args.seed is not None:
         random.seed(args.seed)
         torch.manual_seed(args.seed)
