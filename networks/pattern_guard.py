@@ -10,6 +10,7 @@ longer than `WORKER_SECONDS`: the result is `re`'s when it finishes, and a one-l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import queue
@@ -155,6 +156,8 @@ def _match_in_worker(keyed: list[tuple[str, str]], names: Sequence[str]) -> dict
     finally:
         proc.kill()  # a runaway match really stops: the process ends, whatever re is doing
         proc.wait()
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
 
 
 def _send(proc: subprocess.Popen, line: str) -> None:
@@ -166,8 +169,9 @@ def _send(proc: subprocess.Popen, line: str) -> None:
 
 
 def _pump(stream, lines: queue.Queue) -> None:
-    for line in stream:
-        lines.put(line.strip())
+    with stream:
+        for line in stream:
+            lines.put(line.strip())
     lines.put("")  # end of output: the worker is gone
 
 

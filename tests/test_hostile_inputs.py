@@ -121,6 +121,7 @@ def bad_loras(folder: Path) -> dict[str, tuple[Path, str]]:
     cases["rank 0"] = (_lora(folder / "rank0.safetensors", lora_down__weight=torch.zeros(0, 64),
                              lora_up__weight=torch.zeros(64, 0)), "is empty")  # fmt: skip
     for name, config in {"regex bomb in alpha_pattern": {"alpha_pattern": {"(.*)*x": 4}},
+                         "runaway alpha_pattern": {"alpha_pattern": {"(.|.)*Z": 4}},
                          "invalid regex in alpha_pattern": {"alpha_pattern": {"(": 4}},
                          "text lora_alpha": {"lora_alpha": "abc"}, "NaN lora_alpha": {"lora_alpha": float("nan")}}.items():  # fmt: skip
         path = folder / f"{name.replace(' ', '_')}.safetensors"
