@@ -3,10 +3,11 @@
     python bench/pattern_guard.py [--rounds 15]        (run it in a checkout: its networks/ package is timed)
 
 Figures (medians over rounds, one process, CPU):
-  select_s     the selection and rank/alpha lookup as create_network runs it: LoRANetwork on the 720p meta
-               model (320 candidates, LoRA weights on the meta device) with the patterns below
-  baseline_s   the same network without any --network_args: what building it costs with no pattern at all
-  patterns_s   select_s - baseline_s: what the patterns add
+  create_s     create_network with the patterns below on the 720p meta model (320 candidates, LoRA weights on
+               the meta device): selection, unmatched-pattern warnings, rank/alpha lookup, module creation.
+               Compare it across checkouts (before/after a change of networks/)
+  guard_s      match_sets alone (the pattern guard: the bound, then re.fullmatch over the 343 Linear names of the
+               model), where the checkout has it
 The last line printed is one JSON object with these figures.
 """
 
@@ -20,6 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from torch import nn  # noqa: E402
 
 from hunyuan_model.config import get_preset  # noqa: E402
 from hunyuan_model.model import DEFAULT_EXCLUDE_PATTERNS, TARGET_BLOCK_CLASSES, build_dit  # noqa: E402
@@ -41,17 +44,32 @@ def _seconds(model, network_args: list[str]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=15)
     rounds = parser.parse_args().rounds
     model = build_dit(get_preset("hunyuan-video-t2v-720p"), device="meta")
     _seconds(model, ORDINARY)  # warm: imports, re's compile cache
-    select, baseline = [], []
-    for _ in range(rounds):  # interleaved: a busy machine slows both alike
-        select.append(_seconds(model, ORDINARY))
-        baseline.append(_seconds(model, []))
-    figures = {"select_s": statistics.median(select), "baseline_s": statistics.median(baseline)}
-    figures["patterns_s"] = figures["select_s"] - figures["baseline_s"]
+    figures = {"create_s": statistics.median(_seconds(model, ORDINARY) for _ in range(rounds))}
+    try:
+        from networks.lora import user_patterns
+        from networks.network_args import parse_network_args
+        from networks.pattern_guard import match_sets
+    except ImportError:  # a checkout from before the guard
+        match_sets = None
+    if match_sets is not None:
+        names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        keyed = [
+            *user_patterns(parse_network_args(ORDINARY)),
+            *(("default", p) for p in DEFAULT_EXCLUDE_PATTERNS),
+        ]
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            match_sets(keyed, names)
+            times.append(time.perf_counter() - start)
+        figures["guard_s"] = statistics.median(times)
     print(json.dumps({k: round(v, 5) for k, v in figures.items()}))
 
 
