@@ -84,7 +84,10 @@ def _subpatterns(arg, subpattern_type) -> list:
 def is_provably_fast(pattern: str, names: Sequence[str], search: bool = False) -> bool:
     """True when `re` is known to match `pattern` over `names` quickly (search: at every start position)."""
     longest = max((len(n) for n in names), default=0)
-    return backtrack_paths(pattern, longest) * ((longest + 1) if search else 1) <= SAFE_PATHS
+    try:
+        return backtrack_paths(pattern, longest) * ((longest + 1) if search else 1) <= SAFE_PATHS
+    except RecursionError:  # nesting deeper than this count can follow: no proof, so the worker matches it
+        return False
 
 
 def match_sets(keyed: Iterable[tuple[str, str]], names: Sequence[str]) -> dict[str, frozenset[str]]:

@@ -47,6 +47,8 @@ def check_patterns_early(args: TrainArgs) -> None:
     from networks.pattern_guard import match_sets
     from networks.selection import find_candidates
 
+    if args.network_module != "networks.lora":  # another module reads its own --network_args
+        return
     patterns = user_patterns(parse_network_args(args.network_args))
     if patterns:
         match_sets(
