@@ -131,3 +131,14 @@ def test_a_partial_match_hint_is_given_only_where_searching_is_safe(names, caplo
         warn_unmatched("exclude_patterns", ["single_blocks", "Q(.|.)*Z"], names, table)
     first, second = (r.message for r in caplog.records)
     assert "only in part" in first and "closest module names" in second
+
+
+def test_the_trainers_early_check_reads_only_our_modules_network_args():
+    """Before the DiT loads, --network_args of networks.lora are checked; another module's are its own."""
+    from training.args import parse_args
+    from training.list_targets import check_patterns_early
+
+    theirs = parse_args(["--network_module", "my.lycoris", "--network_args", "algo=loha", "preset=full"])
+    check_patterns_early(theirs)  # nothing to say: my.lycoris reads these itself
+    with pytest.raises(NetworkArgsError, match="did not finish matching"):
+        check_patterns_early(parse_args(["--network_args", "exclude_patterns=[r'(.|.)*Z']"]))
