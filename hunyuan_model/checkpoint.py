@@ -36,7 +36,7 @@ from .fp8 import (
     normalize_scale,
 )
 from .model import HYVideoDiffusionTransformer, build_dit
-from .rope_source import read_rope_split, rope_split
+from .rope_source import log_if_derived, read_rope_split, rope_split
 
 _PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "module.", "model.")
 _ORIGINAL_MARKER = "img_in.proj.weight"
@@ -326,7 +326,9 @@ def load_dit(
     work_device = device if work_device is None else torch.device(work_device)
     sd = to_original_layout(read_state_dict(path), source)
     scales = pop_fp8_scales(sd, source)
-    config = config or config_from_state_dict(sd, source, read_rope_split(path))
+    stated = read_rope_split(path)
+    derived_config = config is None
+    config = config or config_from_state_dict(sd, source, stated)
     model = build_dit(config, device="meta")
     check_keys(model, sd, source)
     targets = set(fp8_target_names(model)) if fp8_base or fp8_scaled else set()
@@ -369,6 +371,8 @@ def load_dit(
             source, upcast,
         )  # fmt: skip
     model.load_state_dict(sd, strict=True, assign=True)
+    if derived_config:
+        log_if_derived(config.head_dim, stated, source)
     for name, scale in kept_scales.items():
         linear = model.get_submodule(name)
         linear.weight.requires_grad_(False)  # float8 is frozen base weight, never trained

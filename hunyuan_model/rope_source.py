@@ -3,7 +3,8 @@
 Shapes do not hold the split, so a wrong one loads silently and shifts every output a little. Files say it in
 two ways: a diffusers folder's `config.json` (`rope_axes_dim`), and the `hv_rope_dim_list` metadata key of the
 safetensors DiT files this project writes (`python -m hunyuan_model.tiny`, `merge_lora.py`). Without either,
-the split is derived from the head width (`config.rope_dims_for`) and logged once per width.
+the split is derived from the head width (`config.rope_dims_for`) and, once the file has loaded, logged once per
+width.
 """
 
 from __future__ import annotations
@@ -74,19 +75,24 @@ def _checked(value: object, where: str) -> tuple[int, int, int]:
 
 
 def rope_split(head_dim: int, stated: tuple[int, int, int] | None, source: str) -> tuple[int, int, int]:
-    """The stated split (checked against the head width), or the derived one, logged once per width."""
-    if stated is not None:
-        if sum(stated) != head_dim:
-            raise CheckpointError(
-                f"{source}: the stated RoPE split {list(stated)} sums to {sum(stated)}, not the head width {head_dim}"
-            )
-        return stated
-    derived = rope_dims_for(head_dim)
-    if head_dim not in _logged_widths:
-        _logged_widths.add(head_dim)
-        logger.info(
-            "%s states no RoPE split: using %s for head width %d (HunyuanVideo's rule; a file says its own with "
-            "%s in config.json or %s in its metadata)",
-            source, list(derived), head_dim, DIFFUSERS_ROPE_KEY, ROPE_METADATA_KEY,
-        )  # fmt: skip
-    return derived
+    """The stated split (checked against the head width), or the one derived from the width."""
+    if stated is None:
+        return rope_dims_for(head_dim)
+    if sum(stated) != head_dim:
+        raise CheckpointError(
+            f"{source}: the stated RoPE split {list(stated)} sums to {sum(stated)}, not the head width {head_dim}"
+        )
+    return stated
+
+
+def log_if_derived(head_dim: int, stated: tuple[int, int, int] | None, source: str) -> None:
+    """Say once per head width which split a file that states none was given. Called once the file has loaded
+    (or merged): a file refused for another reason gets its one error line and nothing else."""
+    if stated is not None or head_dim in _logged_widths:
+        return
+    _logged_widths.add(head_dim)
+    logger.info(
+        "%s states no RoPE split: using %s for head width %d (HunyuanVideo's rule; a file says its own with "
+        "%s in config.json or %s in its metadata)",
+        source, list(rope_dims_for(head_dim)), head_dim, DIFFUSERS_ROPE_KEY, ROPE_METADATA_KEY,
+    )  # fmt: skip

@@ -4,8 +4,9 @@
 GIL, so no thread can stop it. So each pattern is first bounded statically: `backtrack_paths` counts the
 choices `re` can try on a name of the longest length (a product over sequences, a sum over alternatives, a
 power over repeats of a body that itself chooses). A pattern under `SAFE_PATHS` is matched here, directly.
-Any other pattern, whatever its shape, is matched by `re` in a worker process that is killed when it takes
-longer than `WORKER_SECONDS`: the result is `re`'s when it finishes, and a one-line refusal when it does not.
+Any other pattern, whatever its shape, is matched by `re` in a worker process that is killed when it has used
+`WORKER_CPU_SECONDS` of CPU time on it: the result is `re`'s when it finishes, and a one-line refusal when it
+does not. CPU time, not wall time: on a loaded machine an ordinary pattern still needs only milliseconds of it.
 """
 
 from __future__ import annotations
@@ -18,14 +19,19 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterable, Sequence
+
+import psutil
 
 from .network_args import NetworkArgsError, short
 
 # Paths per name that `re` walks in well under a millisecond (`.*x.*` on a 60-character name is 3,600).
 SAFE_PATHS = 100_000
-WORKER_SECONDS = 2.0  # per pattern in the worker; ordinary patterns need microseconds
-WORKER_START_SECONDS = 120.0  # a safety net only: the worker imports nothing but re and json
+WORKER_CPU_SECONDS = 2.0  # per pattern in the worker; ordinary patterns need microseconds
+WORKER_WALL_SECONDS = (
+    120.0  # a safety net only (a worker starved of CPU that long): start-up and each pattern
+)
 
 _CAP = 10**18  # counts stop growing here: the answer is "too many" either way
 
@@ -132,16 +138,20 @@ def _match_in_worker(keyed: list[tuple[str, str]], names: Sequence[str]) -> dict
         stderr=subprocess.DEVNULL,
         text=True,
     )
+    try:
+        worker: psutil.Process | None = psutil.Process(proc.pid)
+    except psutil.Error:  # gone already: the queue says so
+        worker = None
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
     try:
         _send(proc, json.dumps(list(names)))
-        if _answer(lines, WORKER_START_SECONDS) != "ready":  # never seen: a broken Python install
+        if _answer(lines, None) != "ready":  # never seen: a broken Python install
             raise RuntimeError("the regex worker process did not start")
         result = {}
         for key, pattern in keyed:
             _send(proc, json.dumps(pattern))
-            answer = _answer(lines, WORKER_SECONDS)
+            answer = _answer(lines, worker, WORKER_CPU_SECONDS)
             if answer == "":
                 raise NetworkArgsError(
                     f"network_args {key}: regex {short(repr(pattern))}: matching it ended the regex worker "
@@ -150,9 +160,9 @@ def _match_in_worker(keyed: list[tuple[str, str]], names: Sequence[str]) -> dict
             if answer is None:
                 raise NetworkArgsError(
                     f"network_args {key}: regex {short(repr(pattern))} did not finish matching {len(names)} "
-                    f"module names in {WORKER_SECONDS:g} s: its repetitions can match the same text in many ways "
-                    "(like (.|.)* or many .* in a row), so Python's re backtracks for hours; refused, write it "
-                    "without the ambiguous repetition"
+                    f"module names in {WORKER_CPU_SECONDS:g} s of CPU time: its repetitions can match the same "
+                    "text in many ways (like (.|.)* or many .* in a row), so Python's re backtracks for hours; "
+                    "refused, write it without the ambiguous repetition"
                 )
             result[pattern] = frozenset(names[i] for i in json.loads(answer))
         return result
@@ -178,9 +188,24 @@ def _pump(stream, lines: queue.Queue) -> None:
     lines.put("")  # end of output: the worker is gone
 
 
-def _answer(lines: queue.Queue, seconds: float) -> str | None:
-    """The worker's next line; None when it takes longer than `seconds`, "" when the worker has ended."""
+def _answer(lines: queue.Queue, worker: psutil.Process | None, cpu_seconds: float = 0.0) -> str | None:
+    """The worker's next line; "" when the worker has ended; None when it has spent `cpu_seconds` of CPU time
+    waiting for it, or WORKER_WALL_SECONDS of wall time (without a worker to watch: wall time only)."""
+    spent = _cpu(worker)
+    start = time.monotonic()
+    while True:
+        try:
+            return lines.get(timeout=0.02 if worker else WORKER_WALL_SECONDS)
+        except queue.Empty:
+            if worker is None or time.monotonic() - start > WORKER_WALL_SECONDS:
+                return None
+            if _cpu(worker) - spent > cpu_seconds:
+                return None
+
+
+def _cpu(worker: psutil.Process | None) -> float:
     try:
-        return lines.get(timeout=seconds)
-    except queue.Empty:
-        return None
+        times = worker.cpu_times() if worker is not None else None
+    except psutil.Error:  # it ended: its last line (or the end) is in the queue
+        return 0.0
+    return times.user + times.system if times is not None else 0.0
