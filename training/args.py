@@ -15,6 +15,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import NoReturn
 
+from .input_checks import seed as seed_type
+
 # Names the trainer maps to torch dtypes (training/devices.py); kept here as text so parsing imports no torch.
 DTYPE_NAMES = ("float32", "fp32", "float16", "fp16", "bfloat16", "bf16")
 TIMESTEP_SAMPLINGS = ("sigma", "uniform", "sigmoid", "shift", "flux_shift", "logsnr")
@@ -393,7 +395,7 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--full_fp16", action="store_true", help="fp16 LoRA weights and gradients (not implemented yet)"
     )
-    group.add_argument("--seed", type=non_negative_int, help="random seed (unset: a random one)")
+    group.add_argument("--seed", type=seed_type, help="random seed, 0 to 2**64 - 1 (unset: a random one)")
     group.add_argument(
         "--ddp_timeout", type=positive_int, help="DDP timeout in minutes (unset: accelerate's)"
     )

@@ -148,12 +148,15 @@ def build_run(args) -> Run:
     from hunyuan_model.checkpoint import load_dit
     from hunyuan_model.config import DEFAULT_EXCLUDE_PATTERNS, TARGET_BLOCK_CLASSES
 
-    from .list_targets import load_network_module
+    from .input_checks import check_output_dir
+    from .list_targets import check_patterns_early, load_network_module
     from .optim import build_optimizer, build_scheduler, steps_from
 
     _require(args, "dit", "dataset_config", "output_dir")
     if not Path(args.dit).exists():
         raise UserError(f"--dit {args.dit}: no such file or folder")
+    check_output_dir(args.output_dir)
+    check_patterns_early(args)  # from the file's headers: a bad pattern fails before the weights load
     _check_trackers(args)
     flow = _flow_settings(args)
     batches, summary = _load_batches(args)
