@@ -396,6 +396,13 @@ def test_huge_seed_on_the_command_line(seed, capsys):
     _refused(capsys, 2, "--seed", "expected an integer >= 0 and <= 2**64 - 1")
 
 
+def test_huge_seed_for_generation(capsys):
+    with pytest.raises(SystemExit) as info:
+        hv_generate_video.main(["--seed", "18446744073709551616", "--prompt", "x"])
+    assert info.value.code == 2
+    _refused(capsys, 2, "--seed", "expected an integer >= 0 and <= 2**64 - 1")
+
+
 def test_largest_seed_is_accepted():
     from training.args import parse_args
 

@@ -13,8 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import NoReturn
 
+from .cli import OneLineArgumentParser
 from .input_checks import seed as seed_type
 
 # Names the trainer maps to torch dtypes (training/devices.py); kept here as text so parsing imports no torch.
@@ -27,13 +27,6 @@ LR_SCHEDULERS = (
     "polynomial", "inverse_sqrt", "warmup_stable_decay",
 )  # fmt: skip
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse, but a user error is `error: <one line>` on stderr and exit code 2 (no usage dump)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {' '.join(message.split())} (see --help)\n")
 
 
 @dataclass(frozen=True)

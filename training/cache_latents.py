@@ -14,13 +14,14 @@ from dataset.cache_files import LATENT_FORMAT, file_identity, is_current, write_
 from dataset.config import DatasetConfig, load_dataset_config
 from dataset.items import ItemPlan, ItemRecord, load_item, plan_items
 
+from .cli import OneLineArgumentParser
 from .devices import parse_dtype, pick_device
 
 logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cache_latents.py", description=__doc__)
+    p = OneLineArgumentParser(prog="cache_latents.py", description=__doc__)
     p.add_argument("--dataset_config", required=True, help="dataset TOML")
     p.add_argument(
         "--vae",

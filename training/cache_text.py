@@ -12,6 +12,7 @@ from dataset.cache_files import TEXT_FORMAT, file_identity, is_current, text_dig
 from dataset.config import load_dataset_config
 from dataset.items import CaptionRecord, list_captions
 
+from .cli import OneLineArgumentParser
 from .devices import parse_dtype, pick_device
 from .encoder_args import add_text_encoder_args
 
@@ -19,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cache_text_encoder_outputs.py", description=__doc__)
+    p = OneLineArgumentParser(prog="cache_text_encoder_outputs.py", description=__doc__)
     p.add_argument("--dataset_config", required=True, help="dataset TOML")
     add_text_encoder_args(p)
     p.add_argument(

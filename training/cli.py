@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, but a user error is `error: <one line>` on stderr and exit code 2 (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {' '.join(message.split())} (see --help)\n")
 
 
 class _StderrHandler(logging.StreamHandler):

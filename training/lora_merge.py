@@ -17,6 +17,7 @@ from tqdm import tqdm
 from hunyuan_model.fp8 import FLOAT8_DTYPES, dequantize
 from hv_common.safetensors_stream import write_safetensors_streaming
 
+from .cli import OneLineArgumentParser
 from .devices import parse_dtype, pick_device
 from .errors import UserError
 from .lora_apply import by_module, merged_weight
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="merge_lora.py", description=__doc__)
+    p = OneLineArgumentParser(prog="merge_lora.py", description=__doc__)
     p.add_argument("--dit", required=True, help="the base DiT: any layout --dit accepts elsewhere")
     p.add_argument(
         "--lora_weight", nargs="+", required=True, help="LoRA files (any layout convert_lora.py reads)"
