@@ -52,7 +52,7 @@ class ItemPlan:
     source_fps: float | None = None
 
     def latent_cache_name(self, window: FrameWindow) -> str:
-        w, h = self.bucket_size
+        w, h = self.original_size  # musubi-tuner names a file by the source's size, not the bucket
         if not self.is_video:
             return latent_cache_name(self.item_key, w, h)
         return latent_cache_name(self.item_key, w, h, start_frame=window.start, frame_count=window.count)
@@ -78,7 +78,7 @@ class ItemRecord:
 
     @property
     def latent_cache_name(self) -> str:
-        w, h, f = self.bucket
+        (w, h), f = self.original_size, self.bucket[2]  # musubi-tuner names a file by the source's size
         if not self.is_video:
             return latent_cache_name(self.item_key, w, h)
         return latent_cache_name(self.item_key, w, h, start_frame=self.start_frame, frame_count=f)

@@ -98,9 +98,9 @@ def write(kind: str, ctx: Context, target: Path, v: int) -> None:
         _lora_version(ctx, v)
         save_state(target, ctx.network, ctx.optimizer, ctx.scheduler, Progress(step=v + 1), {"version": v})
     elif kind == "cache":
-        from dataset.cache_files import LATENT_FORMAT, write_cache
+        from dataset.cache_files import write_latent_cache
 
-        write_cache(target, {"latents": _latents(v)}, {"format_version": LATENT_FORMAT, "version": str(v)})
+        write_latent_cache(target, _latents(v), (96, 96), None, {"version": str(v)})
     elif kind == "stream":
         from hv_common.safetensors_stream import write_safetensors_streaming
 
@@ -195,15 +195,15 @@ class Expected:
         return v
 
     def _cache(self, target: Path) -> int:
-        from dataset.cache_files import LATENT_FORMAT, CacheFileError, load_cache
+        from dataset.cache_files import CacheFileError, load_latents
 
         try:
-            tensors = load_cache(target, LATENT_FORMAT, ("latents",))
+            latents = load_latents(target)
         except CacheFileError as e:
             if "missing" in str(e):
                 raise FileNotFoundError(target) from None
             raise AssertionError(str(e)) from None
-        matches = [v for v in (0, 1) if torch.equal(tensors["latents"], _latents(v))]  # one read only
+        matches = [v for v in (0, 1) if torch.equal(latents, _latents(v))]  # one read only
         assert matches, f"{target}: latents that are neither version"
         return matches[0]
 
@@ -366,7 +366,7 @@ def test_atomic_dir_replaces_a_folder_whole(tmp_path):
 
 def test_killed_leftovers_are_invisible_to_the_readers(tmp_path):
     """A state temp folder with a newer complete state, a torn cache temp, a DiT shard temp: never read."""
-    from dataset.cache_files import LATENT_FORMAT, write_cache
+    from dataset.cache_files import write_latent_cache, write_text_cache
     from dataset.cache_names import text_cache_name
     from dataset.train_dataset import discover_cached_items
     from hunyuan_model.checkpoint import safetensors_files
@@ -387,9 +387,10 @@ def test_killed_leftovers_are_invisible_to_the_readers(tmp_path):
 
     cache = tmp_path / "cache"
     name = "item_0064x0064_hv.safetensors"
-    write_cache(cache / name, {"latents": torch.zeros(16, 1, 8, 8)},
-                {"format_version": LATENT_FORMAT, "item_key": "item", "latent_shape": "16x1x8x8"})  # fmt: skip
-    (cache / text_cache_name("item")).write_bytes(b"")
+    write_latent_cache(cache / name, torch.zeros(16, 1, 8, 8), (64, 64), None, {})
+    write_text_cache(
+        cache / text_cache_name("item"), torch.zeros(4, 8), torch.ones(4), torch.zeros(8), "c", {}
+    )
     (cache / ".other_0064x0064_hv.safetensors.a1b2c3d4.tmp").write_bytes(b"\x10\x00torn")
     assert [i.latent_path.name for i in discover_cached_items(cache)] == [name]
 

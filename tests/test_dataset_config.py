@@ -148,9 +148,9 @@ def test_musubi_sample_parses_to_the_expected_items(media):
     ]
     (clip,) = plan_items(videos)
     assert clip.latent_cache_names == [
-        "clip_00000-001_0960x0544_hv.safetensors",
-        "clip_00000-025_0960x0544_hv.safetensors",
-        "clip_00000-045_0960x0544_hv.safetensors",
+        "clip_00000-001_0112x0064_hv.safetensors",
+        "clip_00000-025_0112x0064_hv.safetensors",
+        "clip_00000-045_0112x0064_hv.safetensors",
     ]
     assert [c.caption for c in list_captions(videos)] == ["a caption for clip"]
 
@@ -383,7 +383,7 @@ def test_check_command_exits_2_with_one_line(media, capsys):
     assert err.count("\n") == 1 and err.startswith("error: ") and "batch_sise" in err
     config = _write(media, IMAGES.replace("{root}", media.as_posix()))
     assert main([str(config)]) == 0
-    assert "wide_0960x0544_hv.safetensors" in capsys.readouterr().out
+    assert "wide_0192x0108_hv.safetensors" in capsys.readouterr().out  # the original size, as musubi-tuner
 
 
 def test_a_byte_order_mark_is_not_a_syntax_error(media):
