@@ -148,9 +148,9 @@ def test_musubi_sample_parses_to_the_expected_items(media):
     ]
     (clip,) = plan_items(videos)
     assert clip.latent_cache_names == [
-        "clip_00000-001_0112x0064_hv.safetensors",
-        "clip_00000-025_0112x0064_hv.safetensors",
-        "clip_00000-045_0112x0064_hv.safetensors",
+        "clip_00000-001_0960x0544_hv.safetensors",
+        "clip_00000-025_0960x0544_hv.safetensors",
+        "clip_00000-045_0960x0544_hv.safetensors",
     ]
     assert [c.caption for c in list_captions(videos)] == ["a caption for clip"]
 

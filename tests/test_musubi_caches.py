@@ -79,6 +79,9 @@ def test_musubi_caches_train_with_our_first_step_loss(cached_demo, tmp_path, mon
 def test_our_cache_folder_is_what_musubi_tuners_reader_looks_for(cached_demo):
     from dataset.media import image_size, probe_video
 
+    video_set = load_dataset_config(
+        cached_demo / DEMO_CONFIG, check_media=False, base_dir=cached_demo
+    ).datasets[1]
     for kind in ("images", "videos"):
         folder = cached_demo / "demo/cache" / kind
         latents = sorted(folder.glob("*_hv.safetensors"))
@@ -87,11 +90,14 @@ def test_our_cache_folder_is_what_musubi_tuners_reader_looks_for(cached_demo):
             tokens = latent.name.split("_")  # image_video_dataset.py prepare_for_training's parse
             width, height = map(int, tokens[-2].split("x"))
             key = "_".join(tokens[:-3] if kind == "videos" else tokens[:-2])
-            if kind == "videos":
+            if kind == "videos":  # the bucket: musubi-tuner resizes frames while decoding, names by that size
                 start, frames = map(int, tokens[-3].split("-"))
                 info = probe_video(cached_demo / "demo/data/videos" / f"{key}.mp4")
-                assert (width, height) == (info.width, info.height)  # the original size, not the bucket
-            else:
+                bucket = video_set.bucket_selector().select(info.width, info.height)
+                assert (width, height) == bucket and read_metadata(latent)[
+                    "bucket"
+                ] == f"{width}x{height}x{frames}"
+            else:  # the original size, not the bucket
                 frames = 1
                 assert (width, height) == image_size(cached_demo / "demo/data/images" / f"{key}.png")
             text = folder / f"{key}_hv_te.safetensors"
@@ -210,7 +216,7 @@ def test_stale_files_are_removed_or_kept_and_never_trained(
     toml.write_text(toml.read_text().replace("target_frames = [1, 9, 17]", "target_frames = [1]"))
     assert cache_latents.main(latent_args) == 0
     assert sorted(p.name for p in videos.glob("*_hv.safetensors")) == [
-        "blue_ball_00000-001_0096x0128_hv.safetensors", "green_orbit_00000-001_0128x0128_hv.safetensors",
+        "blue_ball_00000-001_0112x0144_hv.safetensors", "green_orbit_00000-001_0128x0128_hv.safetensors",
         "red_square_00000-001_0160x0096_hv.safetensors"]  # fmt: skip
     video_set = load_dataset_config(DEMO_CONFIG, check_media=False).datasets[1]
     assert len(CachedBatches([CachedDatasetSpec.of(video_set)])) == 3

@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from dataset.cache_files import check_latent_file, file_identity, is_current, write_latent_cache
-from dataset.cache_names import LATENT_GLOB, parse_latent_cache_name
+from dataset.cache_names import LATENT_GLOB, name_size, parse_latent_cache_name
 from dataset.cache_stale import remove_stale
 from dataset.config import DatasetConfig, load_dataset_config
 from dataset.items import ItemPlan, ItemRecord, load_item, plan_items
@@ -109,7 +109,8 @@ def _encode_and_write(
             bucket=f"{w}x{h}x{f}", start_frame=str(record.start_frame), source_path=str(record.source_path)
         )
         write_latent_cache(
-            dataset.cache_directory / record.latent_cache_name, latent, record.original_size,
+            dataset.cache_directory / record.latent_cache_name, latent,
+            name_size(record.is_video, record.original_size, record.bucket[:2]),
             f if record.is_video else None, meta, what=f"{record.source_path} (frames from {record.start_frame})",
         )  # fmt: skip
 

@@ -491,8 +491,9 @@ def _end_step(run: Run, progress: Progress, loss: float, bar, start: float) -> N
 def _skipped_step(run: Run, progress: Progress, bar) -> None:
     """A step without an update still counts; too many in a row stop the run with the last good weights."""
     guard = run.guard
-    logger.warning("step %d: non-finite loss or gradients, optimizer step skipped (%d in a row, stop at %d)%s",
-                   progress.step, guard.streak, guard.limit, guard.files_note())  # fmt: skip
+    with bar.external_write_mode():  # the warning gets a line of its own, not the end of the bar's
+        logger.warning("step %d: non-finite loss or gradients, optimizer step skipped (%d in a row, stop at %d)%s",
+                       progress.step, guard.streak, guard.limit, guard.files_note())  # fmt: skip
     bar.update(1)
     if not guard.exhausted:
         _on_boundary(run, progress, "step")
