@@ -194,25 +194,32 @@ def _finite(path: Path, key: str, t: torch.Tensor, command: str) -> torch.Tensor
     return t
 
 
-def load_latents(path: Path) -> torch.Tensor:
-    """The (C, F, H, W) latents of a cache file, checked finite."""
+def load_latents(path: Path, check: bool = True) -> torch.Tensor:
+    """The (C, F, H, W) latents of a cache file; `check`: that they are finite (the first read of a file)."""
     tensors = _read_tensors(path, LATENT_COMMAND)
     keys = [k for k in tensors if LATENT_KEY.match(k)]
     if len(keys) != 1:
         raise CacheFileError(f"{path} holds no latents_FxHxW_dtype tensor; rerun {LATENT_COMMAND}")
-    return _finite(path, keys[0], tensors[keys[0]], LATENT_COMMAND)
+    latents = tensors[keys[0]]
+    return _finite(path, keys[0], latents, LATENT_COMMAND) if check else latents
 
 
-def load_text(path: Path) -> dict[str, torch.Tensor]:
-    """llm (the valid tokens only: the loader pads per batch) and clip_pooled, checked finite."""
+def load_text(path: Path, check: bool = True) -> dict[str, torch.Tensor]:
+    """llm (the prompt's tokens only: the loader pads per batch) and clip_pooled; `check`: that they are finite."""
     tensors = _read_tensors(path, TEXT_COMMAND)
     llm_key = next((k for k in tensors if k.startswith("llm_") and k != "llm_mask"), None)
     clip_key = next((k for k in tensors if k.startswith("clipL_") and k != "clipL_mask"), None)
     if llm_key is None or clip_key is None or "llm_mask" not in tensors:
         raise CacheFileError(f"{path} lacks llm_<dtype>, llm_mask or clipL_<dtype>; rerun {TEXT_COMMAND}")
-    llm = tensors[llm_key][tensors["llm_mask"].bool()]
-    return {"llm": _finite(path, llm_key, llm, TEXT_COMMAND),
-            "clip_pooled": _finite(path, clip_key, tensors[clip_key], TEXT_COMMAND)}  # fmt: skip
+    mask = tensors["llm_mask"].bool()
+    valid = int(mask.sum())
+    # the tokenizer pads on the right: a slice (a view, free) keeps the prompt; any other mask is honoured too
+    llm = tensors[llm_key][:valid] if bool(mask[:valid].all()) else tensors[llm_key][mask]
+    clip = tensors[clip_key]
+    if check:
+        _finite(path, llm_key, llm, TEXT_COMMAND)
+        _finite(path, clip_key, clip, TEXT_COMMAND)
+    return {"llm": llm, "clip_pooled": clip}
 
 
 def text_length(path: Path) -> int:

@@ -78,6 +78,7 @@ class CachedBatches(Dataset):
                 (items, spec.batch_size * num_processes) for _, items in sorted(buckets.items())
             )
         self._text_lengths: dict[Path, int] = {}
+        self._checked: set[Path] = set()  # files whose values were checked finite (in this process)
         self._plan = self._plan_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -118,7 +119,7 @@ class CachedBatches(Dataset):
         # LLM states are padded to the longest of the global batch: every process runs the same shapes (and so
         # draws the same dropout masks), and the numbers match one process training the whole global batch.
         length = max(self._text_length(item) for item in self._plan[index])
-        batch = collate([_load_item(item) for item in items], length)
+        batch = collate([self._load_item(item) for item in items], length)
         # the files behind the batch, so a non-finite loss can name them (training/nonfinite.py)
         batch["cache_paths"] = [
             str(p) for item in dict.fromkeys(items) for p in (item.latent_path, item.text_path)
@@ -131,6 +132,15 @@ class CachedBatches(Dataset):
             [sample_seed(self.seed, self.epoch, index, p) for p in positions], dtype=torch.int64
         )
         return batch
+
+    def _load_item(self, item: CachedItem) -> dict[str, torch.Tensor]:
+        """The item's tensors; a file's values are checked finite the first time this process reads it (a check
+        on every read would cost more than the read itself)."""
+        checked = self._checked
+        out = {"latents": load_latents(item.latent_path, check=item.latent_path not in checked),
+               **load_text(item.text_path, check=item.text_path not in checked)}  # fmt: skip
+        checked.update((item.latent_path, item.text_path))
+        return out
 
     def _text_length(self, item: CachedItem) -> int:
         """The LLM state count of an item, from its file header (the tensors of other processes' items are
@@ -158,10 +168,6 @@ class EpochSpanningSampler:
             for i in range(index, self.batches_per_epoch):
                 yield (epoch, i)
             epoch, index = epoch + 1, 0
-
-
-def _load_item(item: CachedItem) -> dict[str, torch.Tensor]:
-    return {"latents": load_latents(item.latent_path), **load_text(item.text_path)}
 
 
 def collate(items: list[dict[str, torch.Tensor]], length: int | None = None) -> dict[str, torch.Tensor]:
