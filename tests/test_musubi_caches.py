@@ -220,3 +220,13 @@ def test_stale_files_are_removed_or_kept_and_never_trained(
         "red_square_00000-001_0160x0096_hv.safetensors"]  # fmt: skip
     video_set = load_dataset_config(DEMO_CONFIG, check_media=False).datasets[1]
     assert len(CachedBatches([CachedDatasetSpec.of(video_set)])) == 3
+
+
+def test_the_text_reader_keeps_exactly_the_masked_tokens(tmp_path):
+    llm = torch.randn(256, 8).to(torch.bfloat16)
+    right = (torch.arange(256) < 7).long()
+    write_text(tmp_path, "a", "c", llm, right, torch.randn(12), torch.ones(77, dtype=torch.long))
+    assert torch.equal(load_text(tmp_path / "a_hv_te.safetensors")["llm"], llm[:7])  # the first rows only
+    left = (torch.arange(256) >= 250).long()  # a left-padding tokenizer's mask: honoured too
+    write_text(tmp_path, "b", "c", llm, left, torch.randn(12), torch.ones(77, dtype=torch.long))
+    assert torch.equal(load_text(tmp_path / "b_hv_te.safetensors")["llm"], llm[250:])
