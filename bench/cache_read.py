@@ -8,9 +8,10 @@ LLM states padded to 256 tokens of --llm_width (4096 for HunyuanVideo's LLM) wit
   padded_vs_trimmed: reading a whole shared text file (256 states) / reading a whole file of the valid states
                    only (our former hv_text_v1 layout and reader); text_bytes_* are the two files' sizes
   ours_text_vs_trimmed: our reader of the shared file (load_text: the prompt's rows only) / the former one
-Prints one JSON line.
+Prints one JSON line. Run it single-threaded, as a DataLoader worker runs (on a busy machine torch's
+multi-threaded copies dominate and the ratios say nothing about reading):
 
-python bench/cache_read.py [--rounds 5] [--batches 1000] [--tokens 40] [--llm_width 4096] [--dtype float16]
+OMP_NUM_THREADS=1 python bench/cache_read.py [--rounds 5] [--batches 1000] [--tokens 40] [--llm_width 4096] [--dtype float16]
 """
 
 from __future__ import annotations
