@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache_names import latent_cache_name, text_cache_name
+from .cache_names import latent_cache_name, name_size, text_cache_name
 from .config import DatasetConfig, VideoDatasetConfig
 from .errors import MediaError
 from .frames import FrameWindow, frame_windows, read_end, source_timeline
@@ -52,7 +52,7 @@ class ItemPlan:
     timeline: tuple[int, ...] = (0,)  # source frame number of each timeline frame (frames.source_timeline)
 
     def latent_cache_name(self, window: FrameWindow) -> str:
-        w, h = self.bucket_size
+        w, h = name_size(self.is_video, self.original_size, self.bucket_size)  # as musubi-tuner names it
         if not self.is_video:
             return latent_cache_name(self.item_key, w, h)
         return latent_cache_name(self.item_key, w, h, start_frame=window.start, frame_count=window.count)
@@ -78,7 +78,7 @@ class ItemRecord:
 
     @property
     def latent_cache_name(self) -> str:
-        w, h, f = self.bucket
+        (w, h), f = name_size(self.is_video, self.original_size, self.bucket[:2]), self.bucket[2]
         if not self.is_video:
             return latent_cache_name(self.item_key, w, h)
         return latent_cache_name(self.item_key, w, h, start_frame=self.start_frame, frame_count=f)

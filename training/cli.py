@@ -54,6 +54,7 @@ def run_command(run: Callable[[Sequence[str] | None], int], argv: Sequence[str] 
 
         if not isinstance(e, user_error_types()):
             raise
+        _close_progress_bars()  # a bad file met mid-run: the error starts a line of its own
         print(f"error: {_one_line(str(e))}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk, a folder we may not write: the user's to fix; other I/O errors trace

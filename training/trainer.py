@@ -223,6 +223,8 @@ def training_step(run: Run, batch: dict) -> float:
 
     Returns the loss, on a sync step averaged over the processes (the global batch's mean)."""
     args, device = run.args, run.accelerator.device
+    if run.guard is not None:  # a skipped step names the cache files behind it
+        run.guard.note_files(batch.get("cache_paths"))
     # Noise and t come from each item's own seed, on the CPU: the same item gets the same draws on any device,
     # in any process, whatever the batch around it.
     noise, t = seeded_draws(run.flow, batch["latents"], batch["noise_seed"])
@@ -493,8 +495,9 @@ def _end_step(run: Run, progress: Progress, loss: float, bar, start: float) -> N
 def _skipped_step(run: Run, progress: Progress, bar) -> None:
     """A step without an update still counts; too many in a row stop the run with the last good weights."""
     guard = run.guard
-    logger.warning("step %d: non-finite loss or gradients, optimizer step skipped (%d in a row, stop at %d)",
-                   progress.step, guard.streak, guard.limit)  # fmt: skip
+    with bar.external_write_mode():  # the warning gets a line of its own, not the end of the bar's
+        logger.warning("step %d: non-finite loss or gradients, optimizer step skipped (%d in a row, stop at %d)%s",
+                       progress.step, guard.streak, guard.limit, guard.files_note())  # fmt: skip
     bar.update(1)
     if not guard.exhausted:
         _on_boundary(run, progress, "step")
