@@ -15,7 +15,8 @@ Each round runs both, interleaved (the order alternates), and says how many core
 meanwhile. Figures, as bench/train_tiny.py measures them: first_step_s (spawn -> the end of the first optimizer
 step), steps_per_s (the remaining steps; ours up to the final LoRA write, musubi's up to its last optimizer
 step), peak_rss_mib (the process and its reaped workers). The best of the rounds is kept (fastest, smallest);
-the last stdout line is one JSON object with both sides and the ratios ours/musubi.
+the last stdout line is one JSON object with both sides and the ratios ours/musubi, and, as the floor of
+any trainer's first step, the time of a bare `python -c "import torch"` (best of one per round).
 
 Without --musubi (or with a checkout or python that is not there) it says why and skips: the JSON line is
 {"skipped": "..."} and the exit code 0.
@@ -29,6 +30,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -77,6 +79,12 @@ def _prepare_musubi(folder: Path, python: str, env: dict[str, str]) -> Path:
     return path
 
 
+def _time_torch_import() -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch"], check=True)
+    return time.perf_counter() - start
+
+
 def _best(runs: list[dict]) -> dict:
     return {
         "first_step_s": round(min(r["first_step_s"] for r in runs), 2),
@@ -122,7 +130,9 @@ def main() -> None:
 
         runs: dict[str, list[dict]] = {"ours": [], "musubi": []}
         busy: dict[str, list[float]] = {"ours": [], "musubi": []}
+        torch_imports = []
         for r in range(args.rounds):
+            torch_imports.append(_time_torch_import())
             order = ("ours", "musubi") if r % 2 == 0 else ("musubi", "ours")
             for name in order:
                 out = folder / f"{name}_out{r}"
@@ -143,10 +153,14 @@ def main() -> None:
                 )
 
     ours, musubi = _best(runs["ours"]), _best(runs["musubi"])
+    torch_s = min(torch_imports)
     result = {
         "ours": ours,
         "musubi": musubi,
         "ratio": {k: round(ours[k] / musubi[k], 3) for k in ours},
+        # the floor of any trainer's first step: torch's import alone, against musubi's first step
+        "torch_import_s": round(torch_s, 2),
+        "torch_import_vs_musubi_first_step": round(torch_s / musubi["first_step_s"], 3),
         "busy_cores_min": {k: round(min(v), 2) for k, v in busy.items()},
         "rounds": args.rounds,
         "steps": args.steps,
