@@ -145,3 +145,15 @@ def test_eager_adamw_imports_no_dynamo():
     assert proc.returncode == 0, proc.stderr[-4000:]
     value, dynamo = proc.stdout.split()
     assert float(value) == pytest.approx(-0.1, rel=1e-3) and dynamo == "False"
+
+
+def test_vs_musubi_skips_without_a_checkout(tmp_path):
+    """No --musubi (or no checkout there): a clear reason, exit 0, and nothing run."""
+    for extra in ([], ["--musubi", str(tmp_path)]):
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "vs_musubi.py"), *extra], capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        reason = json.loads(proc.stdout.strip().splitlines()[-1])["skipped"]
+        assert ("--musubi DIR" in reason) if not extra else ("not a musubi-tuner checkout" in reason)
+        assert f"skipped: {reason}" in proc.stderr
