@@ -102,10 +102,13 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------- inputs
 
 
-def make_dit(folder: Path) -> tuple[Path, DiTConfig]:
+def make_dit(
+    folder: Path, refiner_depth: int = 1, rope: tuple[int, int, int] = ROPE_ASKED
+) -> tuple[Path, DiTConfig]:
+    """bench/vs_musubi.py asks for musubi-tuner's fixed refiner depth (2) and the rope split both load."""
     cfg = DiTConfig(
         hidden_size=128, heads_num=2, mm_double_blocks_depth=1, mm_single_blocks_depth=1,
-        rope_dim_list=ROPE_ASKED, text_states_dim=64, text_states_dim_2=32, refiner_depth=1,
+        rope_dim_list=rope, text_states_dim=64, text_states_dim_2=32, refiner_depth=refiner_depth,
     )  # fmt: skip
     torch.manual_seed(0)
     model = build_dit(cfg, device="cpu")  # PyTorch's default init, seeded
@@ -189,11 +192,19 @@ def _read_lines(stream, sink: list[tuple[float, str]]) -> None:
         sink.append((time.perf_counter(), pending.decode("utf-8", "replace")))
 
 
-def run_trainer(cmd: list[str], steps: int, python_prefix: tuple[str, ...] = ()) -> dict:
+SAVED = r"saved \S*tiny\.safetensors"
+
+
+def run_trainer(
+    cmd: list[str], steps: int, python_prefix: tuple[str, ...] = (), *, python: str = sys.executable,
+    last_line: str = SAVED, env: dict[str, str] | None = None,
+) -> dict:  # fmt: skip
+    """last_line: the stderr line (a regex) that closes the timed steps (bench/vs_musubi.py times musubi-tuner's own
+    hv_train_network.py with its python and its own markers)."""
     lines: list[tuple[float, str]] = []
     start = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, *python_prefix, *cmd], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [python, *python_prefix, *cmd], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
     )
     reader = threading.Thread(target=_read_lines, args=(proc.stderr, lines), daemon=True)
     reader.start()
@@ -206,11 +217,9 @@ def run_trainer(cmd: list[str], steps: int, python_prefix: tuple[str, ...] = ())
     if proc.returncode != 0:
         raise RuntimeError(f"the trainer exited {proc.returncode}:\n{text[-6000:]}")
     first = next((t for t, line in lines if FIRST_STEP in line), None)
-    saved = next((t for t, line in lines if re.search(r"saved \S*tiny\.safetensors", line)), None)
+    saved = next((t for t, line in lines if re.search(last_line, line)), None)
     if first is None or saved is None:
-        raise RuntimeError(
-            f"the trainer's log lacks {FIRST_STEP!r} or 'saved ...tiny.safetensors':\n{text[-6000:]}"
-        )
+        raise RuntimeError(f"the trainer's log lacks {FIRST_STEP!r} or {last_line!r}:\n{text[-6000:]}")
     return {
         "first_step_s": first - start,
         "steps_per_s": (steps - 1) / (saved - first),

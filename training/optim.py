@@ -33,7 +33,9 @@ def parse_optimizer_args(items: Sequence[str]) -> dict:
 def _optimizer_class(name: str):
     lowered = name.lower()
     if lowered == "adamw":
-        return torch.optim.AdamW
+        from .eager_optim import EagerAdamW  # torch's AdamW without importing torch._dynamo (see there)
+
+        return EagerAdamW
     if lowered == "adamw8bit":
         try:
             import bitsandbytes as bnb

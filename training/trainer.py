@@ -254,7 +254,10 @@ def _optimizer_step(run: Run, loss: torch.Tensor) -> float:
     average_gradients(run.accelerator, params)
     norm = None
     if run.args.max_grad_norm:
-        norm = acc.clip_grad_norm_(params, run.args.max_grad_norm)
+        # What accelerate's clip_grad_norm_ does without FSDP/DeepSpeed (unsupported here), less its DTensor check,
+        # which imports torch.distributed.tensor (seconds at start-up) to find no DTensor gradient.
+        acc.unscale_gradients()
+        norm = torch.nn.utils.clip_grad_norm_(params, run.args.max_grad_norm)
     elif guard is not None:
         norm = gradient_norm(params)
     bad = 0.0
