@@ -143,16 +143,12 @@ def make_cache(folder: Path) -> list[dict[str, torch.Tensor]]:
 
 
 def make_dataset_config(folder: Path, cache: Path) -> Path:
-    from PIL import Image
-
-    images = folder / "images"  # the loader wants a media folder; with check_media=False it is not read
-    images.mkdir(exist_ok=True)
-    Image.new("RGB", (256, 256), "gray").save(images / "clip0.png")
-    (images / "clip0.txt").write_text("a gray square\n", encoding="utf-8")
+    """A video dataset whose media is not there (the job has only caches): the trainer then trains every cache
+    file in the folder, as musubi-tuner does, after one warning."""
     path = folder / "dataset.toml"
     path.write_text(
         '[general]\nresolution = [256, 256]\ncaption_extension = ".txt"\nbatch_size = 1\n\n'
-        f"[[datasets]]\nimage_directory = {json.dumps(str(images))}\n"
+        f"[[datasets]]\nvideo_directory = {json.dumps(str(folder / 'videos'))}\ntarget_frames = [5]\n"
         f"cache_directory = {json.dumps(str(cache))}\n",
         encoding="utf-8",
     )

@@ -126,7 +126,9 @@ def load_dataset_config(
     for section in ("datasets", "validation_datasets"):
         tables = _tables(doc, section, config_file)
         origins = [DatasetOrigin(config_file, section, i, base) for i in range(len(tables))]
-        sections[section] = tuple(_parse_dataset(t, general, o) for t, o in zip(tables, origins, strict=True))
+        sections[section] = tuple(
+            _parse_dataset(t, general, o, check_media) for t, o in zip(tables, origins, strict=True)
+        )
     if not sections["datasets"]:
         raise DatasetConfigError(
             f"{config_file}: no [[datasets]] table; add one with image_directory or video_directory"
@@ -239,7 +241,9 @@ def _check(checker: schema.Checker, value: Any, where: str) -> Any:
         raise DatasetConfigError(f"{where}: {e}") from None
 
 
-def _parse_dataset(table: dict[str, Any], general: dict[str, Any], origin: DatasetOrigin) -> DatasetConfig:
+def _parse_dataset(
+    table: dict[str, Any], general: dict[str, Any], origin: DatasetOrigin, check_media: bool = True
+) -> DatasetConfig:
     # musubi-tuner's rule: a table with a video source is a video dataset, any other an image dataset
     looks_video = any(key in table for key in schema.VIDEO_SOURCE_KEYS)
     try:
@@ -263,7 +267,7 @@ def _parse_dataset(table: dict[str, Any], general: dict[str, Any], origin: Datas
                 raise origin.error(key, f"applies to video datasets only (this one has {source_key})")
     allowed = schema.DATASET_KEYS if is_video else {**schema.COMMON_KEYS, **schema.PATH_KEYS}
     values = {k: v for k, v in general.items() if k in allowed} | given
-    paths = _paths(values, source_key, origin)
+    paths = _paths(values, source_key, origin, check_media)
     if source_key.endswith("_directory") and "caption_extension" not in values:
         raise origin.error(
             "caption_extension", f'required with {source_key}; set it here or in [general], e.g. ".txt"'
@@ -278,10 +282,12 @@ def _parse_dataset(table: dict[str, Any], general: dict[str, Any], origin: Datas
     return config
 
 
-def _paths(values: dict[str, Any], source_key: str, origin: DatasetOrigin) -> dict[str, Path]:
-    """Take the path keys out of `values`, resolved; the source must exist; cache_directory gets its default."""
+def _paths(values: dict[str, Any], source_key: str, origin: DatasetOrigin, check_media: bool) -> dict[str, Path]:
+    """Take the path keys out of `values`, resolved; cache_directory gets its default. The source must exist
+    when the media is to be read; the trainer (check_media=False) may run on a folder of caches copied alone."""
     paths = {k: resolve_path(values.pop(k), origin.base_dir) for k in schema.PATH_KEYS if k in values}
-    _check_source_path(paths[source_key], source_key, origin)
+    if check_media:
+        _check_source_path(paths[source_key], source_key, origin)
     if "cache_directory" not in paths:
         if source_key.endswith("_jsonl_file"):
             raise origin.error(

@@ -230,3 +230,22 @@ def test_the_text_reader_keeps_exactly_the_masked_tokens(tmp_path):
     left = (torch.arange(256) >= 250).long()  # a left-padding tokenizer's mask: honoured too
     write_text(tmp_path, "b", "c", llm, left, torch.randn(12), torch.ones(77, dtype=torch.long))
     assert torch.equal(load_text(tmp_path / "b_hv_te.safetensors")["llm"], llm[250:])
+
+
+def test_a_cache_folder_copied_without_its_media_trains_every_file_with_a_warning(
+    cached_demo, tmp_path, monkeypatch, restore_logging, caplog
+):
+    """Caches made on one machine, trained on a rented GPU without the media: musubi-tuner's rule (every cache
+    file of the folder), said once; a load that reads the media still names the missing folder."""
+    monkeypatch.chdir(cached_demo)
+    toml = tmp_path / "caches_only.toml"
+    toml.write_text(IMAGES_TOML.replace("demo/data/images", str(tmp_path / "gone")).format(
+        cache=cached_demo / "demo/cache/images"))  # fmt: skip
+    with pytest.raises(Exception, match="directory not found"):
+        load_dataset_config(toml)
+    caplog.set_level(logging.WARNING, logger="dataset.cache_index")
+    blueprint = load_dataset_config(toml, check_media=False)
+    batches = CachedBatches([CachedDatasetSpec.of(d) for d in blueprint.datasets])
+    assert len(batches) == len(list((cached_demo / "demo/cache/images").glob("*_hv.safetensors")))
+    assert [r for r in caplog.records if "media is not there" in r.getMessage()]
+    assert _train(tmp_path / "out", toml, "--max_train_steps", "1") == 0
