@@ -108,9 +108,9 @@ def write(kind: str, ctx: Context, target: Path, v: int) -> None:
         specs = [(k, t.dtype, tuple(t.shape)) for k, t in tensors.items()]
         write_safetensors_streaming(target, specs, tensors.__getitem__, {"version": str(v)})
     elif kind == "plot":
-        from training.loss_plot import write_loss_plot
+        from training.loss_plot import Curves, write_loss_plot
 
-        write_loss_plot(target, _losses(v), f"version {v}")
+        write_loss_plot(target, Curves(loss=list(enumerate(_losses(v), 1)), title=f"version {v}"))
     elif kind == "video":
         from hv_common.video_io import write_media
 
@@ -248,6 +248,9 @@ def zygote_main() -> None:
     import hv_common.video_io  # noqa: F401
     import training.checkpoints  # noqa: F401
     import training.loss_plot  # noqa: F401
+    from training.loss_plot import Curves, render_curves
+
+    render_curves(Curves())  # matplotlib and its fonts loaded once, before the forks
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # killed children are reaped by the kernel
     print("ready", flush=True)
