@@ -144,7 +144,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def _chromium(tmp_path: Path, *args: str) -> str:
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
            f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", *args]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout
 
@@ -169,3 +169,25 @@ def test_chromium_renders_plot_and_previews(reported_run, tmp_path):
     with Image.open(shot) as image:
         colors = image.convert("RGB").getcolors(1 << 20) or []
         assert image.size == (1000, 1400) and len(colors) > 100, "the screenshot is blank"
+
+
+def test_a_report_bug_is_a_warning_but_a_full_disk_stops_the_run(tmp_path, monkeypatch, caplog):
+    import errno
+    from types import SimpleNamespace
+
+    from training.report import RunReport
+
+    run = SimpleNamespace(
+        losses=[], dataset_summary=[], output_dir=tmp_path, args=SimpleNamespace(output_name="x")
+    )
+    report = RunReport(run)
+    monkeypatch.setattr(RunReport, "_write", lambda self, step, status: {}["a bug"])
+    assert report.write(1, "running") == tmp_path / "x_report.html"
+    assert any("run report was not updated" in r.getMessage() for r in caplog.records)
+
+    def full(self, step, status):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(RunReport, "_write", full)
+    with pytest.raises(OSError):
+        report.write(2, "running")

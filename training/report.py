@@ -75,7 +75,18 @@ class RunReport:
             )
 
     def write(self, step: int, status: str) -> Path:
-        """The plot, then the page; both replace their old versions atomically."""
+        """The plot, then the page; both replace their old versions atomically. A disk error stops the run as
+        any save's does; any other failure is a warning: hours of training never end for a report."""
+        try:
+            self._write(step, status)
+        except OSError:
+            raise
+        except Exception as exc:
+            logger.warning("the run report was not updated (a bug, please report it): %r", exc)
+        self._last_tick = time.perf_counter()  # writing is not a step's time
+        return self.path
+
+    def _write(self, step: int, status: str) -> None:
         run, name = self.run, self.run.args.output_name
         curves = Curves(
             loss=list(zip(self.loss_steps, run.losses, strict=False)),
@@ -88,8 +99,6 @@ class RunReport:
             title=e(f"{name}: training report"), body=self._body(step, status, png)
         )
         atomic_write(self.path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
-        self._last_tick = time.perf_counter()  # writing is not a step's time
-        return self.path
 
     # ------------------------------------------------------------ sections
 
@@ -99,7 +108,7 @@ class RunReport:
         parts = [
             f"<h1>{e(run.args.output_name)}</h1>",
             f'<p class="status" id="status">{e(status)}: step {step} of {run.max_steps}; updated {e(updated)}</p>',
-            "<h2>Run</h2>", _table(("", ""), self._summary_rows(step)),
+            "<h2>Run</h2>", _table(("", ""), self._summary_rows()),
             "<h2>Curves</h2>", self._plot(png),
             "<h2>Previews</h2>", self._previews(),
             "<h2>Dataset</h2>", self._datasets(),
@@ -109,11 +118,11 @@ class RunReport:
         ]  # fmt: skip
         return "\n".join(parts)
 
-    def _summary_rows(self, step: int) -> list[tuple[str, str]]:
+    def _summary_rows(self) -> list[tuple[str, str]]:
         run = self.run
         finite = [x for x in run.losses if math.isfinite(x)]
         rows = [("device", f"{run.accelerator.device} x {run.accelerator.num_processes} process(es)"),
-                ("running for", f"{time.time() - self.started:.0f} s"),
+                ("running for (since this process started training)", f"{time.time() - self.started:.0f} s"),
                 ("last loss", f"{finite[-1]:.5f}" if finite else "-")]  # fmt: skip
         if run.validations:
             rows.append(("last validation loss", f"{run.validations[-1]['loss/validation']:.5f}"))
