@@ -54,6 +54,8 @@ def test_report_shows_the_run(reported_run):
         assert f"sample/tiny_lora_step{step:08d}_00_1.mp4" in links
         assert f"sample/tiny_lora_step{step:08d}_01_2.png" in links
     assert {"tiny_lora.safetensors", "tiny_lora-step00000004.safetensors", "tiny_lora_loss.png"} <= links
+    html = _report(reported_run)
+    assert "<th>step 4</th>" in html and "<th>step 8</th>" in html  # the rows: one per preview round
     assert "finished: step 8 of 8" in text
     for fragment in ("lora_plus", "networks.lora", "loraplus_lr_ratio=4", "demo/cache/videos", "time per step",
                      "process RSS (peak)", "last validation loss", "double_blocks.0.img_attn_qkv"):  # fmt: skip

@@ -150,7 +150,7 @@ class RunReport:
         rows = []
         for label in labels:
             row = "".join(f"<td>{self._preview_cell(cells.get((label, i)))}</td>" for i in indices)
-            rows.append(f"<tr><th>{e(label)}</th>{row}</tr>")
+            rows.append(f"<tr><th>{e(_label_text(label))}</th>{row}</tr>")
         return (f'<table class="previews"><tr><th>saved at</th>{head}</tr>{"".join(rows)}</table>'
                 '<p class="note">A few frames of each preview; click one to open its file.</p>')  # fmt: skip
 
@@ -237,6 +237,13 @@ class RunReport:
 def start_report(run) -> RunReport | None:
     """The main process's report; None on the others (only the main process writes)."""
     return RunReport(run) if run.accelerator.is_main_process else None
+
+
+def _label_text(label: str) -> str:
+    """The trainer's preview labels: step00000060 -> step 60, 000002 -> epoch 2; others ("final") as they are."""
+    if label.startswith("step") and label[4:].isdigit():
+        return f"step {int(label[4:])}"
+    return f"epoch {int(label)}" if label.isdigit() else label
 
 
 def _prompt_texts(sampler) -> dict[int, str]:
