@@ -10,6 +10,12 @@ if str(ROOT) not in sys.path:
 import os  # noqa: E402
 
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# Hypothesis times every example by default (a 200 ms deadline, the too_slow health check): on one loaded core
+# that fails a test for the machine's speed, not for a bug. Examples are judged by their outcome only.
+settings.register_profile("no_timing", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("no_timing")
 
 DEMO_CONFIG = "demo/dataset.toml"
 

@@ -1,27 +1,30 @@
-"""Crash-safe writes, proven by killing the writers: every writer kind is SIGKILLed at seeded random moments
-while it rewrites its target again and again (two distinguishable versions, alternating); after each kill, and
-all along from a reader polling during the writes, the target is absent or a complete copy of one version.
+"""Crash-safe writes, proven by killing the writers at chosen points, deterministically: for every writer kind,
+a child process rewrites its target (two distinguishable versions, alternating) and is killed at a chosen byte
+of the file it writes, or before/after a chosen step of hv_common.atomic (fsync, each rename, the clean-up).
+After each kill the target holds exactly the version the kill point implies (the old one, none for a state
+folder set aside, or the new one), complete; then the next write removes every leftover.
 
-The writers run in children forked from one helper process that imported everything once (`_zygote`): a kill
-and a fresh writer cost milliseconds, not a Python start-up. The helper sets one torch thread before it forks.
+How the children are stopped, without timing: tests/kill_harness.py.
 """
 
 from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import random
-import signal
+import select
+import struct
 import subprocess
 import sys
-import time
-from dataclasses import dataclass
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from kill_harness import TARGETS, Context, latents, lora_version, make_context, tensors, write
 
 from hv_common.atomic import (
     WriteError,
@@ -34,100 +37,15 @@ from hv_common.atomic import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-KILLS_PER_KIND = 8
-MAX_DELAY_S = 0.15
+BYTE_KILLS = 6  # per kind: one seeded offset in each sixth of the file, and one more at its last byte
+REPLY_TIMEOUT_S = 300.0  # a safety net for a hung helper, never reached by a working one
 
 
-# ----------------------------------------------------------------------------- the writers and their readers
-
-
-@dataclass
-class Context:
-    """What the writers need, built the same way in the helper process and in the test (for the expected)."""
-
-    network: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-
-
-def make_context() -> Context:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from lora_testing import tiny_model, tiny_network
-
-    model = tiny_model()
-    network = tiny_network(model, dim=16)
-    network.apply_to(model)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    return Context(network, optimizer, scheduler)
-
-
-def _lora_version(ctx: Context, v: int) -> dict[str, torch.Tensor]:
-    with torch.no_grad():
-        for p in ctx.network.parameters():
-            p.fill_(v + 1.0)
-    return {k: t.detach().clone() for k, t in ctx.network.state_dict().items()}
-
-
-def _tensors(v: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(v)
-    return {f"t{i}": torch.randn(256, 1024, generator=g) for i in range(4)}  # 4 MiB: kills land mid-write
-
-
-def _latents(v: int) -> torch.Tensor:
-    return torch.randn(16, 5, 24, 24, generator=torch.Generator().manual_seed(100 + v))
-
-
-def _losses(v: int) -> list[float]:
-    return [1.0 / (1 + i) + 0.1 * v * (i % 3) for i in range(200)]
-
-
-def _frames(v: int) -> np.ndarray:
-    rng = np.random.default_rng(v)
-    return rng.integers(0, 255, size=(9, 64, 96, 3), dtype=np.uint8)
-
-
-def write(kind: str, ctx: Context, target: Path, v: int) -> None:
-    """Write version v of `kind` at target (for a video, target is the .mp4 and the stem is derived)."""
-    if kind == "lora":
-        _lora_version(ctx, v)
-        ctx.network.save_weights(str(target), metadata={"version": str(v)})
-    elif kind == "state":
-        from training.checkpoints import Progress, save_state
-
-        _lora_version(ctx, v)
-        save_state(target, ctx.network, ctx.optimizer, ctx.scheduler, Progress(step=v + 1), {"version": v})
-    elif kind == "cache":
-        from dataset.cache_files import LATENT_FORMAT, write_cache
-
-        write_cache(target, {"latents": _latents(v)}, {"format_version": LATENT_FORMAT, "version": str(v)})
-    elif kind == "stream":
-        from hv_common.safetensors_stream import write_safetensors_streaming
-
-        tensors = _tensors(v)
-        specs = [(k, t.dtype, tuple(t.shape)) for k, t in tensors.items()]
-        write_safetensors_streaming(target, specs, tensors.__getitem__, {"version": str(v)})
-    elif kind == "plot":
-        from training.loss_plot import Curves, write_loss_plot
-
-        write_loss_plot(target, Curves(loss=list(enumerate(_losses(v), 1)), title=f"version {v}"))
-    elif kind == "video":
-        from hv_common.video_io import write_media
-
-        write_media(_frames(v), target.with_suffix(""))
-    else:
-        raise ValueError(kind)
-
-
-TARGETS = {"lora": "net.safetensors", "state": "net-step00000001-state", "cache": "item_0096x0096_hv.safetensors",
-           "stream": "merged.safetensors", "plot": "loss.png", "video": "preview.mp4"}  # fmt: skip
+# ----------------------------------------------------------------------------- the readers
 
 
 def _safetensors(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Parse all of it: a torn file fails here (header length, JSON, or tensor bytes out of range)."""
-    import json
-    import struct
-
     from safetensors.torch import load
 
     (size,) = struct.unpack("<Q", data[:8])
@@ -139,13 +57,27 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _png_chunks_complete(data: bytes) -> None:
+    """Whoever wrote the PNG: the signature, every chunk whole with its CRC, IEND last and at the end."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, kind = 8, b""
+    while kind != b"IEND":
+        assert pos + 12 <= len(data), "a PNG cut before its IEND chunk"
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        end = pos + 12 + length
+        assert end <= len(data), f"a PNG cut inside its {kind!r} chunk"
+        assert zlib.crc32(data[pos + 4 : end - 4]) == struct.unpack(">I", data[end - 4 : end])[0], "bad CRC"
+        pos = end
+    assert pos == len(data), "bytes after IEND"
+
+
 class Expected:
     """The two versions of every kind, to compare what a reader finds against."""
 
     def __init__(self, ctx: Context, refs: Path) -> None:
         from hv_common.video_io import read_frames
 
-        self.lora = [_lora_version(ctx, v) for v in (0, 1)]
+        self.lora = [lora_version(ctx, v) for v in (0, 1)]
         self.images = []
         self.videos = []
         for v in (0, 1):
@@ -163,9 +95,9 @@ class Expected:
             return None
 
     def _lora(self, target: Path) -> int:
-        tensors, meta = _safetensors(target.read_bytes())
+        tensors_, meta = _safetensors(target.read_bytes())
         v = int(meta["version"])
-        assert _same(tensors, self.lora[v]), f"{target}: tensors are not those of version {v}"
+        assert _same(tensors_, self.lora[v]), f"{target}: tensors are not those of version {v}"
         return v
 
     def _state(self, target: Path) -> int | None:
@@ -181,11 +113,8 @@ class Expected:
                     lora = f.read()
                 with open("train_state.pt", "rb", opener=opener) as f:
                     state = f.read()
-            except FileNotFoundError:
-                # Only an old folder already renamed aside (and being deleted) may lose files.
-                replaced = os.stat(target).st_ino != os.fstat(fd).st_ino if target.exists() else True
-                assert replaced, f"{target}: a file is missing from the live state folder"
-                return None
+            except FileNotFoundError as e:
+                raise AssertionError(f"{target}: a state folder without {e.filename}") from None
         finally:
             os.close(fd)
         payload = torch.load(io.BytesIO(state), weights_only=True)
@@ -198,26 +127,28 @@ class Expected:
         from dataset.cache_files import LATENT_FORMAT, CacheFileError, load_cache
 
         try:
-            tensors = load_cache(target, LATENT_FORMAT, ("latents",))
+            found = load_cache(target, LATENT_FORMAT, ("latents",))
         except CacheFileError as e:
             if "missing" in str(e):
                 raise FileNotFoundError(target) from None
             raise AssertionError(str(e)) from None
-        matches = [v for v in (0, 1) if torch.equal(tensors["latents"], _latents(v))]  # one read only
+        matches = [v for v in (0, 1) if torch.equal(found["latents"], latents(v))]
         assert matches, f"{target}: latents that are neither version"
         return matches[0]
 
     def _stream(self, target: Path) -> int:
-        tensors, meta = _safetensors(target.read_bytes())
+        found, meta = _safetensors(target.read_bytes())
         v = int(meta["version"])
-        assert _same(tensors, _tensors(v))
+        assert _same(found, tensors(v))
         return v
 
     def _plot(self, target: Path) -> int:
         from PIL import Image
 
-        with Image.open(io.BytesIO(target.read_bytes())) as image:
-            pixels = np.asarray(image.convert("RGB"))[None]  # decodes every byte: a torn PNG raises
+        data = target.read_bytes()
+        _png_chunks_complete(data)
+        with Image.open(io.BytesIO(data)) as image:
+            pixels = np.asarray(image.convert("RGB"))[None]
         matches = [v for v in (0, 1) if np.array_equal(pixels, self.images[v])]
         assert matches, f"{target}: a PNG that is neither version"
         return matches[0]
@@ -227,112 +158,138 @@ class Expected:
 
         data = target.read_bytes()  # one read: the file we decode is the file that was there
         with av.open(io.BytesIO(data)) as container:
-            frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
-        matches = [v for v in (0, 1) if np.array_equal(frames, self.videos[v])]
-        assert matches, f"{target}: a video that is neither version ({frames.shape})"
+            decoded = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+        matches = [v for v in (0, 1) if np.array_equal(decoded, self.videos[v])]
+        assert matches, f"{target}: a video that is neither version ({decoded.shape})"
         return matches[0]
 
 
-# ----------------------------------------------------------------------------- the helper process that forks
+@pytest.fixture(scope="module")
+def expected(tmp_path_factory) -> Expected:
+    return Expected(make_context(), tmp_path_factory.mktemp("refs"))
 
 
-def zygote_main() -> None:
-    """Read `kind target` lines; fork a child that rewrites target (versions 0, 1, 0, ...) until killed."""
-    torch.set_num_threads(1)  # no OpenMP pool exists when we fork: children may compute safely
-    ctx = make_context()
-    import av  # noqa: F401  (imported once, before the forks)
-    from PIL import Image  # noqa: F401
+# ----------------------------------------------------------------------------- the writers, killed
 
-    import dataset.cache_files  # noqa: F401
-    import hv_common.safetensors_stream  # noqa: F401
-    import hv_common.video_io  # noqa: F401
-    import training.checkpoints  # noqa: F401
-    import training.loss_plot  # noqa: F401
-    from training.loss_plot import Curves, render_curves
 
-    render_curves(Curves())  # matplotlib and its fonts loaded once, before the forks
+class Writers:
+    """The helper process of tests/kill_harness.py: one call, one child writing once, and how it ended."""
 
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # killed children are reaped by the kernel
-    print("ready", flush=True)
-    for line in sys.stdin:
-        kind, target = line.split()
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            v = 0
-            while True:
-                write(kind, ctx, Path(target), v)
-                v = 1 - v
-        print(pid, flush=True)
+    def __init__(self) -> None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+               "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
+        self.proc = subprocess.Popen([sys.executable, "-c", "import kill_harness; kill_harness.zygote_main()"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)  # fmt: skip
+        assert self._reply() == "ready"
+
+    def _reply(self) -> str:
+        ready, _, _ = select.select([self.proc.stdout], [], [], REPLY_TIMEOUT_S)
+        assert ready, f"the writers' helper process did not answer in {REPLY_TIMEOUT_S:.0f} s"
+        return self.proc.stdout.readline().strip()
+
+    def run(
+        self, kind: str, target: Path, version: int, kill: dict | None = None, record: Path | None = None
+    ):
+        request = {"kind": kind, "target": str(target), "version": version, "kill": kill,
+                   "record": str(record) if record else None}  # fmt: skip
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self._reply())
+
+    def write(self, kind: str, target: Path, version: int, record: Path | None = None) -> None:
+        """A whole write in a fresh process, as the next run's first write is."""
+        ended = self.run(kind, target, version, record=record)
+        assert ended == {"signal": None, "exit": 0}, f"a {kind} write without a kill ended {ended}"
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=REPLY_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
-def zygote():
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
-        "OMP_NUM_THREADS": "1",
-    }
-    proc = subprocess.Popen([sys.executable, "-c", "import test_atomic_writes as t; t.zygote_main()"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)  # fmt: skip
-    assert proc.stdout.readline().strip() == "ready"
-    yield proc
-    proc.stdin.close()
-    proc.wait(timeout=30)
+def writers():
+    w = Writers()
+    yield w
+    w.close()
 
 
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+def _leftovers(folder: Path) -> dict[str, int]:
+    """Every file inside the temporaries in folder, with its size."""
+    found = {}
+    for temp in (p for p in folder.iterdir() if is_temp_name(p.name)):
+        files = [temp] if temp.is_file() else [p for p in temp.rglob("*") if p.is_file()]
+        found.update({str(p.relative_to(folder)): p.stat().st_size for p in files})
+    return found
 
 
-def _wait_for(path: Path, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not path.exists() and time.monotonic() < deadline:
-        time.sleep(0.005)
+def _byte_offsets(size: int, rng: random.Random) -> list[int]:
+    """One seeded offset in each of BYTE_KILLS equal parts of [0, size), and size - 1 (only the last byte lost)."""
+    return [
+        rng.randrange(size * i // BYTE_KILLS, size * (i + 1) // BYTE_KILLS) for i in range(BYTE_KILLS)
+    ] + [size - 1]
 
 
-def _temps(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if is_temp_name(p.name))
+def _visible_after(events: list[dict], done: int, old: int, new: int) -> int | None:
+    """The version a reader must find once the first `done` steps of a write (of `new` over `old`) ran."""
+    if any(e.get("into") for e in events[:done]):
+        return new
+    if any(e.get("aside") for e in events[:done]):
+        return None  # a state folder renamed aside, the new one not yet in: no state of that name
+    return old
 
 
-@pytest.fixture(scope="module")
-def expected(tmp_path_factory) -> tuple[Context, Expected]:
-    ctx = make_context()
-    return ctx, Expected(ctx, tmp_path_factory.mktemp("refs"))
+def _check_kill(kind: str, kill: dict, ended: dict, out: Path, found: int | None, old: int, new: int,
+                plan: list[dict]) -> None:  # fmt: skip
+    """What a kill at `kill`, during a write of `new` over `old`, must have left in `out`."""
+    where = f"{kind}, v{new} over v{old}, killed at {kill}: "
+    temps = [p.name for p in out.iterdir() if is_temp_name(p.name)]  # an emptied temporary folder counts
+    if "byte" in kill:
+        # The kernel ended it at the write that would pass byte N: that file holds exactly N bytes, or is an
+        # empty safetensors temporary (its writer sizes the file first, so that is where it stopped).
+        n, left = kill["byte"], _leftovers(out)
+        assert ended["signal"] == "SIGXFSZ", where + f"not stopped at its byte: {ended}"
+        assert found == old, where + f"the reader found {found}"
+        assert left and max(left.values()) <= n, where + f"temporaries {left}"
+        assert n in left.values() or any(Path(p).name.startswith(".tmp") and s == 0 for p, s in left.items())
+    else:
+        done = kill.get("before", kill.get("after", -1) + 1)  # how many steps of the plan ran
+        assert ended["signal"] == "SIGKILL", where + f"not killed: {ended}"
+        assert found == _visible_after(plan, done, old, new), where + f"the reader found {found}"
+        assert bool(temps) == (done < len(plan)), where + f"temporaries {temps}"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", list(TARGETS))
-def test_sigkill_never_leaves_a_torn_file(kind, zygote, expected, tmp_path):
-    ctx, exp = expected
-    target = tmp_path / TARGETS[kind]
+def test_sigkill_never_leaves_a_torn_file(kind, writers, expected, tmp_path):
+    out = tmp_path / "out"
+    target = out / TARGETS[kind]
+    writers.write(kind, target, 0)
+    plans = {}
+    for v in (1, 0):  # each written over the other: the steps (and sizes) a killed write of v goes through
+        writers.write(kind, target, v, record=tmp_path / f"steps{v}.json")
+        plans[v] = json.loads((tmp_path / f"steps{v}.json").read_text())
+    n_steps = len(plans[0])
+    assert n_steps == len(plans[1]) and plans[0][-1]["op"] == "rmtree"  # a write ends removing its temporary
     rng = random.Random(f"kill-{kind}")
-    seen, killed_mid_write, polls = set(), 0, 0
-    for i in range(KILLS_PER_KIND):
-        zygote.stdin.write(f"{kind} {target}\n")
-        zygote.stdin.flush()
-        pid = int(zygote.stdout.readline())
-        if i == 0:  # let the first writer finish one write: the later kills then overwrite a real file
-            _wait_for(target)
-        deadline = time.monotonic() + rng.uniform(0.0, MAX_DELAY_S)
-        while time.monotonic() < deadline:  # a reader polling while the writer writes
-            seen.add(exp.version(kind, target))
-            polls += 1
-        os.kill(pid, signal.SIGKILL)
-        while not _gone(pid):
-            time.sleep(0.001)
-        seen.add(exp.version(kind, target))  # after the kill: absent, or one version complete
-        killed_mid_write += bool(_temps(tmp_path))
-    print(f"{kind}: {KILLS_PER_KIND} kills, {killed_mid_write} mid-write, {polls} reads, saw {seen}")
-    assert seen & {0, 1}, f"the writer never finished a {kind} in {KILLS_PER_KIND} runs"
-    assert killed_mid_write, "no kill landed in the middle of a write: the test proved nothing"
-    write(kind, ctx, target, 1)  # the next run's first write removes what the killed writers left
-    assert exp.version(kind, target) == 1
-    assert [p.name for p in tmp_path.iterdir()] == [target.name]  # no temporary left
+    size = {v: max(e["size"] for e in plans[v] if "size" in e) for v in (0, 1)}  # the largest file written
+    offsets = {v: _byte_offsets(size[v], rng) for v in (0, 1)}
+    kills = [("byte", i) for i in range(BYTE_KILLS + 1)] + [("before", k) for k in range(n_steps)]
+    old, bytes_hit = 0, []
+    for how, i in [*kills, ("after", n_steps - 1)]:
+        new = 1 - old
+        kill = {"byte": offsets[new][i]} if how == "byte" else {how: i}
+        bytes_hit += [f"{kill['byte']}/{size[new]}"] if how == "byte" else []
+        ended = writers.run(kind, target, new, kill)
+        try:
+            found = expected.version(kind, target)
+        except AssertionError as e:
+            raise AssertionError(f"{kind}, v{new} over v{old}, killed at {kill}: a torn file: {e}") from None
+        _check_kill(kind, kill, ended, out, found, old, new, plans[new])
+        writers.write(kind, target, new)  # the next run's write: complete, and every leftover removed
+        assert expected.version(kind, target) == new
+        assert [p.name for p in out.iterdir()] == [target.name], f"{kind}: a temporary left after {kill}"
+        old = new
+    print(f"{kind}: killed at bytes {', '.join(bytes_hit)} and at {n_steps + 1} steps")
 
 
 # ----------------------------------------------------------------------------- temporaries and readers

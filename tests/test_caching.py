@@ -3,7 +3,6 @@
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -132,24 +131,21 @@ def test_broken_config_is_one_line_exit_2(workdir, tmp_path, monkeypatch, capsys
 
 
 def test_killed_cache_run_leaves_no_torn_file(workdir, tmp_path):
-    """SIGKILL in the middle of caching: every cache file present is complete (temp files never match)."""
+    """Killed in the middle of caching: every cache file present is complete (temp files never match)."""
     import shutil
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     shutil.copytree(workdir / "demo", run_dir / "demo", ignore=shutil.ignore_patterns("cache"))
     (run_dir / "models").symlink_to(workdir / "models")
-    script = Path(cache_latents.__file__).resolve()
-    proc = subprocess.Popen([sys.executable, str(script), "--dataset_config", CONFIG, "--vae", "models/vae"],
-                            cwd=run_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    # Stopped inside the third cache file's write, by construction (never a race against the machine's speed).
+    script = Path(__file__).resolve().parent / "kill_in_cache_write.py"
+    proc = subprocess.run([sys.executable, str(script), "3", "--dataset_config", CONFIG, "--vae", "models/vae"],
+                          cwd=run_dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == -signal.SIGXFSZ, f"not stopped in the third write: {proc.stderr[-2000:]}"
     cache = run_dir / "demo/cache"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(cache.rglob("*_hv.safetensors"))) < 2:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
     written = list(cache.rglob("*_hv.safetensors"))
-    assert written, "the run was killed before writing anything"
+    assert len(written) == 2, written
+    assert list(cache.rglob(".*.tmp")), "the third write left no temporary: it was not stopped inside it"
     for f in written:
         assert read_metadata(f) is not None, f"torn file {f}"

@@ -223,7 +223,7 @@ def test_a_real_file_size_limit_through_safetensors(cached_demo, tmp_path):
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     cmd = [sys.executable, str(Path(convert_lora.__file__).resolve()), "--input", str(lora), "--output", str(out),
            "--target", "other"]  # fmt: skip
-    proc = subprocess.run(cmd, preexec_fn=small_files, capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(cmd, preexec_fn=small_files, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 2, proc.stderr
     line = _error_line(proc.stderr)
     assert line.startswith(f"error: file too large while writing {out};"), line

@@ -12,15 +12,14 @@ import torch
 from hunyuan_model.config import DiTConfig, get_preset, rope_dims_for
 from hunyuan_model.model import build_dit
 
-REFERENCE = (
-    Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "hunyuan_video_t2v_720p_layout.json"
-)
+# Every key, shape and Linear of the official t2v 720p checkpoint (mp_rank_00_model_states.pt), read from it once.
+REFERENCE = Path(__file__).resolve().parent / "data" / "hunyuan_video_t2v_720p_layout.json"
 
 
 @pytest.fixture(scope="module")
 def reference() -> dict:
     if not REFERENCE.is_file():
-        pytest.fail(f"reference layout missing: {REFERENCE} (../shared must sit beside the checkout)")
+        pytest.fail(f"reference layout missing: {REFERENCE}")
     return json.loads(REFERENCE.read_text())
 
 

@@ -39,7 +39,7 @@ def run_script(*argv: str) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=120,
+        timeout=600,
     )
 
 

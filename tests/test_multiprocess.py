@@ -108,7 +108,7 @@ def test_two_processes_equal_one_process_at_twice_the_batch(cached_demo, tmp_pat
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            str(ROOT / "hv_train_network.py"), *_common(two, "demo/dataset.toml")]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=cached_demo, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=cached_demo, env=env, capture_output=True, text=True, timeout=1200)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
 
@@ -160,7 +160,7 @@ def test_two_processes_equal_one_process_at_twice_the_batch(cached_demo, tmp_pat
     shutil.copytree(two / "tiny_lora-step00000005-state", resumed / "tiny_lora-step00000005-state")
     cmd = [*cmd[: cmd.index("--output_dir") + 1], str(resumed), *cmd[cmd.index("--output_dir") + 2 :]]
     proc = subprocess.run([*cmd, "--resume", "auto"], cwd=cached_demo, env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+                          timeout=1200)  # fmt: skip
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     c = load_file(str(resumed / "tiny_lora.safetensors"))
     assert all(torch.equal(b[k], c[k]) for k in b)

@@ -6,7 +6,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -117,18 +116,16 @@ def test_sigkill_then_resume_auto_is_bit_identical(cached_demo, tmp_path, monkey
     assert _train(straight, *common) == 0
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, str(ROOT / "hv_train_network.py"), "--config_file", DEMO_TOML,
+    # Killed right after a seeded step (its state, if due, not yet saved): always mid-run, by construction.
+    kill_step = random.Random(8).randint(6, 39)
+    cmd = [sys.executable, str(ROOT / "tests" / "kill_at_step.py"), str(kill_step), "--config_file", DEMO_TOML,
            "--dit", "models/tiny_dit.safetensors", "--dataset_config", "demo/dataset.toml",
            "--output_dir", str(killed), "--sample_prompts", "", *common]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=cached_demo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(killed.glob("tiny_lora-step*-state")) and proc.poll() is None:
-        time.sleep(0.01)
-    # then a random moment (seeded: a failure repeats): mid-step, mid-save or between, a few steps further
-    time.sleep(random.Random(8).uniform(0.0, 0.6))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "tiny_lora.safetensors").exists(), "the run finished before it was killed"
+    proc = subprocess.run(cmd, cwd=cached_demo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, f"not killed at step {kill_step}: {proc.stderr[-2000:]}"
+    saved = sorted(p.name for p in killed.glob("tiny_lora-step*-state"))
+    assert saved[-1] == f"tiny_lora-step{5 * ((kill_step - 1) // 5):08d}-state", saved
     # What a crash can leave besides complete states: a torn temporary folder and a state without its LoRA,
     # both "newer" than anything saved. --resume auto must take neither.
     torn = killed / ".tiny_lora-step00000039-state.x1y2.tmp"

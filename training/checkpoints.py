@@ -1,8 +1,9 @@
 """What a run writes: LoRA files on schedule (with pruning) and full training states for an exact resume.
 
 A state is a folder: the LoRA weights (safetensors) and one torch file of plain containers (optimizer and
-scheduler state, counters, RNG states) read back with weights_only=True. It is written under a temporary name
-and renamed when complete, so `--resume auto` never sees half a state.
+scheduler state, counters, RNG states, and a record of the run that wrote it) read back with weights_only=True.
+It is written under a temporary name and renamed when complete, so `--resume auto` never sees half a state.
+Whether a state is whole and fits the run is training/state_check.py's and training/state_fit.py's job.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from .errors import UserError
 
 STATE_FILE = "train_state.pt"
 STATE_LORA = "lora.safetensors"
+RECORD_KEY = "run"  # the run's record (state_fit.run_record); states written before it lack the key
+
+
+class DamagedState(UserError):
+    """A state that is not whole or not well-formed: `--resume DIR` stops on it, `--resume auto` skips it."""
 
 
 @dataclass
@@ -69,9 +75,17 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save_state(
-    folder: Path, network, optimizer, scheduler, progress: Progress, extra: dict | None = None
+    folder: Path,
+    network,
+    optimizer,
+    scheduler,
+    progress: Progress,
+    extra: dict | None = None,
+    record: dict | None = None,
 ) -> None:
-    """Write a complete state folder atomically (hv_common.atomic.atomic_dir: temp folder, fsync, rename)."""
+    """Write a complete state folder atomically (hv_common.atomic.atomic_dir: temp folder, fsync, rename).
+
+    `record` describes the run (optimizer, groups, scheduler, dataset size) so a resume can tell what changed."""
     payload = {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -79,6 +93,8 @@ def save_state(
         "rng": _rng_state(),
         "extra": extra or {},
     }
+    if record is not None:
+        payload[RECORD_KEY] = record
     with atomic_dir(folder) as tmp:
         network.save_weights(str(tmp / STATE_LORA))
         # a file object: torch.save then fails with the OSError in its context (a full disk keeps its errno)
@@ -86,37 +102,66 @@ def save_state(
             torch.save(payload, f)
 
 
-def find_latest_state(output_dir: Path, output_name: str) -> Path | None:
-    """The newest complete state of this run: temp folders (`.<name>.*.tmp`), other runs' states (another
-    output_name that starts with this one) and folders without both files never match."""
+def state_folders(output_dir: Path, output_name: str) -> list[Path]:
+    """Every folder named as a state of this run, whole or not. Temp folders (`.<name>.*.tmp`) and other runs'
+    states (another output_name that starts with this one) never match."""
     if not output_dir.is_dir():
-        return None
+        return []
     name = re.compile(rf"^{re.escape(output_name)}-(?:step|epoch)?\d+-state$")
+    return sorted(p for p in output_dir.iterdir() if name.match(p.name) and p.is_dir())
+
+
+def read_state_file(folder: Path, mmap: bool = False) -> dict:
+    """The state's torch file, unpickled with weights_only=True (plain containers and tensors, nothing else).
+
+    mmap: tensors stay in the file (a scan of many states reads only what it looks at)."""
+    path = folder / STATE_FILE
+    if not path.is_file():
+        raise DamagedState(f"no {STATE_FILE} in it (not a training state, or an incomplete one)")
+    try:
+        try:
+            payload = torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
+        except Exception:
+            if not mmap:
+                raise
+            # a file system without mmap, or an old serialization format: read it; a torn file fails here too
+            payload = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:  # torn, truncated, foreign or refused by weights_only: all the same to the user
+        raise DamagedState(f"{STATE_FILE} is unreadable ({_load_error(e)})") from None
+    if not isinstance(payload, dict):
+        raise DamagedState(f"{STATE_FILE} holds a {type(payload).__name__}, not a state's dict")
+    return payload
+
+
+def _load_error(e: Exception) -> str:
+    """torch.load's reason, short: its messages run to paragraphs of advice (with terminal escapes)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(e).split()))
+    refused = re.search(r"GLOBAL ([\w.]+)", text)
+    if refused:  # weights_only met a type a state never holds: a foreign or tampered file
+        return f"it holds {refused.group(1)}, a type weights_only=True refuses to load"
+    return text.split(". ")[0][:160]
+
+
+def find_latest_state(output_dir: Path, output_name: str) -> Path | None:
+    """The folder of the newest state whose torch file reads (by its recorded step); None if there is none.
+    Damaged ones are skipped here: training/resume.py's `--resume auto` also says which and why."""
     best: tuple[int, Path] | None = None
-    for path in output_dir.iterdir():
-        if not (name.match(path.name) and (path / STATE_FILE).is_file() and (path / STATE_LORA).is_file()):
+    for path in state_folders(output_dir, output_name):
+        if not (path / STATE_LORA).is_file():
             continue
         try:
-            step = int(
-                torch.load(path / STATE_FILE, weights_only=True, map_location="cpu")["progress"]["step"]
-            )
-        except Exception:  # a damaged state is skipped, never resumed from
+            step = int(read_state_file(path, mmap=True)["progress"]["step"])
+        except Exception:
             continue
         if best is None or step > best[0]:
             best = (step, path)
     return best[1] if best else None
 
 
-def load_state(folder: Path, network, optimizer, scheduler) -> tuple[Progress, dict]:
-    """Restore a state into the network, optimizer, scheduler and RNGs; return its progress and its extra."""
-    state_file = folder / STATE_FILE
-    if not state_file.is_file():
-        raise UserError(f"--resume {folder}: not a training state (no {STATE_FILE})")
-    try:
-        payload = torch.load(state_file, weights_only=True, map_location="cpu")
-    except Exception as e:
-        raise UserError(f"--resume {folder}: unreadable state ({' '.join(str(e).split())[:160]})") from None
-    network.load_weights(str(folder / STATE_LORA))
+def load_state(payload: dict, lora: dict, network, optimizer, scheduler) -> tuple[Progress, dict]:
+    """Restore a checked state (state_check.check_state) into the network, optimizer, scheduler and RNGs;
+    return its progress and its extra."""
+    network.load_state_dict(lora, strict=True)
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     _set_rng_state(payload["rng"])

@@ -13,12 +13,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from .checkpoints import Progress, find_latest_state, load_state, lora_file_name, prune, save_state
+from .checkpoints import Progress, load_state, lora_file_name, prune, save_state
 from .devices import apply_block_swap, parse_dtype
 from .errors import UserError
 from .flow import FlowSettings, flow_loss, loss_weights, noisy_input, seeded_draws
 from .nonfinite import NonFiniteGuard, NonFiniteStop, gradient_norm
 from .processes import average_gradients, broadcast_parameters, prepare_processes, process_state
+from .resume import choose_state
+from .state_fit import run_record
 
 logger = logging.getLogger(__name__)
 
@@ -298,7 +300,7 @@ def save_training_state(run: Run, progress: Progress, kind: str) -> None:
     if run.accelerator.is_main_process:
         folder = _state_dir(run, progress, kind)
         extra = {"losses": run.losses, "validations": run.validations}
-        save_state(folder, run.network, run.optimizer, run.scheduler, progress, extra)
+        save_state(folder, run.network, run.optimizer, run.scheduler, progress, extra, run_record(run))
         logger.info("saved state %s", folder)
         keep = run.args.save_last_n_steps_state if kind == "step" else run.args.save_last_n_epochs_state
         prune(run.output_dir, run.args.output_name, kind, keep, state=True)
@@ -371,14 +373,11 @@ def _build_sampler(args, device: torch.device):
 
 
 def _resume(run: Run) -> Progress:
-    a = run.args
-    if not a.resume:
+    state = choose_state(run)  # checked whole and against this run's options before any of it loads
+    if state is None:
         return Progress()
-    folder = find_latest_state(run.output_dir, a.output_name) if a.resume == "auto" else Path(a.resume)
-    if folder is None:
-        logger.info("--resume auto: no saved state in %s, starting fresh", run.output_dir)
-        return Progress()
-    progress, extra = load_state(folder, run.network, run.optimizer, run.scheduler)
+    folder = state.folder
+    progress, extra = load_state(state.payload, state.lora, run.network, run.optimizer, run.scheduler)
     run.losses = list(extra.get("losses", []))
     run.validations = list(extra.get("validations", []))
     logger.info(
