@@ -54,7 +54,7 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dataset.cache_files import LATENT_FORMAT, TEXT_FORMAT, write_cache  # noqa: E402
+from dataset.cache_files import write_latent_cache, write_text_cache  # noqa: E402
 from dataset.cache_names import latent_cache_name, text_cache_name  # noqa: E402
 from hunyuan_model.checkpoint import load_dit, read_dit_config  # noqa: E402
 from hunyuan_model.config import DEFAULT_EXCLUDE_PATTERNS, TARGET_BLOCK_CLASSES, DiTConfig  # noqa: E402
@@ -124,16 +124,14 @@ def make_cache(folder: Path) -> list[dict[str, torch.Tensor]]:
         key = f"clip{i}"
         latents = torch.randn(16, 2, 32, 32, generator=g)
         llm, pooled = torch.randn(32, 64, generator=g), torch.randn(32, generator=g)
-        write_cache(
+        write_latent_cache(
             folder / latent_cache_name(key, 256, 256, start_frame=0, frame_count=5),
-            {"latents": latents},
-            {"format_version": LATENT_FORMAT, "item_key": key, "latent_shape": "16x2x32x32"},
+            latents,
+            (256, 256),
+            5,
+            {},
         )
-        write_cache(
-            folder / text_cache_name(key),
-            {"llm": llm, "clip_pooled": pooled},
-            {"format_version": TEXT_FORMAT, "item_key": key},
-        )
+        write_text_cache(folder / text_cache_name(key), llm, torch.ones(32), pooled, key, {})
         mask = torch.ones(1, 32, dtype=torch.bool)
         batches.append(
             {"latents": latents[None], "llm": llm[None], "llm_mask": mask, "clip_pooled": pooled[None]}

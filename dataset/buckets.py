@@ -4,7 +4,8 @@ Rule (resolution (W, H), step 16): s = isqrt(W*H); widths w run from (s//2 round
 below s + 16 in steps of 16; each gives h = (W*H // w) rounded down to 16; both (w, h) and (h, w) are
 buckets; the list is unique and sorted. An image goes to the bucket whose w/h is nearest its own (the
 first in sorted order on a tie). With bucket_no_upscale an image no larger than W*H keeps its own size,
-rounded down to 16. With enable_bucket off every image goes to (W, H).
+rounded down to 16 (a side under 16 is an error, as it fails in musubi-tuner). With enable_bucket off every
+image goes to (W, H). Videos are always bucketed, without no_upscale (config.VideoDatasetConfig).
 """
 
 from __future__ import annotations
@@ -49,7 +50,13 @@ class BucketSelector:
         if not self.enable_bucket:
             return self.buckets[0]
         if self.no_upscale and width * height <= self.resolution[0] * self.resolution[1]:
-            return max(round_down(width), RESOLUTION_STEP), max(round_down(height), RESOLUTION_STEP)
+            if (
+                min(width, height) < RESOLUTION_STEP
+            ):  # musubi-tuner's bucket would be 0 pixels wide: it fails too
+                raise ValueError(
+                    f"{width}x{height} is under {RESOLUTION_STEP} pixels on a side, too small with bucket_no_upscale"
+                )
+            return round_down(width), round_down(height)
         aspect = width / height
         return min(self.buckets, key=lambda b: abs(b[0] / b[1] - aspect))  # min() keeps the first on a tie
 

@@ -25,6 +25,7 @@ def describe(dataset: DatasetConfig, decode: bool) -> None:
         f"num_repeats {dataset.num_repeats}, cache_directory {dataset.cache_directory}"
     )
     if dataset.is_video:
+        print("  videos are always bucketed (as musubi-tuner caches them)")
         print(
             f"  frame_extraction {dataset.frame_extraction}, target_frames {list(dataset.target_frames)}, "
             f"frame_stride {dataset.frame_stride}, frame_sample {dataset.frame_sample}, "

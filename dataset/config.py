@@ -7,6 +7,7 @@ so a TOML written for it works unchanged; messages show the resolved absolute pa
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ import toml
 from . import schema
 from .buckets import RESOLUTION_STEP, BucketSelector
 from .errors import DatasetConfigError
-from .frames import is_vae_frame_count, round_down_to_vae_frames
+from .foreign_keys import ForeignKeyError, take_foreign_keys
+from .frames import is_vae_frame_count, normalise_target_frames
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +88,10 @@ class VideoDatasetConfig(BaseDatasetConfig):
     def source_key(self) -> str:
         return "video_directory" if self.video_directory is not None else "video_jsonl_file"
 
+    def bucket_selector(self) -> BucketSelector:
+        # musubi-tuner buckets every video when caching, whatever enable_bucket and bucket_no_upscale say
+        return BucketSelector(self.resolution, enable_bucket=True, no_upscale=False)
+
 
 DatasetConfig = ImageDatasetConfig | VideoDatasetConfig
 
@@ -113,7 +119,7 @@ def load_dataset_config(
     base_dir: what relative paths resolve against; the current directory by default (musubi-tuner's rule).
     """
     config_file = Path(path)
-    doc = _read_toml(config_file)
+    doc = _read_config(config_file)
     general = _parse_general(doc.get("general", {}), config_file)
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     sections = {}
@@ -138,7 +144,7 @@ def load_dataset_config(
 MAX_CONFIG_BYTES = 1 << 20  # real dataset configs are a few KB; megabytes of TOML are not one
 
 
-def _read_toml(config_file: Path) -> dict[str, Any]:
+def _read_config(config_file: Path) -> dict[str, Any]:
     try:
         found = config_file.is_file()
         size = config_file.stat().st_size if found else 0
@@ -156,14 +162,11 @@ def _read_toml(config_file: Path) -> dict[str, Any]:
         text = config_file.read_text(encoding="utf-8-sig")  # -sig: a BOM from a Windows editor is not TOML
     except (OSError, UnicodeDecodeError) as e:
         raise DatasetConfigError(f"{config_file}: cannot read the dataset config: {e}") from None
-    try:
-        doc = toml.loads(text)
-    except toml.TomlDecodeError as e:
-        raise DatasetConfigError(f"{config_file}: line {e.lineno}: TOML syntax error: {e.msg}") from None
-    except Exception as e:  # the toml package fails on some garbage with IndexError, RecursionError, ...
-        raise DatasetConfigError(
-            f"{config_file}: TOML syntax error ({type(e).__name__} in the parser)"
-        ) from None
+    doc = (
+        _parse_json(text, config_file)
+        if config_file.suffix.lower() == ".json"
+        else _parse_toml(text, config_file)
+    )
     for key in doc:
         if key in schema.DATASET_KEYS:
             raise DatasetConfigError(f"{config_file}: {key}: put it under [general] or a [[datasets]] table")
@@ -173,6 +176,34 @@ def _read_toml(config_file: Path) -> dict[str, Any]:
                 f"{config_file}: {schema.shorten(key)}: unknown top-level key{hint}; expected [general], [[datasets]]"
             )
     return doc
+
+
+def _parse_json(text: str, config_file: Path) -> dict[str, Any]:
+    """A .json dataset config: musubi-tuner reads those too, with the same keys as the TOML."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DatasetConfigError(
+            f"{config_file}: line {e.lineno}: JSON syntax error: {e.msg} at column {e.colno}"
+        ) from None
+    except RecursionError:
+        raise DatasetConfigError(f"{config_file}: JSON nested too deeply") from None
+    if not isinstance(doc, dict):
+        raise DatasetConfigError(
+            f'{config_file}: expected a JSON object like {{"general": {{...}}, "datasets": [...]}}'
+        )
+    return doc
+
+
+def _parse_toml(text: str, config_file: Path) -> dict[str, Any]:
+    try:
+        return toml.loads(text)
+    except toml.TomlDecodeError as e:
+        raise DatasetConfigError(f"{config_file}: line {e.lineno}: TOML syntax error: {e.msg}") from None
+    except Exception as e:  # the toml package fails on some garbage with IndexError, RecursionError, ...
+        raise DatasetConfigError(
+            f"{config_file}: TOML syntax error ({type(e).__name__} in the parser)"
+        ) from None
 
 
 def _tables(doc: dict[str, Any], section: str, config_file: Path) -> list[dict[str, Any]]:
@@ -209,6 +240,12 @@ def _check(checker: schema.Checker, value: Any, where: str) -> Any:
 
 
 def _parse_dataset(table: dict[str, Any], general: dict[str, Any], origin: DatasetOrigin) -> DatasetConfig:
+    # musubi-tuner's rule: a table with a video source is a video dataset, any other an image dataset
+    looks_video = any(key in table for key in schema.VIDEO_SOURCE_KEYS)
+    try:
+        table = take_foreign_keys(table, looks_video, f"{origin.config_file}: {origin.where()}")
+    except ForeignKeyError as e:
+        raise origin.error(e.key, str(e)) from None
     for key in table:
         if key not in schema.DATASET_KEYS:
             raise origin.error(
@@ -232,10 +269,12 @@ def _parse_dataset(table: dict[str, Any], general: dict[str, Any], origin: Datas
             "caption_extension", f'required with {source_key}; set it here or in [general], e.g. ".txt"'
         )
     if is_video:
+        _warn_ignored_bucket_keys(values, set(given) | set(general), origin)
         values = _normalise_video(values, set(given), origin)
     klass = VideoDatasetConfig if is_video else ImageDatasetConfig
     config = klass(origin=origin, **values, **paths)
-    _check_resolution(config)
+    if not is_video:
+        _check_resolution(config)
     return config
 
 
@@ -283,16 +322,34 @@ def _check_source_path(path: Path, key: str, origin: DatasetOrigin) -> None:
         raise origin.error(key, f"{'not a file' if path.exists() else 'file not found'}: {path}")
 
 
+def _warn_ignored_bucket_keys(values: dict[str, Any], written: set[str], origin: DatasetOrigin) -> None:
+    """`written`: the keys set in the dataset's table or in [general]."""
+    if (values.get("enable_bucket") is False and "enable_bucket" in written) or values.get(
+        "bucket_no_upscale"
+    ):
+        logger.warning(
+            f"{origin.config_file}: {origin.where()}: videos are always bucketed (enable_bucket = true, "
+            "bucket_no_upscale = false), as musubi-tuner caches them; those two keys apply to images only"
+        )
+
+
 def _normalise_video(values: dict[str, Any], given: set[str], origin: DatasetOrigin) -> dict[str, Any]:
-    """Round target_frames down to 4k+1 (the VAE's rule) with a warning; warn about settings that do nothing."""
+    """musubi-tuner's video rules, each change named in a warning: target_frames rounded down to 4k+1 and
+    sorted, uniform with one sample is head. given: the keys set in the dataset's own table."""
+    where = f"{origin.config_file}: {origin.where()}"
     frames = values.get("target_frames", VideoDatasetConfig.target_frames)
-    rounded = tuple(dict.fromkeys(round_down_to_vae_frames(f) for f in frames))
+    rounded = normalise_target_frames(frames)
     if any(not is_vae_frame_count(f) for f in frames):
         logger.warning(
-            f"{origin.config_file}: {origin.where('target_frames')}: {list(frames)} rounded down to "
+            f"{where}.target_frames: {list(frames)} rounded down to "
             f"{list(rounded)}: the VAE takes 4k+1 frames (1, 5, 9, ..., 25, ...)"
         )
     mode = values.get("frame_extraction", VideoDatasetConfig.frame_extraction)
+    if mode == "uniform" and values.get("frame_sample", 1) == 1:
+        logger.warning(
+            f"{where}: frame_extraction = 'uniform' with frame_sample = 1 is 'head' (as in musubi-tuner)"
+        )
+        mode = values["frame_extraction"] = "head"
     if mode == "chunk" and 1 in rounded:
         logger.warning(
             f"{origin.config_file}: {origin.where('target_frames')}: 1 with frame_extraction = 'chunk' "

@@ -6,10 +6,8 @@ The rules follow musubi-tuner's VideoDataset, so a dataset TOML written for it y
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 
 import numpy as np
 
@@ -88,29 +86,39 @@ def _full(frame_count: int, max_frames: int) -> list[FrameWindow]:
     return [FrameWindow(0, round_down_to_vae_frames(count))] if count >= 1 else []
 
 
-def resampled_frame_count(frame_count: int, source_fps: float | None, target_fps: float = HUNYUAN_FPS) -> int:
-    """How many frames a clip of `frame_count` frames at `source_fps` has once resampled to `target_fps`."""
-    ratio = _ratio(source_fps, target_fps)
-    if ratio is None or frame_count < 1:
-        return frame_count
-    return math.floor((frame_count - 1) * ratio) + 1
+def normalise_target_frames(frames: Sequence[int]) -> tuple[int, ...]:
+    """musubi-tuner's order: each rounded down to 4k+1, duplicates dropped, ascending."""
+    return tuple(sorted({round_down_to_vae_frames(f) for f in frames}))
 
 
-def resampled_to_source(index: int, source_fps: float | None, target_fps: float = HUNYUAN_FPS) -> int:
-    """The source frame shown at frame `index` of the resampled timeline.
+def source_timeline(
+    frame_count: int, source_fps: float | None, end: int | None = None, target_fps: float = HUNYUAN_FPS
+) -> list[int]:
+    """The source frames the windows are cut from, in order: entry j is the clip's frame j as the windows see it.
 
-    Like musubi-tuner, resampling only drops frames: source frame i lands on resampled frame
-    floor(i * target/source) and the first source frame to land on each resampled frame is kept, so
-    resampled frame j is source frame ceil(j * source/target). A source_fps at or below the target keeps
-    every frame (nothing is duplicated).
+    musubi-tuner's loader, step by step (so the same clip gives the same frames): with source_fps, source
+    frame i lands on int(a_i), a_i being target/source added up i times in floating point, and it is kept when
+    that number differs from the previous kept frame's; reading stops at the first frame landing at `end` or
+    later. `end` is set for frame_extraction = "head" only (max(target_frames)). Below 24 fps every frame
+    lands on a new number, so nothing is dropped, but landing numbers skip ahead and `end` cuts earlier.
     """
-    ratio = _ratio(source_fps, target_fps)
-    return index if ratio is None else math.ceil(index / ratio)
-
-
-def _ratio(source_fps: float | None, target_fps: float) -> Fraction | None:
-    """target/source as an exact fraction (decimal fps values like 29.97 are taken literally), or None."""
     if source_fps is None:
-        return None
-    ratio = Fraction(str(target_fps)) / Fraction(str(source_fps))
-    return ratio if ratio < 1 else None
+        return list(range(frame_count if end is None else min(frame_count, end)))
+    delta = float(target_fps) / float(source_fps)
+    kept: list[int] = []
+    position, previous = 0.0, -1
+    for i in range(frame_count):
+        landing = int(position)
+        position += delta
+        if landing == previous:
+            continue
+        previous = landing
+        if end is not None and landing >= end:
+            break
+        kept.append(i)
+    return kept
+
+
+def read_end(mode: str, target_frames: Sequence[int]) -> int | None:
+    """Where musubi-tuner stops reading a clip: after max(target_frames) frames for "head", else at its end."""
+    return max(target_frames) if mode == "head" else None

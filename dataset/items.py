@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache_names import latent_cache_name, text_cache_name
+from .cache_names import latent_cache_name, name_size, text_cache_name
 from .config import DatasetConfig, VideoDatasetConfig
 from .errors import MediaError
-from .frames import FrameWindow, frame_windows, resampled_frame_count, resampled_to_source
+from .frames import FrameWindow, frame_windows, read_end, source_timeline
 from .media import decode_frames, fit_to_bucket, image_size, load_image, probe_video
 from .sources import MediaEntry, list_media
 
@@ -47,12 +47,12 @@ class ItemPlan:
     is_video: bool
     original_size: tuple[int, int]  # (width, height) of the source, EXIF orientation applied
     bucket_size: tuple[int, int]  # (width, height)
-    frame_count: int  # frames on the resampled timeline; 1 for an image
-    windows: tuple[FrameWindow, ...]  # on the resampled timeline; (FrameWindow(0, 1),) for an image
-    source_fps: float | None = None
+    frame_count: int  # frames on the timeline; 1 for an image
+    windows: tuple[FrameWindow, ...]  # on the timeline; (FrameWindow(0, 1),) for an image
+    timeline: tuple[int, ...] = (0,)  # source frame number of each timeline frame (frames.source_timeline)
 
     def latent_cache_name(self, window: FrameWindow) -> str:
-        w, h = self.bucket_size
+        w, h = name_size(self.is_video, self.original_size, self.bucket_size)  # as musubi-tuner names it
         if not self.is_video:
             return latent_cache_name(self.item_key, w, h)
         return latent_cache_name(self.item_key, w, h, start_frame=window.start, frame_count=window.count)
@@ -78,7 +78,7 @@ class ItemRecord:
 
     @property
     def latent_cache_name(self) -> str:
-        w, h, f = self.bucket
+        (w, h), f = name_size(self.is_video, self.original_size, self.bucket[:2]), self.bucket[2]
         if not self.is_video:
             return latent_cache_name(self.item_key, w, h)
         return latent_cache_name(self.item_key, w, h, start_frame=self.start_frame, frame_count=f)
@@ -106,7 +106,11 @@ def plan_items(dataset: DatasetConfig) -> Iterator[ItemPlan]:
         plan = _video_plan(dataset, entry) if dataset.is_video else _image_plan(entry)
         if plan is None:
             continue
-        yield replace(plan, bucket_size=selector.select(*plan.original_size))
+        try:
+            bucket = selector.select(*plan.original_size)
+        except ValueError as e:
+            raise MediaError(f"{plan.source_path}: {e}") from None
+        yield replace(plan, bucket_size=bucket)
 
 
 def _image_plan(entry: MediaEntry) -> ItemPlan:
@@ -116,7 +120,8 @@ def _image_plan(entry: MediaEntry) -> ItemPlan:
 
 def _video_plan(dataset: VideoDatasetConfig, entry: MediaEntry) -> ItemPlan | None:
     info = probe_video(entry.path)
-    count = resampled_frame_count(info.frame_count, dataset.source_fps)
+    timeline = _timeline(dataset, info.frame_count)
+    count = len(timeline)
     windows = tuple(_video_windows(dataset, count))
     if not windows:
         logger.warning(
@@ -125,9 +130,31 @@ def _video_plan(dataset: VideoDatasetConfig, entry: MediaEntry) -> ItemPlan | No
         )
         return None
     size = (info.width, info.height)
-    return ItemPlan(
-        entry.item_key, entry.caption, entry.path, True, size, size, count, windows, dataset.source_fps
-    )
+    _check_musubi_batches(dataset, entry, size)
+    return ItemPlan(entry.item_key, entry.caption, entry.path, True, size, size, count, windows, timeline)
+
+
+def _check_musubi_batches(dataset: VideoDatasetConfig, entry: MediaEntry, size: tuple[int, int]) -> None:
+    """musubi-tuner caches every video bucketed but batches a small one (no larger than the area) by its own
+    size when bucket_no_upscale is set: with batch_size > 1 its batches would differ from ours, so stop."""
+    w, h = dataset.resolution
+    if (
+        dataset.enable_bucket
+        and dataset.bucket_no_upscale
+        and dataset.batch_size > 1
+        and size[0] * size[1] <= w * h
+    ):
+        raise dataset.origin.error(
+            "bucket_no_upscale",
+            f"{entry.path} ({size[0]}x{size[1]}) is no larger than resolution: musubi-tuner would batch it by its "
+            "own size while training it bucketed, so its batches differ from this trainer's; set "
+            "bucket_no_upscale = false for this dataset (videos are always bucketed: nothing else changes)",
+        )
+
+
+def _timeline(dataset: VideoDatasetConfig, frame_count: int) -> tuple[int, ...]:
+    end = read_end(dataset.frame_extraction, dataset.target_frames)
+    return tuple(source_timeline(frame_count, dataset.source_fps, end))
 
 
 def _video_windows(dataset: VideoDatasetConfig, frame_count: int) -> list[FrameWindow]:
@@ -152,12 +179,13 @@ def load_item(dataset: DatasetConfig, plan: ItemPlan) -> Iterator[ItemRecord]:
     if decoded is None:
         return
     # the header promised more frames than the file holds: plan again with the true count
-    count = resampled_frame_count(decoded, plan.source_fps)
+    replan = replace(plan, timeline=_timeline(dataset, decoded))
+    count = len(replan.timeline)
     logger.warning(
         f"{plan.source_path}: the header says {plan.frame_count} frames, {count} decoded; windows re-planned"
     )
     remaining = [w for w in _video_windows(dataset, count) if w not in emitted]
-    if (yield from _stream_windows(plan, tuple(remaining), emitted)) is not None:
+    if (yield from _stream_windows(replan, tuple(remaining), emitted)) is not None:
         raise MediaError(f"{plan.source_path}: decoding stopped early twice; the file is damaged")
 
 
@@ -173,7 +201,7 @@ def _stream_windows(
         return None
 
     def src(index: int) -> int:
-        return resampled_to_source(index, plan.source_fps)
+        return plan.timeline[index]
 
     pending = sorted(windows, key=lambda w: src(w.start + w.count - 1))  # stable: ties keep plan order
     starts = [(src(w.start), i) for i, w in enumerate(pending)]

@@ -29,7 +29,7 @@ def shorten(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[: limit - 20]}...({len(text)} characters)"
 
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
     kind = {
         bool: "a boolean",
         int: "an integer",
@@ -41,13 +41,13 @@ def _describe(value: Any) -> str:
     return f"{kind.get(type(value), type(value).__name__)} {shorten(repr(value))}"
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)  # TOML true is not the number 1
 
 
 def positive_int(value: Any) -> int:
-    if not _is_int(value):
-        raise BadValue(f"expected an integer >= 1, got {_describe(value)}")
+    if not is_int(value):
+        raise BadValue(f"expected an integer >= 1, got {describe(value)}")
     if not 1 <= value <= MAX_COUNT:
         raise BadValue(f"expected an integer >= 1 and <= {MAX_COUNT}, got {shorten(str(value))}")
     return value
@@ -55,28 +55,28 @@ def positive_int(value: Any) -> int:
 
 def boolean(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise BadValue(f"expected true or false, got {_describe(value)}")
+        raise BadValue(f"expected true or false, got {describe(value)}")
     return value
 
 
 def text(value: Any) -> str:
     if not isinstance(value, str):
-        raise BadValue(f"expected a string, got {_describe(value)}")
+        raise BadValue(f"expected a string, got {describe(value)}")
     if not value.strip():
         raise BadValue("expected a non-empty string")
     if len(value) > MAX_TEXT or "\0" in value:
         raise BadValue(
-            f"expected a path or name of at most {MAX_TEXT} characters without NUL, got {_describe(value)}"
+            f"expected a path or name of at most {MAX_TEXT} characters without NUL, got {describe(value)}"
         )
     return value
 
 
 def resolution(value: Any) -> tuple[int, int]:
     """[width, height], or one integer for a square."""
-    if _is_int(value):
+    if is_int(value):
         value = [value, value]
-    if not (isinstance(value, list) and len(value) == 2 and all(_is_int(v) for v in value)):
-        raise BadValue(f"expected [width, height] or one integer, got {_describe(value)}")
+    if not (isinstance(value, list) and len(value) == 2 and all(is_int(v) for v in value)):
+        raise BadValue(f"expected [width, height] or one integer, got {describe(value)}")
     if min(value) < 16 or max(value) > MAX_SIDE:
         raise BadValue(
             f"expected a width and height of at least 16 and at most {MAX_SIDE}, got {shorten(str(value))}"
@@ -85,8 +85,8 @@ def resolution(value: Any) -> tuple[int, int]:
 
 
 def target_frames(value: Any) -> tuple[int, ...]:
-    if not (isinstance(value, list) and value and all(_is_int(v) for v in value)):
-        raise BadValue(f"expected a non-empty list of integers like [1, 25, 45], got {_describe(value)}")
+    if not (isinstance(value, list) and value and all(is_int(v) for v in value)):
+        raise BadValue(f"expected a non-empty list of integers like [1, 25, 45], got {describe(value)}")
     if min(value) < 1 or max(value) > MAX_COUNT:
         raise BadValue(f"expected frame counts >= 1 and <= {MAX_COUNT}, got {shorten(str(value))}")
     return tuple(value)
@@ -103,7 +103,7 @@ def frame_extraction(value: Any) -> str:
 
 def source_fps(value: Any) -> float:
     if not (isinstance(value, (int, float)) and not isinstance(value, bool)):
-        raise BadValue(f"expected a number of frames per second, got {_describe(value)}")
+        raise BadValue(f"expected a number of frames per second, got {describe(value)}")
     if not (math.isfinite(value) and value > 0):
         raise BadValue(f"expected a positive frame rate, got {value}")
     return float(value)

@@ -15,9 +15,24 @@ from .config import DatasetConfig, DatasetOrigin, resolve_path
 
 logger = logging.getLogger(__name__)
 
-# musubi-tuner's lists; compared case-insensitively
+# musubi-tuner's lists. It globs "*" + each of them, so the match is case-sensitive (".Jpg" is not taken) and
+# names starting with a dot (macOS's "._clip.mp4") are skipped: the same files are taken here.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".avif")
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".flv", ".wmv", ".m4v", ".mpg", ".mpeg")
+_MATCHED = {
+    False: frozenset(IMAGE_EXTENSIONS) | {e.upper() for e in IMAGE_EXTENSIONS},
+    True: frozenset(VIDEO_EXTENSIONS) | {e.upper() for e in VIDEO_EXTENSIONS},
+}
+
+
+def is_listed(path: Path, is_video: bool) -> bool:
+    """Whether musubi-tuner's glob takes this name as an image (or a video)."""
+    return path.suffix in _MATCHED[is_video] and not path.name.startswith(".")
+
+
+def frame_files(folder: Path) -> list[Path]:
+    """The images of a folder of frames, in musubi-tuner's order (sorted by name): one video."""
+    return sorted(p for p in folder.iterdir() if is_listed(p, is_video=False) and p.is_file())
 
 
 @dataclass(frozen=True)
@@ -47,7 +62,10 @@ def _from_directory(
     directory: Path, caption_ext: str, is_video: bool, origin: DatasetOrigin, key: str
 ) -> list[MediaEntry]:
     extensions = VIDEO_EXTENSIONS if is_video else IMAGE_EXTENSIONS
-    media = sorted(p for p in directory.iterdir() if p.suffix.lower() in extensions and p.is_file())
+    # a folder named like a video ("clip.mp4/") is a folder of frames to musubi-tuner: one video
+    media = sorted(
+        p for p in directory.iterdir() if is_listed(p, is_video) and (p.is_file() or is_video and p.is_dir())
+    )
     if not media:
         kind = "videos" if is_video else "images"
         raise origin.error(key, f"no {kind} in {directory} (looked for {' '.join(extensions)})")
@@ -101,8 +119,11 @@ def _jsonl_entry(line: str, path_key: str, where: str, origin: DatasetOrigin, ke
             raise origin.error(key, f'{where}: "{field}" {problem}')
     # relative media paths resolve like every other path: against the current directory (musubi-tuner's rule)
     path = resolve_path(record[path_key], origin.base_dir)
-    if not path.is_file():
-        raise origin.error(key, f"{where}: {path_key} not found: {path}")
+    if not (path.is_file() or (path_key == "video_path" and path.is_dir())):  # a folder of frames is a video
+        problem = (
+            "is a folder (only a video_path may be a folder of frames)" if path.is_dir() else "not found"
+        )
+        raise origin.error(key, f"{where}: {path_key} {problem}: {path}")
     return MediaEntry(path.stem, path, record["caption"].strip())
 
 

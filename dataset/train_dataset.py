@@ -23,18 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from torch.utils.data import Dataset
 
-from .cache_files import LATENT_FORMAT, TEXT_FORMAT, CacheFileError, load_cache, read_metadata
-from .cache_names import LATENT_SUFFIX, text_cache_name
+from .cache_files import load_latents, load_text, text_length
+from .cache_index import CachedItem, index_cache
 
-
-@dataclass(frozen=True)
-class CachedItem:
-    latent_path: Path
-    text_path: Path
-    bucket: tuple[int, ...]  # latent shape (C, F, H, W)
+__all__ = ["CachedBatches", "CachedDatasetSpec", "CachedItem", "EpochSpanningSampler", "collate",
+           "discover_cached_items", "sample_seed"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -44,30 +39,19 @@ class CachedDatasetSpec:
     cache_directory: Path
     batch_size: int = 1
     num_repeats: int = 1
+    dataset: object = None  # the parsed [[datasets]] entry: its items are the ones trained (None: every file)
 
     @classmethod
     def of(cls, dataset, repeats: bool = True) -> CachedDatasetSpec:
         """From a parsed [[datasets]] entry; validation sets are read once per evaluation (repeats=False)."""
-        return cls(dataset.cache_directory, dataset.batch_size, dataset.num_repeats if repeats else 1)
+        return cls(
+            dataset.cache_directory, dataset.batch_size, dataset.num_repeats if repeats else 1, dataset
+        )
 
 
-def discover_cached_items(cache_directory: Path) -> list[CachedItem]:
-    """Latent files and their text files in a cache directory; missing or unreadable ones are errors."""
-    if not cache_directory.is_dir():
-        raise CacheFileError(f"cache directory not found: {cache_directory}; run cache_latents.py first")
-    items = []
-    for latent in sorted(cache_directory.glob(f"*{LATENT_SUFFIX}")):
-        meta = read_metadata(latent)
-        if meta is None or meta.get("format_version") != LATENT_FORMAT:
-            raise CacheFileError(f"corrupt cache file {latent}; rerun cache_latents.py")
-        text = cache_directory / text_cache_name(meta["item_key"])
-        if not text.is_file():
-            raise CacheFileError(f"no text cache for {latent.name}: run cache_text_encoder_outputs.py")
-        shape = tuple(int(x) for x in meta["latent_shape"].split("x"))
-        items.append(CachedItem(latent, text, shape))
-    if not items:
-        raise CacheFileError(f"no cached latents in {cache_directory}: run cache_latents.py first")
-    return items
+def discover_cached_items(cache_directory: Path, dataset=None) -> list[CachedItem]:
+    """The items of a cache folder, every file header-checked (dataset/cache_index.py)."""
+    return index_cache(cache_directory, dataset)
 
 
 class CachedBatches(Dataset):
@@ -88,12 +72,13 @@ class CachedBatches(Dataset):
         self._groups: list[tuple[list[CachedItem], int]] = []  # (items of one bucket, global batch size)
         for spec in specs:
             buckets: dict[tuple[int, ...], list[CachedItem]] = defaultdict(list)
-            for item in discover_cached_items(spec.cache_directory):
+            for item in discover_cached_items(spec.cache_directory, spec.dataset):
                 buckets[item.bucket].extend([item] * spec.num_repeats)
             self._groups.extend(
                 (items, spec.batch_size * num_processes) for _, items in sorted(buckets.items())
             )
         self._text_lengths: dict[Path, int] = {}
+        self._checked: set[Path] = set()  # files whose values were checked finite (in this process)
         self._plan = self._plan_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -134,7 +119,11 @@ class CachedBatches(Dataset):
         # LLM states are padded to the longest of the global batch: every process runs the same shapes (and so
         # draws the same dropout masks), and the numbers match one process training the whole global batch.
         length = max(self._text_length(item) for item in self._plan[index])
-        batch = collate([_load_item(item) for item in items], length)
+        batch = collate([self._load_item(item) for item in items], length)
+        # the files behind the batch, so a non-finite loss can name them (training/nonfinite.py)
+        batch["cache_paths"] = [
+            str(p) for item in dict.fromkeys(items) for p in (item.latent_path, item.text_path)
+        ]
         # Each process's loss is scaled so that the average over processes (DDP) is the global batch's mean.
         batch["loss_scale"] = torch.tensor(
             [self.num_processes / real if p < real else 0.0 for p in positions], dtype=torch.float32
@@ -144,16 +133,20 @@ class CachedBatches(Dataset):
         )
         return batch
 
+    def _load_item(self, item: CachedItem) -> dict[str, torch.Tensor]:
+        """The item's tensors; a file's values are checked finite the first time this process reads it (a check
+        on every read would cost more than the read itself)."""
+        checked = self._checked
+        out = {"latents": load_latents(item.latent_path, check=item.latent_path not in checked),
+               **load_text(item.text_path, check=item.text_path not in checked)}  # fmt: skip
+        checked.update((item.latent_path, item.text_path))
+        return out
+
     def _text_length(self, item: CachedItem) -> int:
         """The LLM state count of an item, from its file header (the tensors of other processes' items are
         not read)."""
         if item.text_path not in self._text_lengths:
-            try:
-                with safe_open(str(item.text_path), framework="pt") as f:
-                    length = int(f.get_slice("llm").get_shape()[0])
-            except (SafetensorError, OSError, ValueError):  # a full read names the problem
-                length = int(load_cache(item.text_path, TEXT_FORMAT, ("llm",))["llm"].shape[0])
-            self._text_lengths[item.text_path] = length
+            self._text_lengths[item.text_path] = text_length(item.text_path)
         return self._text_lengths[item.text_path]
 
 
@@ -175,12 +168,6 @@ class EpochSpanningSampler:
             for i in range(index, self.batches_per_epoch):
                 yield (epoch, i)
             epoch, index = epoch + 1, 0
-
-
-def _load_item(item: CachedItem) -> dict[str, torch.Tensor]:
-    latents = load_cache(item.latent_path, LATENT_FORMAT, ("latents",))
-    text = load_cache(item.text_path, TEXT_FORMAT, ("llm", "clip_pooled"))
-    return {"latents": latents["latents"], "llm": text["llm"], "clip_pooled": text["clip_pooled"]}
 
 
 def collate(items: list[dict[str, torch.Tensor]], length: int | None = None) -> dict[str, torch.Tensor]:

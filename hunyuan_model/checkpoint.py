@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .config import PRESETS, DiTConfig, rope_dims_for
+from .config import PRESETS, DiTConfig
 from .diffusers_layout import diffusers_to_original
 from .errors import CheckpointError
 from .fp8 import (
@@ -36,6 +36,7 @@ from .fp8 import (
     normalize_scale,
 )
 from .model import HYVideoDiffusionTransformer, build_dit
+from .rope_source import log_if_derived, read_rope_split, rope_split
 
 _PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "module.", "model.")
 _ORIGINAL_MARKER = "img_in.proj.weight"
@@ -198,8 +199,13 @@ def _depth(keys, prefix: str) -> int:
     return max((int(m.group(1)) + 1 for k in keys if (m := pattern.match(k))), default=0)
 
 
-def config_from_state_dict(sd: Mapping[str, torch.Tensor], source: str = "checkpoint") -> DiTConfig:
-    """Derive the architecture from the original-layout keys and shapes; names a matching preset."""
+def config_from_state_dict(
+    sd: Mapping[str, torch.Tensor], source: str = "checkpoint", rope: tuple[int, int, int] | None = None
+) -> DiTConfig:
+    """Derive the architecture from the original-layout keys and shapes; names a matching preset.
+
+    rope: the RoPE split the file states (rope_source.read_rope_split); None derives it from the head width.
+    """
     try:
         hidden, in_channels, *patch = sd["img_in.proj.weight"].shape
         head_dim = next(
@@ -220,12 +226,14 @@ def config_from_state_dict(sd: Mapping[str, torch.Tensor], source: str = "checkp
             mlp_width_ratio=mlp_hidden / hidden,
             mm_double_blocks_depth=_depth(sd, "double_blocks"),
             mm_single_blocks_depth=_depth(sd, "single_blocks"),
-            rope_dim_list=rope_dims_for(head_dim),
+            rope_dim_list=rope_split(head_dim, rope, source),
             text_states_dim=sd["txt_in.input_embedder.weight"].shape[1],
             text_states_dim_2=sd["vector_in.in_layer.weight"].shape[1],
             refiner_depth=_depth(sd, "txt_in.individual_token_refiner.blocks"),
             guidance_embed="guidance_in.mlp.0.weight" in sd,
         )
+    except CheckpointError:
+        raise
     except (KeyError, StopIteration, ValueError, TypeError) as e:
         missing = f"missing {e}" if isinstance(e, KeyError) else one_line(e)
         raise CheckpointError(f"{source}: incomplete HunyuanVideo DiT ({missing})") from None
@@ -237,7 +245,8 @@ def config_from_state_dict(sd: Mapping[str, torch.Tensor], source: str = "checkp
 
 def read_dit_config(path: str | Path) -> DiTConfig:
     """The architecture of a DiT file from its headers only: no weights are read."""
-    return config_from_state_dict(to_original_layout(read_state_dict(path, meta=True), str(path)), str(path))
+    sd = to_original_layout(read_state_dict(path, meta=True), str(path))
+    return config_from_state_dict(sd, str(path), read_rope_split(path))
 
 
 # ---------------------------------------------------------------- loading
@@ -317,7 +326,9 @@ def load_dit(
     work_device = device if work_device is None else torch.device(work_device)
     sd = to_original_layout(read_state_dict(path), source)
     scales = pop_fp8_scales(sd, source)
-    config = config or config_from_state_dict(sd, source)
+    stated = read_rope_split(path)
+    derived_config = config is None
+    config = config or config_from_state_dict(sd, source, stated)
     model = build_dit(config, device="meta")
     check_keys(model, sd, source)
     targets = set(fp8_target_names(model)) if fp8_base or fp8_scaled else set()
@@ -360,6 +371,8 @@ def load_dit(
             source, upcast,
         )  # fmt: skip
     model.load_state_dict(sd, strict=True, assign=True)
+    if derived_config:
+        log_if_derived(config.head_dim, stated, source)
     for name, scale in kept_scales.items():
         linear = model.get_submodule(name)
         linear.weight.requires_grad_(False)  # float8 is frozen base weight, never trained

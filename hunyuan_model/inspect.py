@@ -23,6 +23,7 @@ from .checkpoint import (
 )
 from .errors import CheckpointError
 from .model import build_dit
+from .rope_source import read_rope_split
 
 
 def describe(path: str) -> dict:
@@ -33,7 +34,8 @@ def describe(path: str) -> dict:
         raise CheckpointError(f"{path}: {e}") from None
     sd = to_original_layout(raw, path)
     scales = pop_fp8_scales(sd, path)  # a scaled-fp8 file's per-Linear scales are no parameters
-    config = config_from_state_dict(sd, path)
+    stated = read_rope_split(path)
+    config = config_from_state_dict(sd, path, stated)
     check_keys(build_dit(config, device="meta"), sd, path)
     dtypes = Counter(str(v.dtype).removeprefix("torch.") for v in sd.values())
     return {
@@ -43,6 +45,7 @@ def describe(path: str) -> dict:
         "parameters": sum(v.numel() for v in sd.values()),
         "dtypes": dict(dtypes),
         "fp8_scaled_linears": len(scales),
+        "rope_split": "stated by the file" if stated is not None else "derived from the head width",
         "config": dataclasses.asdict(config),
     }
 
@@ -66,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         f"  {info['parameters'] / 1e9:.3f} B parameters, dtypes {info['dtypes']}, hidden {cfg['hidden_size']}, "
         f"{cfg['heads_num']} heads, {cfg['mm_double_blocks_depth']} double + {cfg['mm_single_blocks_depth']} single blocks"
     )
+    print(f"  RoPE split (t, h, w) {cfg['rope_dim_list']}, {info['rope_split']}")
     if info["fp8_scaled_linears"]:
         print(f"  scaled fp8: {info['fp8_scaled_linears']} Linears carry a scale_weight")
     return 0

@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from hv_common.atomic import atomic_write
+from hv_common.safetensors_stream import write_safetensors_streaming
 
 from .config import get_preset
 from .model import build_dit
+from .rope_source import rope_metadata
 
 DIT_FILENAME = "tiny_dit.safetensors"
 
@@ -36,11 +36,11 @@ def tiny_dit_state_dict(seed: int = 0, preset: str = "tiny") -> dict[str, torch.
 def write_tiny_dit(out_dir: str | Path, seed: int = 0) -> Path:
     path = Path(out_dir) / DIT_FILENAME
     sd = tiny_dit_state_dict(seed)
-    # One metadata key only: safetensors writes the metadata map in hash order, so several keys would
-    # make the bytes differ from run to run.
-    metadata = {"format": "pt"}
-    atomic_write(path, lambda tmp: save_file(sd, str(tmp), metadata=metadata))
-    return path
+    # The RoPE split is stated, not left to the loader's rule. Our streaming writer, not safetensors': that
+    # one writes the metadata map in hash order, so two keys would make the bytes differ from run to run.
+    metadata = {"format": "pt", **rope_metadata(get_preset("tiny").rope_dim_list)}
+    specs = [(key, value.dtype, tuple(value.shape)) for key, value in sd.items()]
+    return write_safetensors_streaming(path, specs, sd.__getitem__, metadata)
 
 
 def main(argv: list[str] | None = None) -> int:

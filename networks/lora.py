@@ -7,7 +7,6 @@ ComfyUI and the conversion scripts expect. `create_network` is what `--network_m
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ from torch import nn
 from .lora_file import LoRAFileError, load_lora_file, save_lora_file
 from .lora_module import LoRAModule
 from .network_args import NetworkArgs, NetworkArgsError, parse_network_args
+from .pattern_guard import match_sets
 from .selection import Selection, find_candidates, first_match, select, warn_unmatched
 
 __all__ = ["LORA_PREFIX", "LoRAFileError", "LoRAModule", "LoRANetwork", "LoRASpec", "create_network"]
@@ -40,6 +40,16 @@ class LoRASpec:
     args: NetworkArgs = NetworkArgs()
 
 
+def user_patterns(args: NetworkArgs) -> list[tuple[str, str]]:
+    """(key, pattern) for every regex of the network args, in the order given."""
+    return [
+        *(("exclude_patterns", p) for p in args.exclude_patterns),
+        *(("include_patterns", p) for p in args.include_patterns),
+        *(("rank_patterns", p) for p, _ in args.rank_patterns),
+        *(("alpha_patterns", p) for p, _ in args.alpha_patterns),
+    ]
+
+
 class LoRANetwork(nn.Module):
     def __init__(
         self,
@@ -54,13 +64,20 @@ class LoRANetwork(nn.Module):
         args = spec.args
         candidates = find_candidates(model, target_block_classes)
         names = [n for n, _ in candidates]
+        self._matches = match_sets(
+            [*user_patterns(args), *(("the default exclude_patterns", p) for p in default_exclude_patterns)],
+            names,
+        )
         for key in ("exclude_patterns", "include_patterns"):
-            warn_unmatched(key, getattr(args, key), names)
+            warn_unmatched(key, getattr(args, key), names, self._matches)
         for key in ("rank_patterns", "alpha_patterns"):
-            warn_unmatched(key, [p for p, _ in getattr(args, key)], names)
+            warn_unmatched(key, [p for p, _ in getattr(args, key)], names, self._matches)
 
         self.selection: Selection = select(
-            candidates, [*args.exclude_patterns, *default_exclude_patterns], args.include_patterns
+            candidates,
+            [*args.exclude_patterns, *default_exclude_patterns],
+            args.include_patterns,
+            self._matches,
         )
         if not self.selection.targets:
             raise NetworkArgsError(
@@ -76,15 +93,14 @@ class LoRANetwork(nn.Module):
 
     def _make_loras(self, device: torch.device | str | None) -> list[LoRAModule]:
         spec, args = self.spec, self.spec.args
-        ranks = [(re.compile(p), v) for p, v in args.rank_patterns]
-        alphas = [(re.compile(p), v) for p, v in args.alpha_patterns]
+        ranks, alphas, matches = args.rank_patterns, args.alpha_patterns, self._matches
         return [
             LoRAModule(
                 lora_name_for(name),
                 linear,
                 multiplier=spec.multiplier,
-                lora_dim=first_match(ranks, name) or spec.dim,  # first matching pattern wins
-                alpha=first_match(alphas, name) or spec.alpha,
+                lora_dim=first_match(ranks, name, matches) or spec.dim,  # first matching pattern wins
+                alpha=first_match(alphas, name, matches) or spec.alpha,
                 dropout=spec.dropout,
                 rank_dropout=args.rank_dropout,
                 module_dropout=args.module_dropout,

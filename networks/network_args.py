@@ -49,15 +49,16 @@ class NetworkArgs:
 
 
 MAX_ITEM_CHARS = 100_000  # a real item is a few hundred characters; megabytes only slow the parser down
+MAX_PATTERNS = 1000  # per key; the 720p model has 320 candidate modules: more patterns than that is a mistake
 
 
-def _short(text: str, limit: int = 120) -> str:
+def short(text: str, limit: int = 120) -> str:
     """A user's text cut for a one-line message (a 10 MB value must not become a 10 MB line)."""
     return text if len(text) <= limit else f"{text[: limit - 20]}...({len(text)} characters)"
 
 
 def _fail(key: str, value: Any, expected: str) -> NetworkArgsError:
-    return NetworkArgsError(f"network_args {key}={_short(repr(value))}: expected {expected}")
+    return NetworkArgsError(f"network_args {key}={short(repr(value))}: expected {expected}")
 
 
 def _is_number(value: Any) -> bool:
@@ -97,33 +98,36 @@ def compile_pattern(key: str, pattern: Any) -> re.Pattern[str]:
         compiled = re.compile(pattern)
         nested = has_nested_repeat(pattern)
     except re.error as e:
-        raise NetworkArgsError(f"network_args {key}: invalid regex {_short(repr(pattern))}: {e}") from None
+        raise NetworkArgsError(f"network_args {key}: invalid regex {short(repr(pattern))}: {e}") from None
     except (RecursionError, OverflowError, MemoryError) as e:  # pathological nesting or repeat counts
         raise NetworkArgsError(
-            f"network_args {key}: invalid regex {_short(repr(pattern))}: {type(e).__name__}"
+            f"network_args {key}: invalid regex {short(repr(pattern))}: {type(e).__name__}"
         ) from None
     if nested:
         raise NetworkArgsError(
-            f"network_args {key}: regex {_short(repr(pattern))} repeats a group that itself repeats, like "
+            f"network_args {key}: regex {short(repr(pattern))} repeats a group that itself repeats, like "
             "(a+)+ or (.*)*: matching can take hours; write it without the nested repetition"
         )
     return compiled
 
 
 def has_nested_repeat(pattern: str) -> bool:
-    """A repetition inside an unbounded repetition: the shape of catastrophic backtracking (`(.*)*x`)."""
+    """A repetition inside an unbounded repetition: the shape of catastrophic backtracking (`(.*)*x`).
+
+    Every node's sub-patterns are walked, whatever the node (groups, alternatives, lookarounds, conditionals
+    `(?(1)a|(.*)*Z)`, atomic groups): a new kind of node cannot hide a nested repeat. Other slow shapes
+    (`(.|.)*`) are caught where patterns meet the module names (networks/pattern_guard.py).
+    """
     import re._constants as c  # noqa: PLC0415 (private, but the only parse tree of `re`)
     import re._parser as parser  # noqa: PLC0415
 
     repeats = (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT)
 
-    def children(op, arg) -> list:
-        if op == c.SUBPATTERN:
-            return [arg[-1]]
-        if op == c.BRANCH:
-            return list(arg[1])
-        if op in (c.ASSERT, c.ASSERT_NOT):
-            return [arg[1]]
+    def subpatterns(arg) -> list:
+        if isinstance(arg, parser.SubPattern):
+            return [arg]
+        if isinstance(arg, (tuple, list)):
+            return [sub for item in arg for sub in subpatterns(item)]
         return []
 
     def walk(items, inside_unbounded: bool) -> bool:
@@ -132,11 +136,19 @@ def has_nested_repeat(pattern: str) -> bool:
                 _low, high, body = arg
                 if (inside_unbounded and high > 1) or walk(body, inside_unbounded or high == c.MAXREPEAT):
                     return True
-            elif any(walk(sub, inside_unbounded) for sub in children(op, arg)):
+            elif any(walk(sub, inside_unbounded) for sub in subpatterns(arg)):
                 return True
         return False
 
     return walk(parser.parse(pattern), False)
+
+
+def _check_count(key: str, value: Any) -> None:
+    if len(value) > MAX_PATTERNS:
+        raise NetworkArgsError(
+            f"network_args {key}: {len(value)} patterns; at most {MAX_PATTERNS} are accepted (the 720p model has "
+            "320 candidate modules): join them into fewer regexes, e.g. r'.*(img_attn|txt_attn).*'"
+        )
 
 
 def _patterns(key: str, value: Any) -> tuple[str, ...]:
@@ -145,6 +157,7 @@ def _patterns(key: str, value: Any) -> tuple[str, ...]:
         raise _fail(key, value, f"a list of strings, not a string: write {key}=[{quoted}]")
     if not isinstance(value, (list, tuple)):
         raise _fail(key, value, f"a list of regex strings, e.g. {key}=[r'.*single_blocks.*']")
+    _check_count(key, value)
     for pattern in value:
         compile_pattern(key, pattern)
     return tuple(value)
@@ -153,6 +166,7 @@ def _patterns(key: str, value: Any) -> tuple[str, ...]:
 def _pattern_map(key: str, value: Any, check: Callable[[str, Any], Any]) -> tuple[tuple[str, Any], ...]:
     if not isinstance(value, dict):
         raise _fail(key, value, f"a dict of regex -> number, e.g. {key}={{r'.*single_blocks.*': 8}}")
+    _check_count(key, value)
     pairs = []
     for pattern, number in value.items():
         compile_pattern(key, pattern)
@@ -232,11 +246,11 @@ def read_literal(key: str, text: str) -> Any:
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         # literal_eval refuses names, calls and operators: nothing is executed, we only say what to write.
         raise NetworkArgsError(
-            f"network_args {key}={_short(repr(text))}: not a Python literal; {_literal_hint(key, text)}"
+            f"network_args {key}={short(repr(text))}: not a Python literal; {_literal_hint(key, text)}"
         ) from None
     if duplicate is not None:
         raise NetworkArgsError(
-            f"network_args {key}={_short(repr(text))}: pattern {_short(repr(duplicate))} is given twice"
+            f"network_args {key}={short(repr(text))}: pattern {short(repr(duplicate))} is given twice"
         )
     return value
 
@@ -246,7 +260,7 @@ def _split_item(item: Any) -> tuple[str, str]:
         raise NetworkArgsError(f"network_args item {item!r}: expected a 'key=value' string")
     if len(item) > MAX_ITEM_CHARS:
         raise NetworkArgsError(
-            f"network_args item {_short(repr(item))}: too long (at most {MAX_ITEM_CHARS} characters)"
+            f"network_args item {short(repr(item))}: too long (at most {MAX_ITEM_CHARS} characters)"
         )
     key, sep, text = item.partition("=")
     key = key.strip()

@@ -2,6 +2,8 @@
 
 Names are the model's qualified names (`double_blocks.0.img_attn_qkv`) and every pattern must match a
 whole name (`re.fullmatch`), as the spec says. Include never restricts: it only brings back excluded names.
+Patterns meet names once, in `pattern_guard.match_sets` (which refuses a pattern that would backtrack for
+hours); everything here works on those sets.
 """
 
 from __future__ import annotations
@@ -14,7 +16,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .network_args import NetworkArgsError
+from .network_args import NetworkArgsError, short
+from .pattern_guard import is_provably_fast
+
+Matches = dict[str, frozenset[str]]  # pattern -> the names it fully matches (pattern_guard.match_sets)
+UNMATCHED_DETAIL = 3  # patterns per key that get their own warning and hint; the rest share one line
 
 logger = logging.getLogger(__name__)
 
@@ -42,23 +48,24 @@ def find_candidates(model: nn.Module, target_block_classes: Sequence[str]) -> li
     return list(found.items())
 
 
-def first_match(pairs: Iterable[tuple[re.Pattern[str], object]], name: str) -> object | None:
-    """The value of the first pattern that fully matches `name`, or None."""
+def first_match(pairs: Iterable[tuple[str, object]], name: str, matches: Matches) -> object | None:
+    """The value of the first (pattern, value) whose pattern fully matches `name`, or None."""
     for pattern, value in pairs:
-        if pattern.fullmatch(name):
+        if name in matches[pattern]:
             return value
     return None
 
 
 def select(
-    candidates: Sequence[tuple[str, nn.Linear]], exclude: Sequence[str], include: Sequence[str]
+    candidates: Sequence[tuple[str, nn.Linear]],
+    exclude: Sequence[str],
+    include: Sequence[str],
+    matches: Matches,
 ) -> Selection:
-    exclude_re = [(re.compile(p), p) for p in exclude]
-    include_re = [(re.compile(p), p) for p in include]
     targets, excluded = [], []
     for name, module in candidates:
-        by = first_match(exclude_re, name)
-        if by is not None and first_match(include_re, name) is None:
+        by = first_match([(p, p) for p in exclude], name, matches)
+        if by is not None and first_match([(p, p) for p in include], name, matches) is None:
             excluded.append((name, str(by)))
         else:
             targets.append((name, module))
@@ -67,10 +74,9 @@ def select(
 
 def _nearest_hint(pattern: str, names: Sequence[str]) -> str:
     """Why a pattern matched nothing: usually a partial pattern (full match!), else show the nearest names."""
-    try:
+    partial = []
+    if is_provably_fast(pattern, names, search=True):  # search tries every start: only where that is safe
         partial = [n for n in names if re.search(pattern, n)]
-    except re.error:
-        partial = []
     if partial:
         return (
             f"it matches {len(partial)} names only in part (e.g. {partial[0]}); patterns must match the "
@@ -80,17 +86,25 @@ def _nearest_hint(pattern: str, names: Sequence[str]) -> str:
     return f"closest module names: {', '.join(close)}"
 
 
-def warn_unmatched(key: str, patterns: Iterable[str], names: Sequence[str]) -> list[str]:
-    """Log a warning for each pattern that fully matches none of `names`; return those patterns."""
-    unmatched = []
-    for pattern in patterns:
-        compiled = re.compile(pattern)
-        if not any(compiled.fullmatch(n) for n in names):
-            unmatched.append(pattern)
-            logger.warning(
-                "network_args %s pattern %r matches no LoRA candidate module; %s",
-                key,
-                pattern,
-                _nearest_hint(pattern, names),
-            )
+def warn_unmatched(key: str, patterns: Iterable[str], names: Sequence[str], matches: Matches) -> list[str]:
+    """Warn about patterns that fully match none of `names` (each of the first few with a hint, the rest in one
+    line: 10,000 such patterns are one warning, not megabytes of them); return those patterns."""
+    unmatched = [p for p in patterns if not matches[p]]
+    for pattern in unmatched[:UNMATCHED_DETAIL]:
+        logger.warning(
+            "network_args %s pattern %s matches no LoRA candidate module; %s",
+            key,
+            short(repr(pattern)),
+            _nearest_hint(pattern, names),
+        )
+    rest = unmatched[UNMATCHED_DETAIL:]
+    if rest:
+        shown = ", ".join(short(repr(p), 60) for p in rest[:3])
+        logger.warning(
+            "network_args %s: %d more patterns match no LoRA candidate module (%s%s)",
+            key,
+            len(rest),
+            shown,
+            ", ..." if len(rest) > 3 else "",
+        )
     return unmatched

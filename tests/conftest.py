@@ -81,7 +81,7 @@ def reported_run(cached_demo, tmp_path_factory) -> dict:
 
     work = tmp_path_factory.mktemp("reported_run")
     (work / "dataset.toml").write_text(  # train on the videos, validate on the images (both cached already)
-        '[general]\nresolution = [128, 128]\ncaption_extension = ".txt"\nbatch_size = 1\n'
+        '[general]\nresolution = [128, 128]\ncaption_extension = ".txt"\nbatch_size = 1\nenable_bucket = true\n'
         '[[datasets]]\nvideo_directory = "demo/data/videos"\ncache_directory = "demo/cache/videos"\n'
         'target_frames = [1, 9, 17]\nframe_extraction = "head"\n'
         '[[validation_datasets]]\nimage_directory = "demo/data/images"\ncache_directory = "demo/cache/images"\n'

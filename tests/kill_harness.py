@@ -98,9 +98,9 @@ def write(kind: str, ctx: Context, target: Path, v: int) -> None:
         lora_version(ctx, v)
         save_state(target, ctx.network, ctx.optimizer, ctx.scheduler, Progress(step=v + 1), {"version": v})
     elif kind == "cache":
-        from dataset.cache_files import LATENT_FORMAT, write_cache
+        from dataset.cache_files import write_latent_cache
 
-        write_cache(target, {"latents": latents(v)}, {"format_version": LATENT_FORMAT, "version": str(v)})
+        write_latent_cache(target, latents(v), (96, 96), None, {"version": str(v)})
     elif kind == "stream":
         from hv_common.safetensors_stream import write_safetensors_streaming
 

@@ -124,15 +124,15 @@ class Expected:
         return v
 
     def _cache(self, target: Path) -> int:
-        from dataset.cache_files import LATENT_FORMAT, CacheFileError, load_cache
+        from dataset.cache_files import CacheFileError, load_latents
 
         try:
-            found = load_cache(target, LATENT_FORMAT, ("latents",))
+            found = load_latents(target)
         except CacheFileError as e:
             if "missing" in str(e):
                 raise FileNotFoundError(target) from None
             raise AssertionError(str(e)) from None
-        matches = [v for v in (0, 1) if torch.equal(found["latents"], latents(v))]
+        matches = [v for v in (0, 1) if torch.equal(found, latents(v))]
         assert matches, f"{target}: latents that are neither version"
         return matches[0]
 
@@ -326,7 +326,7 @@ def test_atomic_dir_replaces_a_folder_whole(tmp_path):
 
 def test_killed_leftovers_are_invisible_to_the_readers(tmp_path):
     """A state temp folder with a newer complete state, a torn cache temp, a DiT shard temp: never read."""
-    from dataset.cache_files import LATENT_FORMAT, write_cache
+    from dataset.cache_files import write_latent_cache, write_text_cache
     from dataset.cache_names import text_cache_name
     from dataset.train_dataset import discover_cached_items
     from hunyuan_model.checkpoint import safetensors_files
@@ -347,9 +347,10 @@ def test_killed_leftovers_are_invisible_to_the_readers(tmp_path):
 
     cache = tmp_path / "cache"
     name = "item_0064x0064_hv.safetensors"
-    write_cache(cache / name, {"latents": torch.zeros(16, 1, 8, 8)},
-                {"format_version": LATENT_FORMAT, "item_key": "item", "latent_shape": "16x1x8x8"})  # fmt: skip
-    (cache / text_cache_name("item")).write_bytes(b"")
+    write_latent_cache(cache / name, torch.zeros(16, 1, 8, 8), (64, 64), None, {})
+    write_text_cache(
+        cache / text_cache_name("item"), torch.zeros(4, 8), torch.ones(4), torch.zeros(8), "c", {}
+    )
     (cache / ".other_0064x0064_hv.safetensors.a1b2c3d4.tmp").write_bytes(b"\x10\x00torn")
     assert [i.latent_path.name for i in discover_cached_items(cache)] == [name]
 

@@ -62,7 +62,8 @@ def test_no_upscale_keeps_small_sources_at_their_size_rounded_down_to_16():
     assert selector.select(300, 200) == (288, 192)
     assert selector.select(640, 480) == (640, 480)
     assert selector.select(1920, 1080) == (960, 544)  # larger than the area: bucketed as usual
-    assert selector.select(10, 10) == (16, 16)  # never an empty bucket
+    with pytest.raises(ValueError, match="too small"):  # musubi-tuner's bucket would be 0 wide: it fails too
+        selector.select(10, 40)
 
 
 def test_disabled_buckets_put_everything_at_the_resolution():

@@ -26,29 +26,39 @@ def test_latent_files_have_the_bucket_shapes(workdir):
     f = videos / "red_square_00000-017_0160x0096_hv.safetensors"
     meta = read_metadata(f)
     assert meta["item_key"] == "red_square" and meta["bucket"] == "160x96x17" and meta["start_frame"] == "0"
+    assert (meta["architecture"], meta["width"], meta["height"], meta["frame_count"]) == (
+        "hunyuan_video", "160", "96", "17")  # fmt: skip
     from safetensors.torch import load_file
 
-    latents = load_file(str(f))["latents"]
+    latents = load_file(str(f))["latents_5x12x20_float32"]
     assert latents.shape == (16, 5, 96 // 8, 160 // 8)  # (C, (F - 1) / 4 + 1, H / 8, W / 8)
-    assert latents.dtype == torch.float32 and latents.std() > 0.01
-    image = load_file(str(workdir / "demo/cache/images/checker_0128x0128_hv.safetensors"))["latents"]
-    assert image.shape == (16, 1, 16, 16)
+    assert latents.std() > 0.01
+    # an image's name has its original size (192x112), its latents the bucket's (160x96 at 128x128 area)
+    image = load_file(str(workdir / "demo/cache/images/sunset_0192x0112_hv.safetensors"))
+    assert [(k, v.shape) for k, v in image.items()] == [("latents_1x12x20_float32", (16, 1, 12, 20))]
 
 
-def test_text_files_hold_unpadded_states(workdir):
+def test_text_files_hold_musubi_tuners_padded_states(workdir):
     from safetensors.torch import load_file
 
+    from dataset.cache_files import load_text
     from hunyuan_model.text_encoders import HunyuanTextEncoders
 
     caption = (workdir / "demo/data/videos/red_square.txt").read_text().strip()
     te = HunyuanTextEncoders(workdir / "models/text_encoder", workdir / "models/text_encoder_2")
     fresh = te.encode([caption])
-    cached = load_file(str(workdir / "demo/cache/videos/red_square_hv_te.safetensors"))
-    n = int(fresh.llm_mask[0].sum())
-    assert cached["llm"].shape == (n, 32)
-    assert torch.allclose(cached["llm"], fresh.llm[0, :n]) and torch.allclose(
-        cached["clip_pooled"], fresh.clip_pooled[0]
+    path = workdir / "demo/cache/videos/red_square_hv_te.safetensors"
+    cached = load_file(str(path))
+    assert sorted(cached) == ["clipL_float32", "llm_float32", "llm_mask"]
+    assert cached["llm_float32"].shape == (256, 32) and cached["llm_mask"].dtype == torch.int64
+    assert torch.equal(cached["llm_mask"].bool(), fresh.llm_mask[0])
+    assert torch.allclose(cached["llm_float32"], fresh.llm[0]) and torch.allclose(
+        cached["clipL_float32"], fresh.clip_pooled[0]
     )
+    n = int(fresh.llm_mask[0].sum())
+    read = load_text(path)  # the loader keeps the valid tokens and pads per batch
+    assert read["llm"].shape == (n, 32) and torch.allclose(read["llm"], fresh.llm[0, :n])
+    assert read_metadata(path)["caption1"] == caption
 
 
 def test_batches_read_back(workdir):
@@ -100,10 +110,8 @@ def test_corrupt_cache_file_is_named(workdir, tmp_path):
     shutil.copytree(workdir / "demo/cache/images", cache)
     victim = cache / "checker_hv_te.safetensors"
     victim.write_bytes(b"\x00" * 64)
-    batches = CachedBatches([CachedDatasetSpec(cache)])
     with pytest.raises(CacheFileError, match="corrupt cache file .*checker_hv_te.safetensors"):
-        for i in range(len(batches)):
-            batches[i]
+        CachedBatches([CachedDatasetSpec(cache)])  # every header is checked before training starts
     with pytest.raises(CacheFileError, match="run cache_latents.py first"):
         discover_cached_items(tmp_path / "nowhere")
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import math
-from fractions import Fraction
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,9 +10,10 @@ from dataset.frames import (
     FrameWindow,
     frame_windows,
     is_vae_frame_count,
-    resampled_frame_count,
-    resampled_to_source,
+    normalise_target_frames,
+    read_end,
     round_down_to_vae_frames,
+    source_timeline,
 )
 
 # musubi-tuner's dataset_config.md, "frame_extraction Options", a 40-frame video; x = an extracted frame.
@@ -158,32 +156,53 @@ def test_round_down_rejects_zero():
 
 
 def test_resampling_30_to_24_fps_drops_every_fifth_frame():
-    # source frame i lands on floor(i * 24/30); the first to land on each resampled frame is kept
-    assert resampled_frame_count(10, 30) == 8
-    assert [resampled_to_source(j, 30) for j in range(8)] == [0, 2, 3, 4, 5, 7, 8, 9]
-    assert [resampled_to_source(j, 60) for j in range(5)] == [0, 3, 5, 8, 10]
+    # musubi-tuner adds 24/30 = 0.8 up in floating point: 0.8 * 5 comes out just under 4 once in a while,
+    # so at 30 fps it keeps frame 11 where exact arithmetic would keep 10 (counts are equal)
+    assert source_timeline(10, 30.0) == [0, 2, 3, 4, 5, 7, 8, 9]
+    assert source_timeline(16, 30.0) == [0, 2, 3, 4, 5, 7, 8, 9, 11, 12, 13, 14, 15]
+    assert source_timeline(13, 60.0) == [0, 3, 5, 8, 11]  # exact: 10; 0.4 added ten times is under 4
 
 
-@pytest.mark.parametrize("fps", [None, 24, 12, 23.976])
-def test_no_resampling_at_or_below_24_fps(fps):
-    assert resampled_frame_count(50, fps) == 50
-    assert [resampled_to_source(j, fps) for j in range(50)] == list(range(50))
+@pytest.mark.parametrize("fps", [None, 24.0])
+def test_no_resampling_without_source_fps_or_at_24(fps):
+    assert source_timeline(50, fps) == list(range(50))
 
 
-def _musubi_kept_frames(count: int, source_fps: float, target_fps: int = 24) -> list[int]:
-    """musubi-tuner's frame-dropping loop, with exact arithmetic: keep i when floor(i * target/source) is new."""
-    delta = Fraction(target_fps) / Fraction(str(source_fps))
-    kept, previous = [], -1
+def test_below_24_fps_nothing_is_dropped_but_head_stops_reading_early():
+    # 20 fps: frame i lands on int(i * 1.2): every frame is new, numbers skip ahead (5 lands on 6)
+    assert source_timeline(30, 20.0) == list(range(30))
+    # head stops at the first frame landing at max(target_frames) or later: 21 frames for an end of 25
+    assert source_timeline(30, 20.0, end=25) == list(range(21))
+    assert source_timeline(30, None, end=25) == list(range(25))
+
+
+def test_target_frames_are_rounded_deduplicated_and_sorted():
+    assert normalise_target_frames((25, 1, 24, 21, 9)) == (1, 9, 21, 25)
+    assert read_end("head", (1, 25, 9)) == 25
+    assert read_end("slide", (1, 25)) is None
+
+
+def _musubi_loop(count: int, source_fps: float, end: int | None) -> list[int]:
+    """musubi-tuner's media_utils.load_video frame loop with the decoding taken out (written out here, not
+    imported, so that a change to source_timeline is checked against the loop as musubi-tuner has it)."""
+    delta = 24.0 / source_fps
+    kept, fraction, previous = [], 0.0, -1
     for i in range(count):
-        landing = math.floor(i * delta)
-        if landing != previous:
-            kept.append(i)
-            previous = landing
+        target = int(fraction)
+        fraction += delta
+        if target == previous:
+            continue
+        previous = target
+        if end is not None and target >= end:
+            break
+        kept.append(i)
     return kept
 
 
-@given(st.integers(1, 400), st.sampled_from([25, 29.97, 30, 48, 50, 59.94, 60, 120]))
-def test_resampling_matches_musubis_frame_dropping(count, fps):
-    kept = _musubi_kept_frames(count, fps)
-    assert resampled_frame_count(count, fps) == len(kept)
-    assert [resampled_to_source(j, fps) for j in range(len(kept))] == kept
+@given(
+    st.integers(1, 400),
+    st.sampled_from([12.0, 15.0, 20.0, 23.976, 25.0, 29.97, 30.0, 48.0, 50.0, 59.94, 60.0, 120.0]),
+    st.sampled_from([None, 1, 9, 25, 45]),
+)
+def test_resampling_follows_musubis_loop(count, fps, end):
+    assert source_timeline(count, fps, end) == _musubi_loop(count, fps, end)

@@ -121,6 +121,7 @@ def bad_loras(folder: Path) -> dict[str, tuple[Path, str]]:
     cases["rank 0"] = (_lora(folder / "rank0.safetensors", lora_down__weight=torch.zeros(0, 64),
                              lora_up__weight=torch.zeros(64, 0)), "is empty")  # fmt: skip
     for name, config in {"regex bomb in alpha_pattern": {"alpha_pattern": {"(.*)*x": 4}},
+                         "runaway alpha_pattern": {"alpha_pattern": {"(.|.)*Z": 4}},
                          "invalid regex in alpha_pattern": {"alpha_pattern": {"(": 4}},
                          "text lora_alpha": {"lora_alpha": "abc"}, "NaN lora_alpha": {"lora_alpha": float("nan")}}.items():  # fmt: skip
         path = folder / f"{name.replace(' ', '_')}.safetensors"
@@ -306,6 +307,14 @@ NETWORK_ARGS = {
     "nested bomb": ("rank_patterns={r'(\\w+\\.?)+$': 4}", "repeats a group that itself repeats"),
     "invalid regex": ("include_patterns=[r'(']", "invalid regex"),
     "huge repeat count": ("exclude_patterns=[r'a{99999999999}']", "invalid regex"),
+    "nested repeat in a conditional": (
+        "exclude_patterns=[r'(x)?(?(1)a|(.*)*Z)']",
+        "repeats a group that itself repeats",
+    ),
+    "10,000 patterns": (
+        "exclude_patterns=[" + ", ".join(f"'m{i}'" for i in range(10_000)) + "]",
+        "at most 1000",
+    ),
     "unicode key": ("vérbose=True", "unknown key"),
     "right-to-left override": ("verbose=\u202eTrue", "not a Python literal"),
 }
@@ -321,6 +330,110 @@ def test_network_args_hostile_values(case, tmp_path, capsys):
     )
     _refused(capsys, code, "network_args", fragment)
     assert not marker.exists()
+
+
+# Patterns that parse but make `re` backtrack for hours on a module name: the guard meets them with the names
+# (networks/pattern_guard.py). Each test runs a real process; its timeout is a safety net against a hang.
+RUNAWAY_PATTERNS = {
+    "(.|.)*Z": ("exclude_patterns=[r'(.|.)*Z']", "did not finish matching"),
+    "twenty .* then Z": ("rank_patterns={r'" + ".*" * 20 + "Z': 4}", "did not finish matching"),
+    "nested repeat in a conditional": (
+        "include_patterns=[r'(x)?(?(1)a|(.*)*Z)']",
+        "repeats a group that itself",
+    ),
+}
+
+
+def _run_trainer(argv: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "hv_train_network.py"), *argv], capture_output=True,
+                          text=True, cwd=cwd, timeout=900)  # fmt: skip
+
+
+def _refused_process(proc: subprocess.CompletedProcess, *fragments: str, logs: bool = False) -> str:
+    lines = proc.stderr.strip().splitlines()
+    if logs:
+        lines = [line for line in lines if line.startswith("error:")]
+    assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and len(lines[0]) < 1000, proc.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", list(RUNAWAY_PATTERNS), ids=list(RUNAWAY_PATTERNS))
+def test_runaway_pattern_on_the_command_line(case):
+    item, fragment = RUNAWAY_PATTERNS[case]
+    proc = _run_trainer(["--list_lora_targets", "json", "--network_args", item])
+    _refused_process(proc, "network_args", fragment)
+
+
+def test_runaway_pattern_in_a_config_file(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('network_args = ["exclude_patterns=[r\'(.|.)*Z\']", "verbose=True"]\n')
+    proc = _run_trainer(["--list_lora_targets", "--config_file", str(config)])
+    _refused_process(proc, "exclude_patterns", "'(.|.)*Z' did not finish matching")
+
+
+def test_runaway_pattern_stops_training_before_the_model_loads(cached_demo, dit_corpus, tmp_path):
+    """The DiT has NaN weights, which loading it would report: the pattern is refused first (from headers)."""
+    out = tmp_path / "out"
+    nan_dit, _ = dit_corpus["NaN weight"]
+    argv = ["--config_file", DEMO_TOML, "--dataset_config", "demo/dataset.toml", "--output_dir", str(out),
+            "--sample_prompts", "", "--max_train_steps", "1", "--dit", str(nan_dit),
+            "--network_args", RUNAWAY_PATTERNS["(.|.)*Z"][0]]  # fmt: skip
+    _refused_process(_run_trainer(argv, cwd=cached_demo), "did not finish matching", logs=True)
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- tracebacks that are one line now
+
+
+@pytest.mark.parametrize("seed", ["18446744073709551616", "-1", "9" * 5000])
+def test_huge_seed_on_the_command_line(seed, capsys):
+    with pytest.raises(SystemExit) as info:
+        hv_train_network.main(["--list_lora_targets", "json", "--seed", seed])
+    assert info.value.code == 2
+    _refused(capsys, 2, "--seed", "expected an integer >= 0 and <= 2**64 - 1")
+
+
+def test_huge_seed_for_generation(capsys):
+    with pytest.raises(SystemExit) as info:
+        hv_generate_video.main(["--seed", "18446744073709551616", "--prompt", "x"])
+    assert info.value.code == 2
+    _refused(capsys, 2, "--seed", "expected an integer >= 0 and <= 2**64 - 1")
+
+
+def test_largest_seed_is_accepted():
+    from training.args import parse_args
+
+    assert parse_args(["--seed", str(2**64 - 1)]).seed == 2**64 - 1
+
+
+def test_output_dir_that_is_a_file_is_refused_before_the_model_loads(cached_demo, dit_corpus, tmp_path,
+                                                                     monkeypatch, capsys):  # fmt: skip
+    """With a NaN DiT, which loading would report: the output folder is refused first."""
+    monkeypatch.chdir(cached_demo)
+    taken = tmp_path / "taken.txt"
+    taken.write_text("keep me")
+    nan_dit, _ = dit_corpus["NaN weight"]
+    for out, fragment in [(taken, "is a file, not a folder"), (taken / "sub", "is inside")]:
+        argv = ["--config_file", DEMO_TOML, "--dataset_config", "demo/dataset.toml", "--output_dir", str(out),
+                "--sample_prompts", "", "--max_train_steps", "1", "--dit", str(nan_dit)]  # fmt: skip
+        _refused(capsys, hv_train_network.main(argv), "--output_dir", fragment, logs=True)
+    assert taken.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("mode", ["json", "table"])
+def test_closed_stdout_ends_quietly(mode):
+    """`--list_lora_targets json | head -c 10` when head has gone: no traceback, the SIGPIPE exit code."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first byte: every write fails (EPIPE)
+    try:
+        proc = subprocess.run([sys.executable, str(ROOT / "hv_train_network.py"), "--list_lora_targets", mode],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=900)  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr[-2000:]
 
 
 # ---------------------------------------------------------------- dataset TOML
@@ -397,6 +510,7 @@ CONFIG_TOML: dict[str, tuple[str | bytes, str]] = {
         "not a Python literal",
     ),  # fmt: skip
     "nested sections": ("[a.b]\nc = 1\n", "sections nest one level only"),
+    "huge seed": ("seed = 18446744073709551616\n", "seed: expected an integer >= 0 and <= 2**64 - 1"),
     "non-UTF-8": (b'output_dir = "\xff"\n', "cannot read the config file"),
 }
 

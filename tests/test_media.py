@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import weakref
 from dataclasses import replace
@@ -114,7 +115,8 @@ def test_each_mode_decodes_exactly_its_frames(tmp_path, settings, windows):
 def test_source_fps_drops_frames_to_24_fps(tmp_path):
     video = _video_dataset(tmp_path, 20, 'target_frames = [9]\nframe_extraction = "head"\nsource_fps = 30')
     (record,) = iter_items(video)
-    expected = [0, 2, 3, 4, 5, 7, 8, 9, 10]  # source frame ceil(j * 30/24)
+    # musubi-tuner's loop: frame i lands on 0.8 added up i times; exact arithmetic would take 10, not 11
+    expected = [0, 2, 3, 4, 5, 7, 8, 9, 11]
     assert record.source_frame_indices == tuple(expected)
     assert _frame_numbers(record.frames) == expected
     assert record.latent_cache_name == "numbers_00000-009_0064x0048_hv.safetensors"
@@ -182,17 +184,79 @@ def test_a_broken_image_is_a_media_error_naming_it(tmp_path):
         load_image(bad)
 
 
-def test_exif_orientation_is_applied(tmp_path):
-    pixels = np.zeros((40, 100, 3), dtype=np.uint8)
-    pixels[:, :50] = (255, 0, 0)  # left half red
+def test_an_exif_rotated_photo_is_refused_saying_what_differs_and_what_to_do(tmp_path):
+    # musubi-tuner trains the stored pixels (sideways here), a viewer shows them upright: neither silently
     exif = Image.Exif()
     exif[0x0112] = 6  # stored landscape, shown rotated 90 degrees clockwise
     path = tmp_path / "phone.jpg"
-    Image.fromarray(pixels).save(path, exif=exif, quality=95)
-    image = load_image(path)
-    assert image.size == (40, 100) == image_size(path)
-    top = np.asarray(image)[:45].reshape(-1, 3).mean(axis=0)  # after the turn, the red half is on top
-    assert top[0] > 200 and top[2] < 60
+    Image.fromarray(np.zeros((40, 100, 3), dtype=np.uint8)).save(path, exif=exif, quality=95)
+    for read in (load_image, image_size):
+        with pytest.raises(
+            MediaError, match=r"phone.jpg: EXIF orientation 6 .*musubi-tuner.*mogrify -auto-orient"
+        ):
+            read(path)
+    exif[0x0112] = 1  # "as stored": the same for both
+    Image.fromarray(np.zeros((40, 100, 3), dtype=np.uint8)).save(path, exif=exif, quality=95)
+    assert load_image(path).size == (100, 40) == image_size(path)
+
+
+def _frame_folder(folder: Path, count: int, size: tuple[int, int] = (64, 48)) -> Path:
+    """Frames named so that name order is frame order; frame i is flat gray 20 + 6i, like _numbered_clip."""
+    folder.mkdir(parents=True)
+    for i in range(count):
+        Image.fromarray(np.full((size[1], size[0], 3), 20 + 6 * i, dtype=np.uint8)).save(
+            folder / f"f{i:04d}.png"
+        )
+    (folder / "notes.txt").write_text("not a frame", encoding="utf-8")
+    (folder / "._f0000.png").write_bytes(b"AppleDouble")  # musubi-tuner's glob skips dot files: so do we
+    return folder
+
+
+def test_a_folder_of_frames_in_a_video_directory_is_one_video(tmp_path):
+    # musubi-tuner globs video_directory for "*.mp4", ...: a folder named so is read as its images, sorted
+    videos = tmp_path / "videos"
+    _frame_folder(videos / "walk.mp4", 12, size=(96, 48))
+    (videos / "walk.txt").write_text("a walk", encoding="utf-8")
+    config = tmp_path / "dataset.toml"
+    config.write_text(
+        f'[[datasets]]\nvideo_directory = "{videos.as_posix()}"\ncaption_extension = ".txt"\n'
+        'resolution = [64, 48]\ntarget_frames = [5]\nframe_extraction = "chunk"\n',
+        encoding="utf-8",
+    )
+    (video,) = load_dataset_config(config).datasets
+    (plan,) = plan_items(video)
+    assert (plan.item_key, plan.caption, plan.original_size, plan.frame_count) == (
+        "walk",
+        "a walk",
+        (96, 48),
+        12,
+    )
+    records = list(iter_items(video))
+    assert [(r.start_frame, r.bucket) for r in records] == [(0, (64, 48, 5)), (5, (64, 48, 5))]
+    assert _frame_numbers(records[1].frames) == [5, 6, 7, 8, 9]
+
+
+def test_a_jsonl_video_path_may_be_a_folder_of_frames(tmp_path):
+    _frame_folder(tmp_path / "frames" / "clip01", 9)
+    jsonl = tmp_path / "videos.jsonl"
+    jsonl.write_text(
+        json.dumps({"video_path": str(tmp_path / "frames" / "clip01"), "caption": "gray"}) + "\n"
+    )
+    config = tmp_path / "dataset.toml"
+    config.write_text(
+        f'[[datasets]]\nvideo_jsonl_file = "{jsonl.as_posix()}"\ncache_directory = "{tmp_path.as_posix()}/c"\n'
+        "resolution = [64, 48]\ntarget_frames = [9]\n",
+        encoding="utf-8",
+    )
+    (video,) = load_dataset_config(config).datasets
+    (record,) = iter_items(video)
+    assert record.item_key == "clip01" and _frame_numbers(record.frames) == list(range(9))
+
+
+def test_an_empty_folder_of_frames_is_a_media_error(tmp_path):
+    (tmp_path / "empty.mp4").mkdir()
+    with pytest.raises(MediaError, match="empty.mp4: a folder of frames with no images"):
+        probe_video(tmp_path / "empty.mp4")
 
 
 def test_fit_to_bucket_crops_the_center_without_resampling_when_it_can():

@@ -173,7 +173,7 @@ def test_unknown_option_in_config_file_is_one_line_exit_2(tmp_path, capsys):
 def _split_config(path: Path) -> None:
     """Train on the demo's videos, validate on its images (both already cached by the fixture)."""
     path.write_text(
-        '[general]\nresolution = [128, 128]\ncaption_extension = ".txt"\nbatch_size = 1\n'
+        '[general]\nresolution = [128, 128]\ncaption_extension = ".txt"\nbatch_size = 1\nenable_bucket = true\n'
         '[[datasets]]\nvideo_directory = "demo/data/videos"\ncache_directory = "demo/cache/videos"\n'
         'target_frames = [1, 9, 17]\nframe_extraction = "head"\n'
         '[[validation_datasets]]\nimage_directory = "demo/data/images"\ncache_directory = "demo/cache/images"\n'

@@ -13,7 +13,9 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import NoReturn
+
+from .cli import OneLineArgumentParser
+from .input_checks import seed as seed_type
 
 # Names the trainer maps to torch dtypes (training/devices.py); kept here as text so parsing imports no torch.
 DTYPE_NAMES = ("float32", "fp32", "float16", "fp16", "bfloat16", "bf16")
@@ -25,13 +27,6 @@ LR_SCHEDULERS = (
     "polynomial", "inverse_sqrt", "warmup_stable_decay",
 )  # fmt: skip
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse, but a user error is `error: <one line>` on stderr and exit code 2 (no usage dump)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {' '.join(message.split())} (see --help)\n")
 
 
 @dataclass(frozen=True)
@@ -93,7 +88,7 @@ class TrainArgs:
     compile_dynamic: str | None = None
     compile_fullgraph: bool = False
     compile_cache_size_limit: int | None = None
-    mixed_precision: str = "no"
+    mixed_precision: str | None = None  # None: accelerate's setting (training/precision.py)
     full_bf16: bool = False
     full_fp16: bool = False
     seed: int | None = None
@@ -384,15 +379,16 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
         help="torch._dynamo recompile limit per block kind (unset: torch's default, 8)",
     )  # fmt: skip
     group.add_argument(
-        "--mixed_precision", default="no", choices=("no", "fp16", "bf16"), help="autocast dtype"
-    )
+        "--mixed_precision", choices=("no", "fp16", "bf16"),
+        help="autocast dtype (unset: accelerate's, from `accelerate launch --mixed_precision` or `accelerate config`)",
+    )  # fmt: skip
     group.add_argument(
         "--full_bf16", action="store_true", help="bf16 LoRA weights and gradients (not implemented yet)"
     )
     group.add_argument(
         "--full_fp16", action="store_true", help="fp16 LoRA weights and gradients (not implemented yet)"
     )
-    group.add_argument("--seed", type=non_negative_int, help="random seed (unset: a random one)")
+    group.add_argument("--seed", type=seed_type, help="random seed, 0 to 2**64 - 1 (unset: a random one)")
     group.add_argument(
         "--ddp_timeout", type=positive_int, help="DDP timeout in minutes (unset: accelerate's)"
     )

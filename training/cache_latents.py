@@ -10,17 +10,20 @@ from collections.abc import Iterator
 import torch
 from tqdm import tqdm
 
-from dataset.cache_files import LATENT_FORMAT, file_identity, is_current, write_cache
+from dataset.cache_files import check_latent_file, file_identity, is_current, write_latent_cache
+from dataset.cache_names import LATENT_GLOB, name_size, parse_latent_cache_name
+from dataset.cache_stale import remove_stale
 from dataset.config import DatasetConfig, load_dataset_config
 from dataset.items import ItemPlan, ItemRecord, load_item, plan_items
 
+from .cli import OneLineArgumentParser
 from .devices import parse_dtype, pick_device
 
 logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cache_latents.py", description=__doc__)
+    p = OneLineArgumentParser(prog="cache_latents.py", description=__doc__)
     p.add_argument("--dataset_config", required=True, help="dataset TOML")
     p.add_argument(
         "--vae",
@@ -39,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae_spatial_tile_sample_min_size", type=int, default=256, help="tile size in pixels")
     p.add_argument("--batch_size", type=int, default=1, help="windows of the same bucket per VAE call")
     p.add_argument("--skip_existing", action="store_true", help="keep valid, current cache files")
+    p.add_argument("--keep_cache", action="store_true",
+                   help="keep cache files no item of the dataset produces any more (default: delete them)")  # fmt: skip
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0, help="seed of the latent samples (per item, reproducible)")
     return p
@@ -49,8 +54,21 @@ def _item_seed(seed: int, record: ItemRecord) -> int:
 
 
 def _expected_metadata(plan: ItemPlan, vae_id: str, seed: int) -> dict[str, str]:
-    return {"format_version": LATENT_FORMAT, "item_key": plan.item_key, "source": file_identity(plan.source_path),
-            "vae": vae_id, "seed": str(seed)}  # fmt: skip
+    return {
+        "item_key": plan.item_key,
+        "source": file_identity(plan.source_path),
+        "vae": vae_id,
+        "seed": str(seed),
+    }
+
+
+def _is_current(dataset: DatasetConfig, plan: ItemPlan, window, expected: dict[str, str]) -> bool:
+    """Ours: made from the same source, VAE, seed and bucket. musubi-tuner's: a valid file of this bucket."""
+    name = plan.latent_cache_name(window)
+    bucket = (*plan.bucket_size, window.count)
+    meta = {**expected, "bucket": "x".join(map(str, bucket))}
+    parsed = parse_latent_cache_name(name, is_video=plan.is_video)
+    return is_current(dataset.cache_directory / name, meta, lambda p: check_latent_file(p, parsed, bucket))
 
 
 def _pending(dataset: DatasetConfig, plans: list[ItemPlan], vae_id: str, args) -> Iterator[ItemRecord]:
@@ -60,7 +78,7 @@ def _pending(dataset: DatasetConfig, plans: list[ItemPlan], vae_id: str, args) -
         if not args.skip_existing:
             yield from load_item(dataset, plan)
             continue
-        current = {n for n in names if is_current(dataset.cache_directory / n, expected)}
+        current = {plan.latent_cache_name(w) for w in plan.windows if _is_current(dataset, plan, w, expected)}
         if len(current) < len(names):  # decode the clip once; encode only the stale windows
             yield from (r for r in load_item(dataset, plan) if r.latent_cache_name not in current)
 
@@ -89,12 +107,13 @@ def _encode_and_write(
         w, h, f = record.bucket
         meta = _expected_metadata(plans[record.item_key], vae_id, args.seed)
         meta.update(
-            bucket=f"{w}x{h}x{f}",
-            start_frame=str(record.start_frame),
-            latent_shape="x".join(str(s) for s in latent.shape),
-            source_path=str(record.source_path),
+            bucket=f"{w}x{h}x{f}", start_frame=str(record.start_frame), source_path=str(record.source_path)
         )
-        write_cache(dataset.cache_directory / record.latent_cache_name, {"latents": latent}, meta)
+        write_latent_cache(
+            dataset.cache_directory / record.latent_cache_name, latent,
+            name_size(record.is_video, record.original_size, record.bucket[:2]),
+            f if record.is_video else None, meta, what=f"{record.source_path} (frames from {record.start_frame})",
+        )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,13 +137,16 @@ def run(args: argparse.Namespace) -> int:
         plans = list(plan_items(dataset))
         by_key = {p.item_key: p for p in plans}
         total = sum(len(p.windows) for p in plans)
+        produced = {name for p in plans for name in p.latent_cache_names}
         with tqdm(total=total, desc=f"latents {dataset.cache_directory.name}", unit="item") as bar:
             done = 0
             for batch in _batches(_pending(dataset, plans, vae_id, args), args.batch_size):
                 _encode_and_write(vae, dataset, batch, by_key, vae_id, args)
+                produced.update(r.latent_cache_name for r in batch)  # re-planned windows too
                 done += len(batch)
                 bar.update(len(batch))
             written += done
-            bar.update(total - done)  # skipped as current
+            bar.update(max(0, total - done))  # skipped as current
+        remove_stale(dataset.cache_directory, LATENT_GLOB, produced, args.keep_cache)
     logger.info("wrote %d latent cache files", written)
     return 0

@@ -8,10 +8,13 @@ import logging
 import torch
 from tqdm import tqdm
 
-from dataset.cache_files import TEXT_FORMAT, file_identity, is_current, text_digest, write_cache
+from dataset.cache_files import check_text_file, file_identity, is_current, text_digest, write_text_cache
+from dataset.cache_names import TEXT_GLOB
+from dataset.cache_stale import remove_stale
 from dataset.config import load_dataset_config
 from dataset.items import CaptionRecord, list_captions
 
+from .cli import OneLineArgumentParser
 from .devices import parse_dtype, pick_device
 from .encoder_args import add_text_encoder_args
 
@@ -19,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cache_text_encoder_outputs.py", description=__doc__)
+    p = OneLineArgumentParser(prog="cache_text_encoder_outputs.py", description=__doc__)
     p.add_argument("--dataset_config", required=True, help="dataset TOML")
     add_text_encoder_args(p)
     p.add_argument(
@@ -28,13 +31,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp8_llm", action="store_true", help="(GPU issue) fp8 LLM weights; not implemented yet")
     p.add_argument("--batch_size", type=int, default=16, help="captions per encoder call")
     p.add_argument("--skip_existing", action="store_true", help="keep valid, current cache files")
+    p.add_argument("--keep_cache", action="store_true",
+                   help="keep cache files no item of the dataset produces any more (default: delete them)")  # fmt: skip
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     return p
 
 
 def _expected(record: CaptionRecord, encoders_id: str) -> dict[str, str]:
-    return {"format_version": TEXT_FORMAT, "item_key": record.item_key, "caption": text_digest(record.caption),
-            "encoders": encoders_id}  # fmt: skip
+    """Ours: same caption and encoders. musubi-tuner's files (no provenance keys): same caption1, valid."""
+    return {"item_key": record.item_key, "caption": text_digest(record.caption), "encoders": encoders_id,
+            "caption1": record.caption}  # fmt: skip
+
+
+def _remove_stale(blueprint, keep_cache: bool) -> None:
+    for dataset in blueprint.all_datasets:
+        produced = {record.text_cache_name for record in list_captions(dataset)}
+        remove_stale(dataset.cache_directory, TEXT_GLOB, produced, keep_cache)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,10 +64,11 @@ def run(args: argparse.Namespace) -> int:
     for dataset in blueprint.all_datasets:
         for record in list_captions(dataset):
             path = dataset.cache_directory / record.text_cache_name
-            if not (args.skip_existing and is_current(path, _expected(record, encoders_id))):
+            if not (args.skip_existing and is_current(path, _expected(record, encoders_id), check_text_file)):
                 jobs.append((record, path))
     if not jobs:
         logger.info("every text cache file is current")
+        _remove_stale(blueprint, args.keep_cache)
         return 0
     encoders = HunyuanTextEncoders(args.text_encoder1, args.text_encoder2, dtype=dtype, device=device,
                                    llm_tokenizer=args.tokenizer1, clip_tokenizer=args.tokenizer2)  # fmt: skip
@@ -64,11 +77,11 @@ def run(args: argparse.Namespace) -> int:
             chunk = jobs[start : start + args.batch_size]
             out = encoders.encode([record.caption for record, _ in chunk])
             for i, (record, path) in enumerate(chunk):
-                valid = int(out.llm_mask[i].sum())  # stored without padding; the loader pads per batch
-                tensors = {"llm": out.llm[i, :valid], "clip_pooled": out.clip_pooled[i]}
-                write_cache(
-                    path, tensors, {**_expected(record, encoders_id), "source_path": str(record.source_path)}
-                )
+                # musubi-tuner's layout: all 256 LLM states and the mask (its loader stacks them unpadded)
+                meta = {**_expected(record, encoders_id), "source_path": str(record.source_path)}
+                del meta["caption1"]  # written by write_text_cache
+                write_text_cache(path, out.llm[i], out.llm_mask[i], out.clip_pooled[i], record.caption, meta)
             bar.update(len(chunk))
+    _remove_stale(blueprint, args.keep_cache)
     logger.info("wrote %d text cache files", len(jobs))
     return 0

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, but a user error is `error: <one line>` on stderr and exit code 2 (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {' '.join(message.split())} (see --help)\n")
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -35,12 +44,17 @@ def run_command(run: Callable[[Sequence[str] | None], int], argv: Sequence[str] 
     """Run a command's body; a user error becomes `error: <one line>` on stderr and exit code 2."""
     setup_logging()
     try:
-        return run(argv)
+        code = run(argv)
+        sys.stdout.flush()  # a reader that went away shows here, not as "Exception ignored" at exit
+        return code
+    except BrokenPipeError:  # `... --list_lora_targets json | head -c 10`: the reader has all it wanted
+        return closed_stdout()
     except ValueError as e:  # every user error type is a ValueError; their modules load only when one happens
         from .errors import user_error_types
 
         if not isinstance(e, user_error_types()):
             raise
+        _close_progress_bars()  # a bad file met mid-run: the error starts a line of its own
         print(f"error: {_one_line(str(e))}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk, a folder we may not write: the user's to fix; other I/O errors trace
@@ -50,6 +64,20 @@ def run_command(run: Callable[[Sequence[str] | None], int], argv: Sequence[str] 
         _close_progress_bars()  # a save fails mid-run: end the bar's line, so ours starts a line of its own
         print(f"error: {message}", file=sys.stderr)
         return 2
+
+
+SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a Unix tool that wrote into a closed pipe
+
+
+def closed_stdout() -> int:
+    """End quietly, as Unix tools do when their reader closes the pipe: no traceback, exit code 141."""
+    try:  # Python flushes stdout again at exit: let that write go nowhere instead of warning on stderr
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is no file (a test's capture): nothing to redirect
+        pass
+    return SIGPIPE_EXIT
 
 
 MAX_ERROR_CHARS = 2000  # a hostile file can make a message of megabytes: one line stays one screen

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from . import input_checks
+from .cli import OneLineArgumentParser
 from .devices import apply_block_swap, parse_dtype, pick_device
 from .encoder_args import add_text_encoder_args
 from .errors import UserError
@@ -33,7 +35,7 @@ LATENT_KEY = "latent"  # musubi-tuner's key in latent files
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hv_generate_video.py", description=__doc__)
+    p = OneLineArgumentParser(prog="hv_generate_video.py", description=__doc__)
     models = p.add_argument_group("models")
     models.add_argument("--dit", required=True, help="DiT checkpoint: any layout (see docs/model.md)")
     models.add_argument("--vae", default=None, help="VAE (needed for --output_type video or both)")
@@ -77,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     video.add_argument("--flow_shift", type=float, default=7.0)
     video.add_argument(
-        "--seed", type=int, default=None, help="default: a random seed (logged, in the file name)"
+        "--seed", type=input_checks.seed, default=None, help="default: a random seed (logged, in the file name)"
     )
     video.add_argument("--vae_spatial_tile_sample_min_size", type=int, default=256,
                        help="VAE decoding in spatial tiles of this many pixels (larger frames only)")  # fmt: skip

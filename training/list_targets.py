@@ -38,6 +38,24 @@ def meta_model(dit: str | None) -> nn.Module:
     return build_dit(config, device="meta")
 
 
+def check_patterns_early(args: TrainArgs) -> None:
+    """Parse --network_args and meet its regexes with the module names of --dit's architecture (headers only),
+    so that a bad or runaway pattern stops a training run before minutes of loading weights."""
+    from hunyuan_model.model import TARGET_BLOCK_CLASSES
+    from networks.lora import user_patterns
+    from networks.network_args import parse_network_args
+    from networks.pattern_guard import match_sets
+    from networks.selection import find_candidates
+
+    if args.network_module != "networks.lora":  # another module reads its own --network_args
+        return
+    patterns = user_patterns(parse_network_args(args.network_args))
+    if patterns:
+        match_sets(
+            patterns, [name for name, _ in find_candidates(meta_model(args.dit), TARGET_BLOCK_CLASSES)]
+        )
+
+
 def build_report(args: TrainArgs) -> tuple[dict, dict[str, str]]:
     """The selection as plain data (the JSON object of --list_lora_targets json), and which pattern
     excluded each excluded module (for the table)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from networks.lora_file import save_lora_file
 
+from .cli import OneLineArgumentParser
 from .errors import UserError
 from .lora_io import check_fits, linear_shapes, load_lora
 from .lora_layouts import PEFT_METADATA_KEY, WRITERS
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="convert_lora.py", description=__doc__,
+    p = OneLineArgumentParser(prog="convert_lora.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--input", required=True, help="LoRA file (safetensors), any supported layout")
     p.add_argument("--output", required=True, help="where to write the converted LoRA (safetensors)")

@@ -25,7 +25,8 @@ import torch
 from hunyuan_model.diffusers_layout import ModuleMap, module_maps
 from networks.lora import lora_name_for
 from networks.lora_file import LoRAFileError
-from networks.network_args import has_nested_repeat
+from networks.network_args import NetworkArgsError, has_nested_repeat
+from networks.pattern_guard import match_sets
 
 LAYOUTS = ("default", "other", "diffusers")
 _DEFAULT_KEY = re.compile(
@@ -175,7 +176,9 @@ def _peft_alpha(metadata: Mapping[str, str] | None, module: str, rank: int, sour
                 raise LoRAFileError(
                     f"{source}: alpha_pattern {pattern[:80]!r} in the header nests repetitions"
                 )
-            if re.fullmatch(pattern if pattern.startswith("^") else rf"(.*\.)?(?:{pattern})", module):
+            if _peft_matches(
+                pattern if pattern.startswith("^") else rf"(.*\.)?(?:{pattern})", module, source
+            ):
                 alpha = float(value)
                 break
         if not math.isfinite(alpha):
@@ -188,6 +191,16 @@ def _peft_alpha(metadata: Mapping[str, str] | None, module: str, rank: int, sour
         ) from None
     # rsLoRA scales by alpha / sqrt(rank); expressed as an alpha for our alpha / rank
     return alpha * math.sqrt(rank) if config.get("use_rslora") else alpha
+
+
+def _peft_matches(pattern: str, module: str, source: str) -> bool:
+    """re.fullmatch through the pattern guard: a header's `(.|.)*Z` is refused, not hours of backtracking."""
+    try:
+        return module in match_sets([("alpha_pattern", pattern)], [module])[pattern]
+    except NetworkArgsError:
+        raise LoRAFileError(
+            f"{source}: alpha_pattern {pattern[:80]!r} in the header would not finish matching"
+        ) from None
 
 
 def _read_diffusers(sd, maps, source, metadata, widths) -> LoRAWeights:

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from hunyuan_model.fp8 import FLOAT8_DTYPES, dequantize
 from hv_common.safetensors_stream import write_safetensors_streaming
 
+from .cli import OneLineArgumentParser
 from .devices import parse_dtype, pick_device
 from .errors import UserError
 from .lora_apply import by_module, merged_weight
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="merge_lora.py", description=__doc__)
+    p = OneLineArgumentParser(prog="merge_lora.py", description=__doc__)
     p.add_argument("--dit", required=True, help="the base DiT: any layout --dit accepts elsewhere")
     p.add_argument(
         "--lora_weight", nargs="+", required=True, help="LoRA files (any layout convert_lora.py reads)"
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from hunyuan_model.checkpoint import check_keys, config_from_state_dict
     from hunyuan_model.lazy_checkpoint import LazyDiT
     from hunyuan_model.model import build_dit
+    from hunyuan_model.rope_source import log_if_derived, read_rope_split, rope_metadata
 
     out = Path(args.save_merged_model)
     if out.exists() and Path(args.dit).exists() and out.resolve() == Path(args.dit).resolve():
@@ -54,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     with LazyDiT(args.dit) as dit:
         meta, scaled = _without_fp8_scales(dit.meta_state_dict())
-        check_keys(build_dit(config_from_state_dict(meta, args.dit), device="meta"), meta, args.dit)
+        stated = read_rope_split(args.dit)
+        config = config_from_state_dict(meta, args.dit, stated)
+        check_keys(build_dit(config, device="meta"), meta, args.dit)
         updates = by_module(load_checked(args.lora_weight, mults, linear_shapes(meta), args.dit))
 
         def dtype_of(t: torch.Tensor) -> torch.dtype:
@@ -83,9 +87,11 @@ def run(args: argparse.Namespace) -> int:
         record = [
             {"file": Path(f).name, "multiplier": m} for f, m in zip(args.lora_weight, mults, strict=True)
         ]
-        metadata = {"format": "pt", "merged_loras": json.dumps(record)}
+        # the split the base DiT states or the one it was loaded with: the merged file says it either way
+        metadata = {"format": "pt", "merged_loras": json.dumps(record), **rope_metadata(config.rope_dim_list)}
         write_safetensors_streaming(out, specs, produce, metadata)
         bar.close()
+        log_if_derived(config.head_dim, stated, args.dit)
     logger.info("wrote %s (%d LoRA modules merged)", out, len(updates))
     return 0
 

@@ -22,6 +22,7 @@ from .memory_estimate import (
     max_blocks_to_swap,
     smallest_blocks_to_swap,
 )
+from .precision import requested_mixed_precision
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 def settings_from_args(args) -> Settings:
     """Read with getattr: options other parts of the trainer add may not exist yet."""
-    mixed = getattr(args, "mixed_precision", "no") or "no"
+    mixed = requested_mixed_precision(args)  # unset: accelerate's setting, as training will use
     dit_dtype = getattr(args, "dit_dtype", None) or "bfloat16"  # the trainer's default on a GPU
     weight = DTYPE_BYTES[dit_dtype.lower()]
     full = getattr(args, "full_bf16", False) or getattr(args, "full_fp16", False)

@@ -8,7 +8,8 @@ step (as with AMP's GradScaler), so max_train_steps, save schedules and resume p
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,6 +26,19 @@ class NonFiniteGuard:
     streak: int = 0  # skipped steps in a row so far
     loss_bad: bool = False  # a micro-batch of the current step had a non-finite loss
     skipped: bool = False  # the last optimizer step was skipped
+    files: list[str] = field(default_factory=list)  # cache files of the current step's micro-batches
+    last_files: list[str] = field(default_factory=list)  # those of the last optimizer step
+
+    def note_files(self, paths: Iterable[str] | None) -> None:
+        """The cache files a micro-batch came from: a skipped step names them (a damaged file is findable)."""
+        self.files.extend(p for p in paths or () if p not in self.files)
+
+    def files_note(self, limit: int = 8) -> str:
+        """'; its batch came from A, B' for the last step's log line, or '' when the batch carried no paths."""
+        if not self.last_files:
+            return ""
+        more = f" and {len(self.last_files) - limit} more" if len(self.last_files) > limit else ""
+        return f"; its batch came from {', '.join(self.last_files[:limit])}{more}"
 
     def note_loss(self, value: float) -> None:
         self.loss_bad = self.loss_bad or not math.isfinite(value)
@@ -35,6 +49,7 @@ class NonFiniteGuard:
 
     def record(self, skipped: bool) -> None:
         self.skipped = skipped
+        self.last_files, self.files = self.files, []
         self.streak = self.streak + 1 if skipped else 0
 
     @property

@@ -18,6 +18,7 @@ from .devices import apply_block_swap, parse_dtype
 from .errors import UserError
 from .flow import FlowSettings, flow_loss, loss_weights, noisy_input, seeded_draws
 from .nonfinite import NonFiniteGuard, NonFiniteStop, gradient_norm
+from .precision import resolve_mixed_precision
 from .processes import average_gradients, broadcast_parameters, prepare_processes, process_state
 from .resume import choose_state
 from .state_fit import run_record
@@ -148,21 +149,25 @@ def build_run(args) -> Run:
     from hunyuan_model.checkpoint import load_dit
     from hunyuan_model.config import DEFAULT_EXCLUDE_PATTERNS, TARGET_BLOCK_CLASSES
 
-    from .list_targets import load_network_module
+    from .input_checks import check_output_dir
+    from .list_targets import check_patterns_early, load_network_module
     from .optim import build_optimizer, build_scheduler, steps_from
 
     _require(args, "dit", "dataset_config", "output_dir")
     if not Path(args.dit).exists():
         raise UserError(f"--dit {args.dit}: no such file or folder")
+    check_output_dir(args.output_dir)
+    check_patterns_early(args)  # from the file's headers: a bad pattern fails before the weights load
     _check_trackers(args)
     flow = _flow_settings(args)
     batches, summary = _load_batches(args)
     accelerator = Accelerator(
-        mixed_precision=args.mixed_precision or "no",
+        mixed_precision=args.mixed_precision,  # None: accelerate's setting, as in musubi-tuner
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=None if not args.log_with else args.log_with,
         project_dir=args.logging_dir,
     )
+    args = resolve_mixed_precision(args, accelerator)
     if args.seed is not None:
         random.seed(args.seed)
         torch.manual_seed(args.seed)
@@ -219,6 +224,8 @@ def training_step(run: Run, batch: dict) -> float:
 
     Returns the loss, on a sync step averaged over the processes (the global batch's mean)."""
     args, device = run.args, run.accelerator.device
+    if run.guard is not None:  # a skipped step names the cache files behind it
+        run.guard.note_files(batch.get("cache_paths"))
     # Noise and t come from each item's own seed, on the CPU: the same item gets the same draws on any device,
     # in any process, whatever the batch around it.
     noise, t = seeded_draws(run.flow, batch["latents"], batch["noise_seed"])
@@ -502,8 +509,9 @@ def _end_step(run: Run, progress: Progress, loss: float, bar, start: float) -> N
 def _skipped_step(run: Run, progress: Progress, bar) -> None:
     """A step without an update still counts; too many in a row stop the run with the last good weights."""
     guard = run.guard
-    logger.warning("step %d: non-finite loss or gradients, optimizer step skipped (%d in a row, stop at %d)",
-                   progress.step, guard.streak, guard.limit)  # fmt: skip
+    with bar.external_write_mode():  # the warning gets a line of its own, not the end of the bar's
+        logger.warning("step %d: non-finite loss or gradients, optimizer step skipped (%d in a row, stop at %d)%s",
+                       progress.step, guard.streak, guard.limit, guard.files_note())  # fmt: skip
     bar.update(1)
     if not guard.exhausted:
         _on_boundary(run, progress, "step")
