@@ -67,3 +67,57 @@ def restore_logging():
     root.setLevel(level)
     root.handlers[:] = handlers
     logging.captureWarnings(False)
+
+
+@pytest.fixture(scope="session")
+def reported_run(cached_demo, tmp_path_factory) -> dict:
+    """One short demo run with everything the run report and the trackers show: LoRA+ (two lr groups), saves,
+    validation loss, previews (a video and an image; a prompt with HTML in it) and, when tensorboard is
+    installed, --log_with tensorboard. Shared by tests/test_report.py and tests/test_tensorboard.py."""
+    import importlib.util
+    import logging
+
+    import hv_train_network
+
+    work = tmp_path_factory.mktemp("reported_run")
+    (work / "dataset.toml").write_text(  # train on the videos, validate on the images (both cached already)
+        '[general]\nresolution = [128, 128]\ncaption_extension = ".txt"\nbatch_size = 1\nenable_bucket = true\n'
+        '[[datasets]]\nvideo_directory = "demo/data/videos"\ncache_directory = "demo/cache/videos"\n'
+        'target_frames = [1, 9, 17]\nframe_extraction = "head"\n'
+        '[[validation_datasets]]\nimage_directory = "demo/data/images"\ncache_directory = "demo/cache/images"\n'
+    )
+    (work / "prompts.txt").write_text(
+        "<script>document.title='injected'</script> a red & \"square\" --w 64 --h 64 --f 5 --s 2 --d 1\n"
+        "a blue ball --w 64 --h 64 --f 1 --s 2 --d 2\n"
+    )
+    tensorboard = importlib.util.find_spec("tensorboard") is not None
+    logs = ["--log_with", "tensorboard", "--logging_dir", str(work / "logs")] if tensorboard else []
+    argv = ["--config_file", str(ROOT / "configs" / "tiny_demo.toml"), "--dit", "models/tiny_dit.safetensors",
+            "--vae", "models/vae", "--text_encoder1", "models/text_encoder", "--text_encoder2", "models/text_encoder_2",
+            "--dataset_config", str(work / "dataset.toml"), "--output_dir", str(work / "out"),
+            "--sample_prompts", str(work / "prompts.txt"), "--max_train_steps", "8", "--save_every_n_steps", "4",
+            "--sample_every_n_steps", "4", "--validate_every_n_steps", "4", *logs]  # fmt: skip
+    from training.report import RunReport
+
+    snapshots = []  # (step, status, the page as written): what a run killed after that write would leave
+    write = RunReport.write
+
+    def write_and_keep(self, step, status):
+        path = write(self, step, status)
+        snapshots.append((step, status, path.read_text(encoding="utf-8")))
+        return path
+
+    root, old = logging.getLogger(), Path.cwd()
+    level, handlers = root.level, list(root.handlers)
+    os.chdir(cached_demo)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(RunReport, "write", write_and_keep)
+            assert hv_train_network.main(argv) == 0
+    finally:
+        os.chdir(old)
+        root.setLevel(level)
+        root.handlers[:] = handlers
+        logging.captureWarnings(False)
+    return {"out": work / "out", "logs": work / "logs" if tensorboard else None, "name": "tiny_lora",
+            "snapshots": snapshots}  # fmt: skip

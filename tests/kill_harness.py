@@ -108,9 +108,9 @@ def write(kind: str, ctx: Context, target: Path, v: int) -> None:
         specs = [(k, t.dtype, tuple(t.shape)) for k, t in ts.items()]
         write_safetensors_streaming(target, specs, ts.__getitem__, {"version": str(v)})
     elif kind == "plot":
-        from training.loss_plot import write_loss_plot
+        from training.loss_plot import Curves, write_loss_plot
 
-        write_loss_plot(target, losses(v), f"version {v}")
+        write_loss_plot(target, Curves(loss=list(enumerate(losses(v), 1)), title=f"version {v}"))
     elif kind == "video":
         from hv_common.video_io import write_media
 

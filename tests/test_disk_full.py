@@ -110,7 +110,8 @@ def test_full_disk_during_a_lora_save_mid_training(
     assert "intact" in line
     assert calls[-1] == "tiny_lora-step00000004.safetensors"
     assert sorted(before) == ["tiny_lora-step00000002-state/lora.safetensors",
-                              "tiny_lora-step00000002-state/train_state.pt", "tiny_lora-step00000002.safetensors"]  # fmt: skip
+                              "tiny_lora-step00000002-state/train_state.pt", "tiny_lora-step00000002.safetensors",
+                              "tiny_lora_loss.png", "tiny_lora_report.html"]  # fmt: skip
     assert _files(out) == before and _temps(out) == []
 
 

@@ -137,7 +137,7 @@ def test_two_processes_equal_one_process_at_twice_the_batch(cached_demo, tmp_pat
     assert names == sorted(p.name for p in one.iterdir()) == [
         "tiny_lora-step00000005-state", "tiny_lora-step00000005.safetensors", "tiny_lora-step00000010-state",
         "tiny_lora-step00000010.safetensors", "tiny_lora-step00000012-state", "tiny_lora.safetensors",
-        "tiny_lora_loss.png",
+        "tiny_lora_loss.png", "tiny_lora_report.html",
     ]  # fmt: skip
     for step, name in ((5, "tiny_lora-step00000005.safetensors"), (12, "tiny_lora.safetensors")):
         with safe_open(str(two / name), "pt") as f:

@@ -50,6 +50,7 @@ class Run:
     validator: object | None = None
     validations: list[dict] = field(default_factory=list)
     guard: NonFiniteGuard | None = None  # the NaN/Inf guard (train() sets it; None: off)
+    report: object | None = None  # training/report.py's RunReport (main process only)
 
 
 def _require(args, *names: str) -> None:
@@ -324,7 +325,8 @@ def _on_boundary(run: Run, progress: Progress, kind: str) -> None:
     a = run.args
     plural = f"{kind}s"
     count = progress.step if kind == "step" else progress.epoch
-    if _every(getattr(a, f"save_every_n_{plural}"), count) and progress.step < run.max_steps:
+    saving = _every(getattr(a, f"save_every_n_{plural}"), count) and progress.step < run.max_steps
+    if saving:
         name = lora_file_name(a.output_name, **{kind: count})
         save_lora(run, progress, name)
         if run.accelerator.is_main_process:
@@ -333,9 +335,12 @@ def _on_boundary(run: Run, progress: Progress, kind: str) -> None:
             save_training_state(run, progress, kind)
     if run.validator is not None and _every(getattr(a, f"validate_every_n_{plural}"), count):
         _validate(run, progress)
-    if run.sampler is not None and _every(getattr(a, f"sample_every_n_{plural}"), count):
+    sampling = run.sampler is not None and _every(getattr(a, f"sample_every_n_{plural}"), count)
+    if sampling:
         label = f"step{count:08d}" if kind == "step" else f"{count:06d}"
         _sample(run, label, progress.step)
+    if run.report is not None and (saving or sampling):
+        run.report.write(progress.step, "running")
 
 
 def _validate(run: Run, progress: Progress) -> None:
@@ -352,8 +357,12 @@ def _validate(run: Run, progress: Progress) -> None:
 def _sample(run: Run, label: str, step: int) -> None:
     run.last_sample_step = step
     if run.accelerator.is_main_process:
-        run.sampler.sample(run.model, run.vae, label, run.output_dir, run.accelerator.device, run.dtype,
-                           network=run.network, progress=False)  # fmt: skip
+        written = run.sampler.sample(run.model, run.vae, label, run.output_dir, run.accelerator.device, run.dtype,
+                                     network=run.network, progress=False)  # fmt: skip
+        if run.args.log_with:
+            from .preview_media import log_preview_images
+
+            log_preview_images(run.accelerator, written, step)
 
 
 def _build_sampler(args, device: torch.device):
@@ -450,6 +459,9 @@ def train(args) -> int:
         run.sampler, run.vae = _build_sampler(args, run.accelerator.device)
     # Only now that every input has been read: a bad one (a prompt file, ...) leaves nothing on disk.
     run.output_dir.mkdir(parents=True, exist_ok=True)
+    from .report import start_report
+
+    run.report = start_report(run)
     if args.log_with:
         run.accelerator.init_trackers(args.log_tracker_name or "hv_lora")
     if run.sampler is not None and args.sample_at_first and progress.step == 0:
@@ -484,6 +496,8 @@ def _end_step(run: Run, progress: Progress, loss: float, bar, start: float) -> N
         _skipped_step(run, progress, bar)
         return
     run.losses.append(loss)
+    if run.report is not None:
+        run.report.step_done(progress.step)
     if len(run.losses) == 1:
         logger.info("first optimizer step done (%.2f s after start-up began)", time.perf_counter() - start)
     bar.update(1)
@@ -511,6 +525,8 @@ def _skipped_step(run: Run, progress: Progress, bar) -> None:
     if a.save_state or a.save_state_on_train_end:
         save_training_state(run, progress, "step")
         saved += f" and state {_state_dir(run, progress, 'step')} (--resume auto continues from it)"
+    if run.report is not None:
+        run.report.write(progress.step, "stopped (non-finite loss or gradients)")
     run.accelerator.wait_for_everyone()  # no process may exit while the main one is still writing
     run.accelerator.end_training()
     bar.close()
@@ -529,8 +545,6 @@ def _end_epoch(run: Run, progress: Progress) -> None:
 
 
 def _finish(run: Run, progress: Progress) -> None:
-    from .loss_plot import write_loss_plot
-
     a = run.args
     if run.validator is not None:
         _validate(run, progress)
@@ -540,10 +554,7 @@ def _finish(run: Run, progress: Progress) -> None:
     sampling = a.sample_every_n_steps or a.sample_every_n_epochs
     if run.sampler is not None and sampling and run.last_sample_step != progress.step:
         _sample(run, "final", progress.step)
-    finite = [x for x in run.losses if math.isfinite(x)]  # with the guard off a NaN may be there
-    if run.accelerator.is_main_process and finite:
-        write_loss_plot(
-            run.output_dir / f"{a.output_name}_loss.png", finite, f"{a.output_name}: training loss"
-        )
+    if run.report is not None:
+        run.report.write(progress.step, "finished")
     run.accelerator.wait_for_everyone()  # no process may exit while the main one is still writing
     run.accelerator.end_training()
