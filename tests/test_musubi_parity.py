@@ -163,7 +163,7 @@ def _our_batches(dataset, plans, monkeypatch) -> tuple[int, int]:
             latent_shape = (16, (window.count - 1) // 4 + 1, h // 8, w // 8)
             text = dataset.cache_directory / text_cache_name(plan.item_key)
             cached[name] = CachedItem(dataset.cache_directory / name, text, latent_shape)
-    monkeypatch.setattr(train_dataset, "discover_cached_items", lambda _: list(cached.values()))
+    monkeypatch.setattr(train_dataset, "discover_cached_items", lambda *_: list(cached.values()))
     batches = CachedBatches([CachedDatasetSpec.of(dataset)], seed=0)
     return len(batches), sum(len(batches._plan_epoch(0)[i]) for i in range(len(batches)))
 
