@@ -16,14 +16,14 @@ from training.eager_optim import EagerAdamW
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_TOML = str(ROOT / "configs" / "tiny_demo.toml")
 
-# Imported by nothing a plain training run does: dynamo (--compile only), DTensor (FSDP only), the encoder,
-# VAE and media stacks (caching, previews), the trackers (--log_with).
+# Imported by nothing a plain training run does: dynamo (--compile only), DTensor (FSDP only), the encoder
+# and VAE stacks (caching, previews), the trackers (--log_with). PyAV is used: with the media at hand, the
+# trainer reads each video's header to list the windows the dataset TOML describes (dataset/cache_index.py).
 UNUSED = (
     "torch._dynamo",
     "torch.distributed.tensor",
     "diffusers",
     "transformers",
-    "av",
     "tensorboard",
     "wandb",
 )
