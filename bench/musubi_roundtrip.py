@@ -4,10 +4,10 @@ Needs a musubi-tuner checkout (its src/ on the path) and a venv with its dataset
 pillow, opencv, av, toml, voluptuous, safetensors); ours runs in this project's venv. In a demo work folder
 (demo/ and models/, cached by our commands; see tests/conftest.py cached_demo):
 
-  MUSUBI=/work/musubi/src /work/musubi-venv/bin/python bench/musubi_roundtrip.py musubi-read WORK
+  MUSUBI=../musubi-tuner/src ../musubi-venv/bin/python bench/musubi_roundtrip.py musubi-read WORK
       musubi-tuner's dataset (its TOML parser, prepare_for_training, BucketBatchManager) reads our caches:
       every item, the batch keys its HunyuanVideo trainer uses, latents of the bucket its selector picks
-  MUSUBI=/work/musubi/src /work/musubi-venv/bin/python bench/musubi_roundtrip.py musubi-write WORK
+  MUSUBI=../musubi-tuner/src ../musubi-venv/bin/python bench/musubi_roundtrip.py musubi-write WORK
       musubi-tuner's save_latent_cache / save_text_encoder_output_cache, with the names its datasets give,
       write our cached tensors again into WORK/musubi_cache/{images,videos}
   python bench/musubi_roundtrip.py compare WORK
@@ -28,8 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 TOML = "demo/dataset.toml"
 
 
+def _musubi_src() -> str:
+    if "MUSUBI" not in os.environ:
+        sys.exit("set MUSUBI to a musubi-tuner checkout's src/ folder (see the docstring)")
+    return os.environ["MUSUBI"]
+
+
 def _musubi_group(toml: str):
-    sys.path.insert(0, os.environ.get("MUSUBI", "/work/musubi/src"))
+    sys.path.insert(0, _musubi_src())
     from musubi_tuner.dataset import config_utils
 
     user_config = config_utils.load_user_config(toml)
@@ -63,7 +69,7 @@ def musubi_write(work: Path) -> dict:
     from safetensors.torch import load_file
 
     os.chdir(work)
-    sys.path.insert(0, os.environ.get("MUSUBI", "/work/musubi/src"))
+    sys.path.insert(0, _musubi_src())
     from musubi_tuner.dataset.image_video_dataset import save_latent_cache, save_text_encoder_output_cache
 
     toml = (

@@ -1,6 +1,6 @@
 """Our trainer beside musubi-tuner's own hv_train_network.py on the same tiny job, on the same machine.
 
-    python bench/vs_musubi.py --musubi /work/musubi --musubi-python /work/musubi-bench-venv/bin/python
+    python bench/vs_musubi.py --musubi ../musubi-tuner --musubi-python ../musubi-bench-venv/bin/python
                               [--rounds 3] [--steps 100] [--keep DIR]
 
 The job is bench/train_tiny.py's (its docstring), with one change both sides share: the DiT's token refiner has
