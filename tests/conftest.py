@@ -18,6 +18,17 @@ settings.register_profile("no_timing", deadline=None, suppress_health_check=[Hea
 settings.load_profile("no_timing")
 
 DEMO_CONFIG = "demo/dataset.toml"
+# The demo's images alone, cached into {cache}: the cache tests train on it
+IMAGES_TOML = """[general]
+resolution = [128, 128]
+caption_extension = ".txt"
+batch_size = 1
+enable_bucket = true
+
+[[datasets]]
+image_directory = "demo/data/images"
+cache_directory = "{cache}"
+"""
 
 
 def _text_args(*extra: str) -> list[str]:

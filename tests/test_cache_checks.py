@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import IMAGES_TOML
 from musubi_writer import write_latent
 from safetensors.torch import load_file, save_file
 
@@ -20,16 +21,6 @@ from training import trainer
 from training.nonfinite import NonFiniteGuard
 
 ROOT = Path(__file__).resolve().parents[1]
-IMAGES_TOML = """[general]
-resolution = [128, 128]
-caption_extension = ".txt"
-batch_size = 1
-enable_bucket = true
-
-[[datasets]]
-image_directory = "demo/data/images"
-cache_directory = "{cache}"
-"""
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEMO_CONFIG, _text_args
+from conftest import DEMO_CONFIG, IMAGES_TOML, _text_args
 from musubi_writer import batch_keys, latent_name, write_latent, write_text
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -22,16 +22,6 @@ from dataset.config import load_dataset_config
 from dataset.train_dataset import CachedBatches, CachedDatasetSpec, discover_cached_items
 
 ROOT = Path(__file__).resolve().parents[1]
-IMAGES_TOML = """[general]
-resolution = [128, 128]
-caption_extension = ".txt"
-batch_size = 1
-enable_bucket = true
-
-[[datasets]]
-image_directory = "demo/data/images"
-cache_directory = "{cache}"
-"""
 
 
 def _train(out: Path, dataset_config: Path, *extra: str) -> int:
