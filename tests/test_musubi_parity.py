@@ -218,13 +218,18 @@ def test_video_buckets_windows_and_batches_are_musubis(media, index, buckets, mo
     if (
         buckets == 0 or "pixels" in expected
     ):  # decoded: the planned clip frames (the plan is checked everywhere)
-        pixels = {}
-        for plan in plans:
-            for record in load_item(dataset, plan):
-                window = range(record.start_frame, record.start_frame + record.bucket[2])
-                assert [frame_index(f) for f in record.frames] == [plan.timeline[j] for j in window]
-                pixels[(plan.item_key, record.start_frame, record.bucket[2])] = pixel_digest(record.frames)
-        assert pixels == expected.get("pixels", pixels)
+        _check_decoded_frames(dataset, plans, expected)
+
+
+def _check_decoded_frames(dataset, plans, expected: dict) -> None:
+    """Each clip's decoded frames are the planned source frames, with musubi-tuner's pixels where recorded."""
+    pixels = {}
+    for plan in plans:
+        for record in load_item(dataset, plan):
+            window = range(record.start_frame, record.start_frame + record.bucket[2])
+            assert [frame_index(f) for f in record.frames] == [plan.timeline[j] for j in window]
+            pixels[(plan.item_key, record.start_frame, record.bucket[2])] = pixel_digest(record.frames)
+    assert pixels == expected.get("pixels", pixels)
 
 
 @pytest.mark.parametrize(
@@ -237,13 +242,7 @@ def test_a_jsonl_of_a_frame_folder_and_a_clip_is_read_as_musubi_tuner_reads_it(m
     got = {plan.item_key: {"bucket": plan.bucket_size, "windows": _windows(plan)} for plan in plans}
     assert got == expected["clips"]
     assert _our_batches(dataset, plans, monkeypatch) == expected["batches"]
-    pixels = {}
-    for plan in plans:
-        for record in load_item(dataset, plan):
-            window = range(record.start_frame, record.start_frame + record.bucket[2])
-            assert [frame_index(f) for f in record.frames] == [plan.timeline[j] for j in window]
-            pixels[(plan.item_key, record.start_frame, record.bucket[2])] = pixel_digest(record.frames)
-    assert pixels == expected.get("pixels", pixels)
+    _check_decoded_frames(dataset, plans, expected)
 
 
 def test_the_table_covers_every_documented_key():
