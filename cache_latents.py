@@ -7,8 +7,8 @@ import sys
 
 
 def main(argv=None) -> int:
-    from training.cache_latents import build_parser, run
-    from training.cli import run_command
+    from caching.latents import build_parser, run
+    from hv_common.cli import run_command
 
     return run_command(lambda a: run(build_parser().parse_args(a)), argv)
 

@@ -8,8 +8,8 @@ import sys
 
 
 def main(argv=None) -> int:
-    from training.cache_text import build_parser, run
-    from training.cli import run_command
+    from caching.text import build_parser, run
+    from hv_common.cli import run_command
 
     return run_command(lambda a: run(build_parser().parse_args(a)), argv)
 

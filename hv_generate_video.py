@@ -10,8 +10,8 @@ import sys
 
 
 def main(argv=None) -> int:
-    from training.cli import run_command
-    from training.generate import build_parser, run
+    from generation.generate import build_parser, run
+    from hv_common.cli import run_command
 
     return run_command(lambda a: run(build_parser().parse_args(a)), argv)
 

@@ -22,7 +22,7 @@ def run(argv: Sequence[str] | None) -> int:
 
         return show_batches(args)
     if args.estimate_memory:
-        from training.memory_report import render as render_estimate
+        from training.estimate_memory import render as render_estimate
 
         print(render_estimate(args))  # shapes only: no weights, VAE or text encoder is read
         return 0
@@ -39,7 +39,7 @@ def run(argv: Sequence[str] | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from training.cli import run_command
+    from hv_common.cli import run_command
 
     return run_command(run, argv)
 

@@ -8,8 +8,8 @@ import sys
 
 
 def main(argv=None) -> int:
-    from training.cli import run_command
-    from training.lora_merge import build_parser, run
+    from hv_common.cli import run_command
+    from lora_files.merge import build_parser, run
 
     return run_command(lambda a: run(build_parser().parse_args(a)), argv)
 

@@ -27,10 +27,10 @@ from hunyuan_model.model import DEFAULT_EXCLUDE_PATTERNS, TARGET_BLOCK_CLASSES, 
 from hunyuan_model.sampler import sample_latents  # noqa: E402
 from hunyuan_model.text_encoders import TextEmbeddings  # noqa: E402
 from hunyuan_model.tiny import tiny_dit_state_dict  # noqa: E402
+from lora_files.apply import apply_on_the_fly, merge_into  # noqa: E402
+from lora_files.io import LoadedLoRA  # noqa: E402
+from lora_files.layouts import Factors  # noqa: E402
 from networks.lora import create_network  # noqa: E402
-from training.lora_apply import apply_on_the_fly, merge_into  # noqa: E402
-from training.lora_io import LoadedLoRA  # noqa: E402
-from training.lora_layouts import Factors  # noqa: E402
 
 RANK = 32
 

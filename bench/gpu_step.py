@@ -15,7 +15,7 @@ Variants (comma-separated, run in this order in one process, each on a freshly b
   fp8         --fp8_scaled weights (block Linears in float8_e4m3fn with a per-row scale).
   fp8_swapN   both.
 Per variant: s/step (min and median over the timed steps), peak allocated memory during the steps (from
-torch.cuda.reset_peak_memory_stats after set-up), the memory estimate (training/memory_estimate.py) beside
+torch.cuda.reset_peak_memory_stats after set-up), the memory estimate (memory/estimate.py) beside
 it, and MFU = useful FLOP/s over the card's dense bf16 peak. Useful FLOPs follow the issue's convention:
 3 x the forward FLOPs (a frozen base with LoRA: forward, grad wrt inputs, LoRA grads); the forward FLOPs
 are counted by torch.utils.flop_counter on one forward of the real shapes. With gradient checkpointing
@@ -175,7 +175,7 @@ def run_variant(name: str, a: argparse.Namespace, device: torch.device) -> dict:
     est = memory_estimate(config, network, a, fp8, swap, 2 if dtype == torch.bfloat16 else 4)
     result["estimate_gib"] = est.total / 2**30
     if device.type == "cuda":
-        from training.memory_estimate import compare_with_cuda
+        from memory.estimate import compare_with_cuda
 
         result["estimate_vs_measured"] = compare_with_cuda(est)["ratio"]
     return result  # the model goes with this frame; main() empties the CUDA cache before the next variant
@@ -187,8 +187,8 @@ def card_peak() -> float | None:
 
 
 def memory_estimate(config, network, a: argparse.Namespace, fp8: bool, swap: int, act_bytes: int):
-    """training/memory_estimate.py's figure for this very step (no autocast: the DiT itself is bf16)."""
-    from training.memory_estimate import LoRAInfo, Settings, Workload, dit_shapes, estimate
+    """memory/estimate.py's figure for this very step (no autocast: the DiT itself is bf16)."""
+    from memory.estimate import LoRAInfo, Settings, Workload, dit_shapes, estimate
 
     modules = tuple(
         (name, lora.in_features, lora.out_features, lora.lora_dim)

@@ -18,6 +18,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from hv_common.errors import UserError
+
 ARCHITECTURE_FULL = "hunyuan_video"
 FORMAT_VERSION = "1.0.1"  # what we write: musubi-tuner's current version
 READABLE_VERSIONS = ("1.0.0", "1.0.1")
@@ -41,7 +43,7 @@ MUSUBI_ARCHITECTURES = {"hunyuan_video": "HunyuanVideo", "wan": "Wan", "framepac
 SPATIAL_FACTOR, TEMPORAL_FACTOR = 8, 4
 
 
-class CacheFileError(ValueError):
+class CacheFileError(UserError):
     """A cache file that is missing, torn, of another format or not what its name promises: names the file."""
 
     def __init__(self, message: str) -> None:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from hv_common.errors import UserError
 
-class DatasetConfigError(ValueError):
+
+class DatasetConfigError(UserError):
     """A dataset TOML (or a file it points at) that cannot be used. The message names the file and the key."""
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(message.splitlines()))
 
 
-class MediaError(ValueError):
+class MediaError(UserError):
     """An image or video that cannot be decoded. The message names the file."""
 
     def __init__(self, message: str) -> None:

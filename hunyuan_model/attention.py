@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hv_common.errors import UserError
+
 BACKENDS = ("sdpa", "flash_attn", "sage_attn", "xformers", "split_attn")
 # backend -> (module imported at the call, pip package name)
 PACKAGES = {
@@ -34,7 +36,7 @@ HALF_ONLY = frozenset({"flash_attn", "sage_attn"})  # xformers also runs float32
 _HALF = (torch.float16, torch.bfloat16)
 
 
-class AttentionBackendError(ValueError):
+class AttentionBackendError(UserError):
     """An attention backend that cannot run here (package missing, no CUDA, wrong dtype, training with
     SageAttention): one line, no traceback at the CLI."""
 

@@ -31,11 +31,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from hv_common.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 def check_blocks_to_swap(n: int, total: int) -> None:
@@ -314,3 +319,18 @@ class BlockSwapper:
             key = prefix + s.name
             if key in state_dict:
                 state_dict[key] = s.master
+
+
+def apply_block_swap(model, n: int, device: torch.device) -> None:
+    """--blocks_to_swap N on a loaded DiT (LoRA already applied): checked against its block count; the swapped
+    blocks stay in CPU memory, everything else moves to `device`. On a CPU device: a note, nothing else."""
+    blocks = len(model.blocks())
+    try:
+        check_blocks_to_swap(n, blocks)
+    except ValueError as e:
+        raise UserError(f"--{e}") from None
+    if n and device.type == "cpu":
+        logger.info("--blocks_to_swap %d has no effect on the CPU: the DiT already lives in CPU memory", n)
+    elif n:
+        model.enable_block_swap(n, device)
+        logger.info("block swap: the last %d of %d DiT blocks live in CPU memory", n, blocks)

@@ -13,13 +13,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .lora_file import LoRAFileError, load_lora_file, save_lora_file
 from .lora_module import LoRAModule
 from .network_args import NetworkArgs, NetworkArgsError, parse_network_args
 from .pattern_guard import match_sets
 from .selection import Selection, find_candidates, first_match, select, warn_unmatched
 
-__all__ = ["LORA_PREFIX", "LoRAFileError", "LoRAModule", "LoRANetwork", "LoRASpec", "create_network"]
+__all__ = ["LORA_PREFIX", "LoRAModule", "LoRANetwork", "LoRASpec", "create_network"]
 
 logger = logging.getLogger(__name__)
 LORA_PREFIX = "lora_unet"
@@ -149,20 +148,6 @@ class LoRANetwork(nn.Module):
             for g in groups:
                 logger.info("param group %s: lr=%g, %d tensors", g["kind"], g["lr"], len(g["params"]))
         return groups
-
-    # --- files -----------------------------------------------------------------------------------------
-
-    def save_weights(
-        self, path: str, dtype: torch.dtype | None = None, metadata: dict[str, str] | None = None
-    ) -> None:
-        tensors = {
-            k: v.detach() if dtype is None else v.detach().to(dtype) for k, v in self.state_dict().items()
-        }
-        save_lora_file(path, tensors, metadata)
-
-    def load_weights(self, path: str) -> None:
-        """Load a file saved by `save_weights`: the same modules and ranks, or a one-line error."""
-        self.load_state_dict(load_lora_file(path, self.state_dict()), strict=True)
 
     # --- verbose ---------------------------------------------------------------------------------------
 

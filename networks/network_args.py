@@ -17,10 +17,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hv_common.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 
-class NetworkArgsError(ValueError):
+class NetworkArgsError(UserError):
     """A user error in `--network_args` (or in the LoRA selection they describe). Always one line."""
 
     def __init__(self, message: str) -> None:

@@ -108,7 +108,7 @@ def reported_run(cached_demo, tmp_path_factory) -> dict:
             "--dataset_config", str(work / "dataset.toml"), "--output_dir", str(work / "out"),
             "--sample_prompts", str(work / "prompts.txt"), "--max_train_steps", "8", "--save_every_n_steps", "4",
             "--sample_every_n_steps", "4", "--validate_every_n_steps", "4", *logs]  # fmt: skip
-    from training.report import RunReport
+    from run_report.page import RunReport
 
     snapshots = []  # (step, status, the page as written): what a run killed after that write would leave
     write = RunReport.write

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lora_files.io import save_network
+
 ROOT = Path(__file__).resolve().parents[1]
 HOOKED = {"os": ("chmod", "fsync", "replace"), "shutil": ("rmtree",)}  # the steps of hv_common.atomic
 
@@ -91,9 +93,9 @@ def write(kind: str, ctx: Context, target: Path, v: int) -> None:
     """Write version v of `kind` at target (for a video, target is the .mp4 and the stem is derived)."""
     if kind == "lora":
         lora_version(ctx, v)
-        ctx.network.save_weights(str(target), metadata={"version": str(v)})
+        save_network(ctx.network, str(target), metadata={"version": str(v)})
     elif kind == "state":
-        from training.checkpoints import Progress, save_state
+        from training.saving import Progress, save_state
 
         lora_version(ctx, v)
         save_state(target, ctx.network, ctx.optimizer, ctx.scheduler, Progress(step=v + 1), {"version": v})
@@ -108,7 +110,7 @@ def write(kind: str, ctx: Context, target: Path, v: int) -> None:
         specs = [(k, t.dtype, tuple(t.shape)) for k, t in ts.items()]
         write_safetensors_streaming(target, specs, ts.__getitem__, {"version": str(v)})
     elif kind == "plot":
-        from training.loss_plot import Curves, write_loss_plot
+        from run_report.loss_plot import Curves, write_loss_plot
 
         write_loss_plot(target, Curves(loss=list(enumerate(losses(v), 1)), title=f"version {v}"))
     elif kind == "video":

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from hv_common.errors import UserError
 from training.args import (
     LR_SCHEDULERS,
     UNIMPLEMENTED_OPTIONS,
@@ -17,7 +18,6 @@ from training.args import (
     unimplemented_option_notes,
 )
 from training.config_file import option_actions
-from training.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = {f.name: f.default for f in dataclasses.fields(TrainArgs)}

@@ -330,7 +330,7 @@ def test_killed_leftovers_are_invisible_to_the_readers(tmp_path):
     from dataset.cache_names import text_cache_name
     from dataset.train_dataset import discover_cached_items
     from hunyuan_model.checkpoint import safetensors_files
-    from training.checkpoints import STATE_FILE, Progress, find_latest_state, save_state
+    from training.saving import STATE_FILE, Progress, find_latest_state, save_state
 
     ctx = make_context()
     out = tmp_path / "out"

@@ -427,13 +427,13 @@ def test_training_with_split_attn_sets_every_block_and_steps(cached_demo, monkey
 
 
 def _generate_args(*extra: str) -> argparse.Namespace:
-    from training.generate import build_parser
+    from generation.generate import build_parser
 
     return build_parser().parse_args([*GENERATE_REQUIRED, *extra])
 
 
 def test_generate_attn_modes_map_to_backends(monkeypatch):
-    from training.generate import _attention_backend
+    from generation.generate import _attention_backend
 
     assert _attention_backend(_generate_args()) == "sdpa"
     assert _attention_backend(_generate_args("--attn_mode", "torch")) == "sdpa"

@@ -10,8 +10,8 @@ import pytest
 import torch
 from lora_testing import applied_random_network, tiny_inputs, tiny_model
 
+from hv_common.errors import UserError
 from training.args import parse_args
-from training.errors import UserError
 
 # tensors a checkpoint keeps per block: (img, txt, vec), (x, vec); a batch of one runs without an attention mask
 DOUBLE_INPUTS, SINGLE_INPUTS = 3, 2

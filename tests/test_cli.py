@@ -4,15 +4,24 @@ import subprocess
 import sys
 from pathlib import Path
 
-from training.cli import run_command
-from training.errors import UserError, user_error_types
+from hv_common.cli import run_command
+from hv_common.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_every_user_error_type_is_a_value_error():
-    # run_command catches ValueError and imports the error types only then: the invariant it relies on.
-    assert all(issubclass(t, ValueError) for t in user_error_types())
+def test_every_package_error_type_is_a_user_error():
+    # run_command catches UserError: each package's error type must derive from it (one base).
+    from dataset.cache_format import CacheFileError
+    from dataset.errors import DatasetConfigError, MediaError
+    from hunyuan_model.attention import AttentionBackendError
+    from hunyuan_model.errors import CheckpointError
+    from lora_files.errors import LoRAFileError
+    from networks.network_args import NetworkArgsError
+
+    kinds = (CacheFileError, DatasetConfigError, MediaError, AttentionBackendError, CheckpointError,
+             LoRAFileError, NetworkArgsError)  # fmt: skip
+    assert all(issubclass(t, UserError) for t in kinds)
 
 
 def test_user_error_is_one_line_and_other_errors_propagate(capsys):

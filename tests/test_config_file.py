@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hv_train_network
+from hv_common.errors import UserError
 from training.args import TrainArgs, parse_args
-from training.errors import UserError
 
 # A musubi-tuner user's training config as they write it: flat keys, lists for the nargs options.
 MUSUBI_CONFIG = """\

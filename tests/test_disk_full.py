@@ -24,6 +24,7 @@ import convert_lora
 import hv_train_network
 import merge_lora
 from hv_common.atomic import is_temp_name
+from lora_files.io import save_network
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_TOML = str(ROOT / "configs" / "tiny_demo.toml")
@@ -117,7 +118,7 @@ def test_full_disk_during_a_lora_save_mid_training(
 
 def test_full_disk_during_a_state_save(cached_demo, tmp_path, monkeypatch, capsys, restore_logging):
     """The step-4 state's train_state.pt fills the disk: torch.save's RuntimeError still says ENOSPC."""
-    import training.checkpoints as checkpoints
+    import training.saving as checkpoints
 
     monkeypatch.chdir(cached_demo)
     out = tmp_path / "out"
@@ -174,7 +175,7 @@ def test_full_disk_while_caching_latents(cached_demo, tmp_path, monkeypatch, cap
 def _lora_for_tiny_dit(path: Path) -> None:
     from lora_testing import tiny_model, tiny_network
 
-    tiny_network(tiny_model(), dim=4).save_weights(str(path))
+    save_network(tiny_network(tiny_model(), dim=4), str(path))
 
 
 def test_full_disk_while_merging(cached_demo, tmp_path, monkeypatch, capsys, restore_logging):

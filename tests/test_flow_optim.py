@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from training.errors import UserError
+from hv_common.errors import UserError
 from training.flow import FlowSettings, flow_loss, loss_weights, noisy_input, sample_t, shift_sigmas
 from training.optim import build_optimizer, lr_lambda, steps_from
 

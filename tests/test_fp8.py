@@ -25,6 +25,7 @@ from hunyuan_model.fp8 import (
 )
 from hunyuan_model.model import build_dit
 from hunyuan_model.tiny import tiny_dit_state_dict
+from lora_files.io import save_network
 
 
 def _rule_keys() -> frozenset[str]:
@@ -278,7 +279,7 @@ def test_generation_with_fp8_stays_close_and_refuses_lora_merge(
     with torch.no_grad():
         for lora in network.loras:
             lora.lora_up.weight.normal_(0, 0.2, generator=torch.Generator().manual_seed(0))
-    network.save_weights(str(tmp_path / "lora.safetensors"))
+    save_network(network, str(tmp_path / "lora.safetensors"))
     base = ["--dit", str(dit), "--text_encoder1", "models/text_encoder", "--text_encoder2", "models/text_encoder_2",
             "--prompt", "a red ball", "--video_size", "32", "48", "--video_length", "5", "--infer_steps", "3",
             "--save_path", str(tmp_path), "--seed", "7", "--output_type", "latent",
@@ -299,8 +300,8 @@ def test_merging_into_a_float8_file_writes_dense_weights_with_the_update(tmp_pat
     """merge_lora.py on ComfyUI's fp8 file: scales applied, the update added in fp32 and written in bf16 (a LoRA
     update is far below fp8's rounding step: requantized, most of it would vanish); no scale keys or marker."""
     import merge_lora
-    from training.lora_apply import by_module, merged_weight
-    from training.lora_io import load_lora
+    from lora_files.apply import by_module, merged_weight
+    from lora_files.io import load_lora
 
     path, upcast = _fp8_file(tmp_path, scaled)
     network = tiny_network(load_dit(path, torch.float32), dim=4, alpha=4.0)
@@ -308,7 +309,7 @@ def test_merging_into_a_float8_file_writes_dense_weights_with_the_update(tmp_pat
         for p in network.parameters():
             p.normal_(0.0, 0.05)  # lora_up is zero at creation: give the update a size
     lora = tmp_path / "lora.safetensors"
-    network.save_weights(str(lora))
+    save_network(network, str(lora))
     out = tmp_path / "merged.safetensors"
     argv = [
         "--dit",
@@ -369,7 +370,7 @@ def test_activation_scales_of_fp8_matmul_files_are_read_past(tmp_path):
     out = tmp_path / "merged.safetensors"
     network = tiny_network(load_dit(path, torch.float32))
     lora = tmp_path / "lora.safetensors"
-    network.save_weights(str(lora))
+    save_network(network, str(lora))
     assert (
         merge_lora.main(["--dit", str(other), "--lora_weight", str(lora), "--save_merged_model", str(out)])
         == 0

@@ -15,15 +15,15 @@ from hypothesis import strategies as st
 from dataset import schema
 from dataset.config import load_dataset_config
 from dataset.errors import DatasetConfigError
+from generation.prompts import PromptDefaults, load_prompts, parse_prompt_line
 from hunyuan_model.checkpoint import read_state_dict
 from hunyuan_model.errors import CheckpointError
-from networks.lora_file import LoRAFileError
+from hv_common.errors import UserError
+from lora_files.errors import LoRAFileError
+from lora_files.io import read_safetensors
 from networks.network_args import KNOWN_KEYS, NetworkArgsError, parse_network_args
 from training.args import build_parser
 from training.config_file import read_config_file
-from training.errors import UserError
-from training.lora_io import read_safetensors
-from training.prompts import PromptDefaults, load_prompts, parse_prompt_line
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

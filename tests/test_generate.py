@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 import hv_generate_video
 from hv_common.video_io import read_frames
+from lora_files.io import save_network
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
         for lora in network.loras:
             lora.lora_up.weight.copy_(torch.randn(lora.lora_up.weight.shape, generator=g) * 0.2)
     paths["lora"] = root / "lora.safetensors"
-    network.save_weights(str(paths["lora"]))
+    save_network(network, str(paths["lora"]))
     return paths
 
 

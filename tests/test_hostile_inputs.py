@@ -561,8 +561,8 @@ PROMPTS: dict[str, tuple[str | bytes, str]] = {
 @pytest.mark.parametrize("case", list(PROMPTS), ids=list(PROMPTS))
 def test_prompt_file_hostile(case, tmp_path):
     """The parser the trainer and the sampler share, on each file (the trainer itself: test below)."""
-    from training.errors import UserError
-    from training.prompts import load_prompts
+    from generation.prompts import load_prompts
+    from hv_common.errors import UserError
 
     body, fragment = PROMPTS[case]
     path = tmp_path / case.split()[0]

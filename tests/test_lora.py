@@ -12,7 +12,9 @@ from lora_testing import NET_KW, meta_720p, network_720p, tiny_inputs, tiny_mode
 from safetensors import safe_open
 from torch import nn
 
-from networks.lora import LoRAFileError, LoRAModule, create_network
+from lora_files.errors import LoRAFileError
+from lora_files.io import load_network, save_network
+from networks.lora import LoRAModule, create_network
 from networks.network_args import NetworkArgsError
 
 SINGLE_10_ON = r"include_patterns=[r'.*single_blocks\.\d{2}\.linear.*']"
@@ -336,12 +338,12 @@ def test_save_then_load_round_trips_bit_identically(tmp_path):
     model = tiny_model()
     saved = _trained_network(model, "alpha_patterns={r'.*linear1': 3}")
     path = tmp_path / "lora.safetensors"
-    saved.save_weights(str(path), metadata={"ss_network_dim": "4"})
+    save_network(saved, str(path), metadata={"ss_network_dim": "4"})
     assert [p.name for p in tmp_path.iterdir()] == ["lora.safetensors"]  # no temporary left behind
 
     loaded = _trained_network(model, "alpha_patterns={r'.*linear1': 3}", seed=1)
     assert not torch.equal(loaded.loras[0].lora_down.weight, saved.loras[0].lora_down.weight)
-    loaded.load_weights(str(path))
+    load_network(loaded, str(path))
     for (k, a), (k2, b) in zip(saved.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k == k2 and a.dtype == b.dtype and torch.equal(a, b)
     with safe_open(str(path), "pt") as f:
@@ -354,15 +356,15 @@ def test_save_then_load_round_trips_bit_identically(tmp_path):
 def test_loading_alpha_updates_the_scale(tmp_path):
     model = tiny_model()
     path = tmp_path / "a.safetensors"
-    tiny_network(model, alpha=8.0).save_weights(str(path))
+    save_network(tiny_network(model, alpha=8.0), str(path))
     network = tiny_network(model, alpha=1.0)
-    network.load_weights(str(path))
+    load_network(network, str(path))
     assert network.loras[0].scale == 8.0 / 4
 
 
 def test_save_in_bf16(tmp_path):
     path = tmp_path / "bf16.safetensors"
-    _trained_network(tiny_model()).save_weights(str(path), dtype=torch.bfloat16)
+    save_network(_trained_network(tiny_model()), str(path), dtype=torch.bfloat16)
     with safe_open(str(path), "pt") as f:
         keys = list(f.keys())
         assert {f.get_tensor(k).dtype for k in keys} == {torch.bfloat16}
@@ -371,16 +373,16 @@ def test_save_in_bf16(tmp_path):
 def test_loading_a_file_of_another_rank_or_modules_is_a_one_line_error(tmp_path):
     model = tiny_model()
     path = tmp_path / "r8.safetensors"
-    tiny_network(model, dim=8).save_weights(str(path))
+    save_network(tiny_network(model, dim=8), str(path))
     with pytest.raises(LoRAFileError, match=r"shape \(8, 64\).*expects \(4, 64\)"):
-        tiny_network(model, dim=4).load_weights(str(path))
+        load_network(tiny_network(model, dim=4), str(path))
     with pytest.raises(LoRAFileError, match="0 keys missing, 12 unexpected"):
-        tiny_network(model, "exclude_patterns=[r'.*single.*']", dim=8).load_weights(str(path))
+        load_network(tiny_network(model, "exclude_patterns=[r'.*single.*']", dim=8), str(path))
     with pytest.raises(LoRAFileError, match="not found"):
-        tiny_network(model).load_weights(str(tmp_path / "nope.safetensors"))
+        load_network(tiny_network(model), str(tmp_path / "nope.safetensors"))
     (tmp_path / "torn.safetensors").write_bytes(b"\x10\x00garbage")
     with pytest.raises(LoRAFileError, match="cannot read"):
-        tiny_network(model).load_weights(str(tmp_path / "torn.safetensors"))
+        load_network(tiny_network(model), str(tmp_path / "torn.safetensors"))
 
 
 # --- the optimizer --------------------------------------------------------------------------------------------

@@ -19,9 +19,9 @@ from hunyuan_model.diffusers_layout import original_to_diffusers
 from hunyuan_model.lazy_checkpoint import LazyDiT
 from hunyuan_model.tiny import write_tiny_dit
 from hv_common.safetensors_stream import write_safetensors_streaming
-from training.lora_apply import apply_on_the_fly, restore_all
-from training.lora_io import load_lora
-from training.lora_layouts import Factors, to_diffusers, to_other
+from lora_files.apply import apply_on_the_fly, restore_all
+from lora_files.io import load_lora, load_network, save_network
+from lora_files.layouts import Factors, to_diffusers, to_other
 
 ALPHA, DIM = 3.0, 4  # alpha != dim: a forgotten scale shows
 
@@ -42,7 +42,7 @@ def tiny_files(tmp_path):
     dit = write_tiny_dit(tmp_path / "models")
     network = _trained(load_dit(dit))
     lora = tmp_path / "lora.safetensors"
-    network.save_weights(str(lora), metadata={"ss_network_dim": str(DIM)})
+    save_network(network, str(lora), metadata={"ss_network_dim": str(DIM)})
     return dit, lora
 
 
@@ -73,7 +73,7 @@ def test_lora_applied_equals_lora_merged(tiny_files, tmp_path):
     with torch.no_grad():
         base = model(**inputs)
         network = tiny_network(model, dim=DIM, alpha=ALPHA)
-        network.load_weights(str(lora))
+        load_network(network, str(lora))
         network.set_multiplier(0.7)
         network.apply_to(model)
         applied = model(**inputs)
@@ -109,7 +109,7 @@ def test_lora_applied_equals_lora_merged(tiny_files, tmp_path):
 def test_merging_two_loras_sums_their_updates_and_keeps_other_tensors(tiny_files, tmp_path):
     dit, lora = tiny_files
     second = tmp_path / "second.safetensors"
-    _trained(load_dit(dit), "exclude_patterns=[r'.*single_blocks.*']", seed=9).save_weights(str(second))
+    save_network(_trained(load_dit(dit), "exclude_patterns=[r'.*single_blocks.*']", seed=9), str(second))
     out = tmp_path / "merged.safetensors"
     argv = ["--dit", str(dit), "--lora_weight", str(lora), str(second), "--lora_multiplier", "0.5", "-1.5",
             "--save_merged_model", str(out), "--save_dtype", "bf16"]  # fmt: skip
@@ -295,7 +295,7 @@ def test_diffusers_pipeline_loader_reads_our_other_layout(tmp_path):
     theirs, ours = _diffusers_pair()
     network = _trained(ours, r"exclude_patterns=[r'.*linear1']")
     path = tmp_path / "lora.safetensors"
-    network.save_weights(str(path))
+    save_network(network, str(path))
     other = tmp_path / "other.safetensors"
     assert convert_lora.main(["--input", str(path), "--output", str(other), "--target", "other"]) == 0
     converted = HunyuanVideoLoraLoaderMixin.lora_state_dict(str(other))
@@ -308,7 +308,7 @@ def test_diffusers_load_lora_adapter_reads_our_diffusers_layout_at_any_width(tmp
     theirs, ours = _diffusers_pair()
     network = _trained(ours)  # every default target, single blocks' linear1 included
     path, out = tmp_path / "lora.safetensors", tmp_path / "diffusers.safetensors"
-    network.save_weights(str(path))
+    save_network(network, str(path))
     assert convert_lora.main(["--input", str(path), "--output", str(out), "--target", "diffusers"]) == 0
     # the pipeline's load_lora_weights path: its converter leaves diffusers names as they are
     through_pipeline = HunyuanVideoLoraLoaderMixin.lora_state_dict(str(out))

@@ -12,8 +12,8 @@ from torch import nn
 
 from hunyuan_model.config import DEFAULT_EXCLUDE_PATTERNS, TARGET_BLOCK_CLASSES, get_preset
 from hunyuan_model.model import build_dit
+from memory import estimate as me
 from networks.lora import create_network
-from training import memory_estimate as me
 
 TINY = get_preset("tiny")
 # tiny batch: 9 frames of 128x128 -> 3 x 8 x 8 = 192 image tokens; 12 text tokens, half of them padding

@@ -14,8 +14,8 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from safetensors import safe_open
 
+from hv_common.errors import UserError
 from training.args import parse_args
-from training.errors import UserError
 from training.precision import resolve_mixed_precision
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ def test_training_under_accelerates_bf16_writes_bf16_in_the_lora(cached_demo, tm
 
 
 def test_the_memory_estimate_assumes_accelerates_setting_when_unset(monkeypatch):
-    from training.memory_report import settings_from_args
+    from training.estimate_memory import settings_from_args
 
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     assert settings_from_args(parse_args(["--dit", "x"])).autocast

@@ -5,8 +5,8 @@ import logging
 
 import pytest
 
-from training.errors import UserError
-from training.prompts import PromptDefaults, load_prompts
+from generation.prompts import PromptDefaults, load_prompts
+from hv_common.errors import UserError
 
 
 def write(tmp_path, text: str, name: str = "prompts.txt"):
@@ -49,7 +49,7 @@ def test_comments_and_blank_lines_are_skipped_and_lines_are_numbered(tmp_path):
 
 def test_sizes_and_frame_counts_are_rounded_as_musubi_does_but_said(tmp_path, caplog):
     path = write(tmp_path, "x --w 100 --h 250 --f 8\n")
-    with caplog.at_level(logging.WARNING, logger="training.prompts"):
+    with caplog.at_level(logging.WARNING, logger="generation.prompts"):
         (p,) = load_prompts(path)
     assert (p.width, p.height, p.frames) == (96, 240, 5)
     text = caplog.text
@@ -59,7 +59,7 @@ def test_sizes_and_frame_counts_are_rounded_as_musubi_does_but_said(tmp_path, ca
 
 def test_a_negative_prompt_without_cfg_scale_is_reported_unused(tmp_path, caplog):
     path = write(tmp_path, "x --n blurry\ny --n blurry --l 1.0\n")
-    with caplog.at_level(logging.WARNING, logger="training.prompts"):
+    with caplog.at_level(logging.WARNING, logger="generation.prompts"):
         prompts = load_prompts(path)
     assert not any(p.uses_cfg for p in prompts)
     assert caplog.text.count("negative prompt is unused") == 2

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from training import loss_plot
-from training.loss_plot import Curves
+from run_report import loss_plot
+from run_report.loss_plot import Curves
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,7 +134,7 @@ def test_without_matplotlib_the_plot_is_skipped_with_one_line(tmp_path, monkeypa
 
 
 def test_start_up_does_not_import_matplotlib():
-    code = ("import sys, hv_train_network, training.trainer, training.report, training.loss_plot;"
+    code = ("import sys, hv_train_network, training.trainer, run_report.page, run_report.loss_plot;"
             "print('matplotlib' in sys.modules)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -177,7 +177,7 @@ def test_a_report_bug_is_a_warning_but_a_full_disk_stops_the_run(tmp_path, monke
     import errno
     from types import SimpleNamespace
 
-    from training.report import RunReport
+    from run_report.page import RunReport
 
     run = SimpleNamespace(
         losses=[], dataset_summary=[], output_dir=tmp_path, args=SimpleNamespace(output_name="x")

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from generation.previews import PreviewSampler, epoch_label
+from generation.prompts import PromptDefaults
+from hv_common.errors import UserError
 from hv_common.video_io import read_frames
-from training.errors import UserError
-from training.prompts import PromptDefaults
-from training.sampling import PreviewSampler, epoch_label
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training.preview_media import frame_strip
+from run_report.preview_media import frame_strip
 
 event_accumulator = pytest.importorskip(
     "tensorboard.backend.event_processing.event_accumulator",

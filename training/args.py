@@ -8,17 +8,29 @@ loudly if the parser and the dataclass ever disagree. `--config_file` is read by
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .cli import OneLineArgumentParser
-from .input_checks import seed as seed_type
+from hv_common.cli import OneLineArgumentParser
+from hv_common.input_checks import seed as seed_type
+from hv_common.option_types import (  # noqa: F401 (re-exported for the config-file reader)
+    DTYPE_NAMES,
+    dtype_name,
+    first_timestep,
+    integer,
+    last_timestep,
+    non_negative_float,
+    non_negative_int,
+    number,
+    positive_float,
+    positive_int,
+    probability,
+    ratio,
+    steps_or_ratio,
+)
 
-# Names the trainer maps to torch dtypes (training/devices.py); kept here as text so parsing imports no torch.
-DTYPE_NAMES = ("float32", "fp32", "float16", "fp16", "bfloat16", "bf16")
 TIMESTEP_SAMPLINGS = ("sigma", "uniform", "sigmoid", "shift", "flux_shift", "logsnr")
 WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "cosmap", "sigma_sqrt")
 # transformers' get_scheduler names, implemented in training/optim.py (no diffusers import at start-up).
@@ -146,59 +158,6 @@ class TrainArgs:
     estimate_memory: bool = False
     vram_budget_gb: float | None = None
     estimate_resolution: tuple[int, ...] | None = None
-
-
-# --- value converters: each raises ArgumentTypeError with what was expected, which argparse (and the config
-# file reader) turn into one line ---------------------------------------------------------------------------
-
-
-def _number(kind: type, check: Callable[[float], bool], expected: str) -> Callable[[str], float]:
-    def convert(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if not (math.isfinite(value) and check(value)):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-
-    convert.__name__ = expected  # argparse names the type in some messages
-    return convert
-
-
-integer = _number(int, lambda v: True, "an integer")
-non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
-positive_int = _number(int, lambda v: v > 0, "an integer > 0")
-number = _number(float, lambda v: True, "a number")
-non_negative_float = _number(float, lambda v: v >= 0, "a number >= 0")
-positive_float = _number(float, lambda v: v > 0, "a number > 0")
-probability = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
-ratio = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
-first_timestep = _number(int, lambda v: 0 <= v <= 999, "an integer in [0, 999]")
-last_timestep = _number(int, lambda v: 1 <= v <= 1000, "an integer in [1, 1000]")
-
-
-def steps_or_ratio(text: str) -> int | float:
-    """musubi-tuner's warmup/decay rule: an integer is a step count, a number below 1 (or `N%`) a ratio of
-    the training steps."""
-    expected = f"a step count, a ratio in [0, 1) or a percentage, got {text!r}"
-    percent = text.strip().endswith("%")
-    try:
-        value = float(text.strip().removesuffix("%")) / (100 if percent else 1)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {expected}") from None
-    if not (math.isfinite(value) and value >= 0) or (value >= 1 and not value.is_integer()):
-        raise argparse.ArgumentTypeError(f"expected {expected}")
-    if percent and value >= 1:
-        raise argparse.ArgumentTypeError(f"expected {expected}")
-    return int(value) if value >= 1 or value == 0 else value
-
-
-def dtype_name(text: str) -> str:
-    name = text.strip().lower()
-    if name not in DTYPE_NAMES:
-        raise argparse.ArgumentTypeError(f"expected one of {', '.join(DTYPE_NAMES)}, got {text!r}")
-    return name
 
 
 def resume_target(text: str) -> str:
@@ -544,7 +503,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
 
     argparse errors exit 2 with one line; config file errors and contradictions raise UserError.
     """
-    from .config_file import read_config_file
+    from training.config_file import read_config_file
 
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
@@ -560,7 +519,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
 
 def check_combinations(args: TrainArgs) -> None:
     """What no single option can check: contradictions caught before a model is loaded."""
-    from .errors import UserError
+    from hv_common.errors import UserError
 
     if (
         args.min_timestep is not None
@@ -602,7 +561,7 @@ def attention_backend(args: TrainArgs) -> str:
     `--sdpa --split_attn` is split_attn (it is SDPA, one sample at a time; musubi users write both); any other
     two flags are a UserError.
     """
-    from .errors import UserError
+    from hv_common.errors import UserError
 
     chosen = [name for name in ATTENTION_BACKENDS if getattr(args, name)]
     if args.sdpa and chosen and chosen[0] != "split_attn":

@@ -16,7 +16,7 @@ from typing import Any
 
 import toml
 
-from .errors import UserError
+from hv_common.errors import UserError
 
 NOT_FROM_A_FILE = ("config_file",)  # a config file naming another one would hide where a value came from
 MAX_CONFIG_BYTES = 1 << 20  # real config files are a few KB; megabytes of TOML are not one

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import UserError
+from hv_common.errors import UserError
 
 
 def show_batches(args, limit: int = 8) -> int:

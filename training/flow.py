@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .args import TIMESTEP_SAMPLINGS, WEIGHTING_SCHEMES
-from .errors import UserError
+from hv_common.errors import UserError
+from training.args import TIMESTEP_SAMPLINGS, WEIGHTING_SCHEMES
 
 
 @dataclass(frozen=True)

@@ -6,25 +6,14 @@ architecture read from the headers of `--dit`.
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
-from types import ModuleType
 
 from torch import nn
 
-from .args import TrainArgs
-from .errors import UserError
-
-
-def load_network_module(name: str) -> ModuleType:
-    try:
-        module = importlib.import_module(name)
-    except ImportError as e:
-        raise UserError(f"--network_module {name}: cannot import it ({e})") from None
-    if not callable(getattr(module, "create_network", None)):
-        raise UserError(f"--network_module {name}: it has no create_network(); use networks.lora")
-    return module
+from hv_common.errors import UserError
+from networks.build import load_network_module
+from training.args import TrainArgs
 
 
 def meta_model(dit: str | None) -> nn.Module:

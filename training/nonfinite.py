@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import UserError
+from hv_common.errors import UserError
 
 
 class NonFiniteStop(UserError):

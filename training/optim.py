@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .args import LR_SCHEDULERS as SCHEDULERS
-from .errors import UserError
+from hv_common.errors import UserError
+from training.args import LR_SCHEDULERS as SCHEDULERS
 
 
 def parse_optimizer_args(items: Sequence[str]) -> dict:
@@ -33,7 +33,9 @@ def parse_optimizer_args(items: Sequence[str]) -> dict:
 def _optimizer_class(name: str):
     lowered = name.lower()
     if lowered == "adamw":
-        from .eager_optim import EagerAdamW  # torch's AdamW without importing torch._dynamo (see there)
+        from training.eager_optim import (
+            EagerAdamW,  # torch's AdamW without importing torch._dynamo (see there)
+        )
 
         return EagerAdamW
     if lowered == "adamw8bit":

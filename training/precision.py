@@ -13,7 +13,7 @@ import logging
 import os
 from argparse import Namespace
 
-from .errors import UserError
+from hv_common.errors import UserError
 
 logger = logging.getLogger(__name__)
 

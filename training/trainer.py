@@ -13,15 +13,17 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from .checkpoints import Progress, load_state, lora_file_name, prune, save_state
-from .devices import apply_block_swap, parse_dtype
-from .errors import UserError
-from .flow import FlowSettings, flow_loss, loss_weights, noisy_input, seeded_draws
-from .nonfinite import NonFiniteGuard, NonFiniteStop, gradient_norm
-from .precision import resolve_mixed_precision
-from .processes import average_gradients, broadcast_parameters, prepare_processes, process_state
-from .resume import choose_state
-from .state_fit import run_record
+from hunyuan_model.block_swap import apply_block_swap
+from hv_common.devices import parse_dtype
+from hv_common.errors import UserError
+from lora_files.io import load_network, save_network
+from training.flow import FlowSettings, flow_loss, loss_weights, noisy_input, seeded_draws
+from training.nonfinite import NonFiniteGuard, NonFiniteStop, gradient_norm
+from training.precision import resolve_mixed_precision
+from training.processes import average_gradients, broadcast_parameters, prepare_processes, process_state
+from training.resume.fit import run_record
+from training.resume.pick import choose_state
+from training.saving import Progress, load_state, lora_file_name, prune, save_state
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ class Run:
     validator: object | None = None
     validations: list[dict] = field(default_factory=list)
     guard: NonFiniteGuard | None = None  # the NaN/Inf guard (train() sets it; None: off)
-    report: object | None = None  # training/report.py's RunReport (main process only)
+    report: object | None = None  # run_report/page.py's RunReport (main process only)
 
 
 def _require(args, *names: str) -> None:
@@ -111,8 +113,7 @@ def _max_steps(args, batches_per_epoch: int) -> int:
 def _check_attention(args, device: torch.device, dtype: torch.dtype) -> str:
     """The attention backend the flags choose, checked (package, CUDA, dtype, trainable) before the DiT loads."""
     from hunyuan_model.attention import AttentionBackendError, check_attention_backend
-
-    from .args import attention_backend
+    from training.args import attention_backend
 
     backend = attention_backend(args)
     mixed = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision or "no")
@@ -148,10 +149,10 @@ def build_run(args) -> Run:
     from hunyuan_model.attention import set_attention_backend
     from hunyuan_model.checkpoint import load_dit
     from hunyuan_model.config import DEFAULT_EXCLUDE_PATTERNS, TARGET_BLOCK_CLASSES
-
-    from .input_checks import check_output_dir
-    from .list_targets import check_patterns_early, load_network_module
-    from .optim import build_optimizer, build_scheduler, steps_from
+    from hv_common.input_checks import check_output_dir
+    from networks.build import load_network_module
+    from training.list_targets import check_patterns_early
+    from training.optim import build_optimizer, build_scheduler, steps_from
 
     _require(args, "dit", "dataset_config", "output_dir")
     if not Path(args.dit).exists():
@@ -176,7 +177,7 @@ def build_run(args) -> Run:
     )
     backend = _check_attention(args, accelerator.device, dtype)
     if accelerator.device.type == "cuda" and accelerator.is_main_process:
-        from .memory_report import log_estimate
+        from training.estimate_memory import log_estimate
 
         log_estimate(args)  # from shapes, before the weights load: what fits is known before 25 GB are read
     swap = bool(args.blocks_to_swap) and accelerator.device.type != "cpu"
@@ -195,7 +196,7 @@ def build_run(args) -> Run:
         neuron_dropout=args.network_dropout, network_args=list(args.network_args), device=accelerator.device,
     )  # fmt: skip
     if args.network_weights:
-        network.load_weights(args.network_weights)
+        load_network(network, args.network_weights)
     network.apply_to(model)
     network.train()
     _swap_and_compile(args, model, accelerator.device)
@@ -282,7 +283,7 @@ def _optimizer_step(run: Run, loss: torch.Tensor) -> float:
 
 
 def _metadata(run: Run, progress: Progress) -> dict[str, str]:
-    from .metadata import minimal_metadata, training_metadata
+    from training.metadata import minimal_metadata, training_metadata
 
     net = run.network
     if run.args.no_metadata:
@@ -296,7 +297,7 @@ def save_lora(run: Run, progress: Progress, name: str) -> Path:
         dtype = (
             parse_dtype(run.args.save_precision, default=torch.float32) if run.args.save_precision else None
         )
-        run.network.save_weights(str(path), dtype=dtype, metadata=_metadata(run, progress))
+        save_network(run.network, str(path), dtype=dtype, metadata=_metadata(run, progress))
         logger.info("saved %s", path)
     return path
 
@@ -360,16 +361,15 @@ def _sample(run: Run, label: str, step: int) -> None:
         written = run.sampler.sample(run.model, run.vae, label, run.output_dir, run.accelerator.device, run.dtype,
                                      network=run.network, progress=False)  # fmt: skip
         if run.args.log_with:
-            from .preview_media import log_preview_images
+            from run_report.preview_media import log_preview_images
 
             log_preview_images(run.accelerator, written, step)
 
 
 def _build_sampler(args, device: torch.device):
     """Prompts are encoded once, before the DiT loads, and the encoders freed; the VAE waits on the CPU."""
+    from generation.previews import PreviewSampler
     from hunyuan_model.vae import load_vae
-
-    from .sampling import PreviewSampler
 
     _require(args, "vae", "text_encoder1", "text_encoder2")
     te_dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -442,7 +442,7 @@ def _postfix(run: Run, loss: float) -> dict:
 def train(args) -> int:
     from tqdm import tqdm
 
-    from .args import unimplemented_option_notes
+    from training.args import unimplemented_option_notes
 
     start = time.perf_counter()
     args = prepare_processes(args)
@@ -452,14 +452,14 @@ def train(args) -> int:
     if args.max_nonfinite_steps:
         run.guard = NonFiniteGuard(args.max_nonfinite_steps)
     progress = _resume(run)
-    from .validation import build_validator
+    from training.validation import build_validator
 
     run.validator = build_validator(args, run.flow)
     if args.sample_prompts:
         run.sampler, run.vae = _build_sampler(args, run.accelerator.device)
     # Only now that every input has been read: a bad one (a prompt file, ...) leaves nothing on disk.
     run.output_dir.mkdir(parents=True, exist_ok=True)
-    from .report import start_report
+    from run_report.page import start_report
 
     run.report = start_report(run)
     if args.log_with:

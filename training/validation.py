@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .flow import FlowSettings, flow_loss, noisy_input, sample_t
+from training.flow import FlowSettings, flow_loss, noisy_input, sample_t
 
 logger = logging.getLogger(__name__)
 QUANTILES = tuple(q / 10 for q in range(1, 10))
@@ -69,7 +69,7 @@ def build_validator(args, flow: FlowSettings) -> Validator | None:
         return None
     blueprint = load_dataset_config(args.dataset_config, check_media=False)
     if not blueprint.validation_datasets:
-        from .errors import UserError
+        from hv_common.errors import UserError
 
         raise UserError("--validate_every_n_steps/epochs needs [[validation_datasets]] in the dataset config")
     specs = [CachedDatasetSpec.of(d, repeats=False) for d in blueprint.validation_datasets]

@@ -15,13 +15,12 @@ import torch
 from tqdm import tqdm
 
 from hunyuan_model.fp8 import FLOAT8_DTYPES, dequantize
+from hv_common.cli import OneLineArgumentParser
+from hv_common.devices import parse_dtype, pick_device
+from hv_common.errors import UserError
 from hv_common.safetensors_stream import write_safetensors_streaming
-
-from .cli import OneLineArgumentParser
-from .devices import parse_dtype, pick_device
-from .errors import UserError
-from .lora_apply import by_module, merged_weight
-from .lora_io import linear_shapes, load_checked, multipliers
+from lora_files.apply import by_module, merged_weight
+from lora_files.io import linear_shapes, load_checked, multipliers
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""What the run report shows, gathered from the run (plain data; training/report.py renders it).
+"""What the run report shows, gathered from the run (plain data; run_report/page.py renders it).
 
 Each function reads defensively (getattr): a custom --network_module or a future option must never make the
 report, which is written at every save, stop a run.

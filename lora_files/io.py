@@ -1,4 +1,5 @@
-"""Reading a LoRA file of any layout into our common form, and checking that it fits a DiT."""
+"""LoRA files on disk: the one reader (with its checks) and the writer (atomic), a network's weights saved and
+loaded through them, and a file of any layout read into our common form and checked against a DiT."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import safetensors.torch
 import torch
 from safetensors import safe_open
 
-from networks.lora_file import LoRAFileError, check_lora_tensors
-
-from .errors import UserError
-from .lora_layouts import LoRAWeights, read_layout
+from hv_common.atomic import atomic_write
+from hv_common.errors import UserError
+from lora_files.errors import LoRAFileError
+from lora_files.layouts import LoRAWeights, read_layout
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,71 @@ def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tens
         ) from None
     check_lora_tensors(path, tensors)
     return tensors, metadata
+
+
+def save_lora_file(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"safetensors metadata must map str to str, got {key!r}: {value!r}")
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    meta = dict(metadata) if metadata else None
+    atomic_write(path, lambda tmp: safetensors.torch.save_file(cpu, tmp, metadata=meta))
+
+
+def check_lora_tensors(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor]) -> None:
+    """Refuse what would load but poison the model: non-float weights, NaN / Inf, empty factors, odd alphas.
+
+    Named by key: a NaN in a downloaded LoRA otherwise shows up as a black video or a NaN loss hours later.
+    """
+    for key in sorted(tensors):
+        value = tensors[key]
+        if key.endswith("alpha"):
+            if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
+                raise LoRAFileError(
+                    f"LoRA file {path}: {key} must be one number, got {value.dtype} {tuple(value.shape)}"
+                )
+        elif not value.is_floating_point():
+            raise LoRAFileError(
+                f"LoRA file {path}: {key} is {value.dtype}; LoRA weights must be floating point"
+            )
+        elif value.numel() == 0:
+            raise LoRAFileError(f"LoRA file {path}: {key} is empty (shape {tuple(value.shape)})")
+        if not bool(torch.isfinite(value.float()).all()):
+            raise LoRAFileError(f"LoRA file {path}: {key} holds NaN or Inf values; the file is broken")
+
+
+def save_network(
+    network, path: str | os.PathLike[str], dtype: torch.dtype | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """A network's state dict as a LoRA file (optionally cast to `dtype`), written atomically."""
+    tensors = {k: v.detach() if dtype is None else v.detach().to(dtype) for k, v in network.state_dict().items()}
+    save_lora_file(path, tensors, metadata)
+
+
+def load_network(network, path: str | os.PathLike[str]) -> None:
+    """Load a file saved by `save_network` into `network`: the same modules and ranks, or a one-line error."""
+    expected = network.state_dict()
+    tensors, _ = read_safetensors(path)
+    missing = sorted(expected.keys() - tensors.keys())
+    extra = sorted(tensors.keys() - expected.keys())
+    if missing or extra:
+        raise LoRAFileError(
+            f"LoRA file {path} does not fit this network: {len(missing)} keys missing"
+            f"{' (e.g. ' + missing[0] + ')' if missing else ''}, {len(extra)} unexpected"
+            f"{' (e.g. ' + extra[0] + ')' if extra else ''}"
+        )
+    for key, value in tensors.items():
+        if value.shape != expected[key].shape:
+            raise LoRAFileError(
+                f"LoRA file {path}: {key} has shape {tuple(value.shape)}, the network expects "
+                f"{tuple(expected[key].shape)} (another --network_dim or rank_patterns?)"
+            )
+    network.load_state_dict(tensors, strict=True)
 
 
 def load_lora(path: str | os.PathLike[str], widths: Mapping[str, int] | None = None) -> LoadedLoRA:

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from hunyuan_model.diffusers_layout import ModuleMap, module_maps
+from lora_files.errors import LoRAFileError
 from networks.lora import lora_name_for
-from networks.lora_file import LoRAFileError
 from networks.network_args import NetworkArgsError, has_nested_repeat
 from networks.pattern_guard import match_sets
 

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 
-from . import input_checks
-from .cli import OneLineArgumentParser
-from .devices import apply_block_swap, parse_dtype, pick_device
-from .encoder_args import add_text_encoder_args
-from .errors import UserError
-from .lora_io import LoadedLoRA, linear_shapes, load_checked, multipliers
+from hunyuan_model.block_swap import apply_block_swap
+from hunyuan_model.encoder_options import add_text_encoder_args
+from hv_common import input_checks
+from hv_common.cli import OneLineArgumentParser
+from hv_common.devices import parse_dtype, pick_device
+from hv_common.errors import UserError
+from lora_files.io import LoadedLoRA, linear_shapes, load_checked, multipliers
 
 logger = logging.getLogger(__name__)
 
@@ -203,8 +204,7 @@ def _sample(args, loras, positive, negative, seed: int, device: torch.device) ->
     from hunyuan_model.attention import set_attention_backend
     from hunyuan_model.checkpoint import load_dit
     from hunyuan_model.sampler import sample_latents
-
-    from .lora_apply import apply_on_the_fly, merge_into
+    from lora_files.apply import apply_on_the_fly, merge_into
 
     dtype = _dtypes(args, device)[0]
     fp8 = args.fp8 or args.fp8_scaled

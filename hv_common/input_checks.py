@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .errors import UserError
+from hv_common.errors import UserError
 
 # torch.manual_seed takes 64 bits: a larger seed was a traceback, after the dataset had loaded
 MAX_SEED = 2**64 - 1

@@ -1,5 +1,5 @@
 """The memory estimate from the trainer's options, and its one-screen report (--estimate_memory, and the log
-line at the start of a GPU run). The arithmetic itself is training/memory_estimate.py."""
+line at the start of a GPU run). The arithmetic itself is memory/estimate.py."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
-from .memory_estimate import (
+from hv_common.errors import UserError
+from memory.estimate import (
     COMMON_CARDS_GB,
     DTYPE_BYTES,
     LoRAInfo,
@@ -22,7 +22,7 @@ from .memory_estimate import (
     max_blocks_to_swap,
     smallest_blocks_to_swap,
 )
-from .precision import requested_mixed_precision
+from training.precision import requested_mixed_precision
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class Inputs:
 
 
 def inputs_from_args(args) -> Inputs:
-    from .list_targets import meta_model
+    from training.list_targets import meta_model
 
     work = workload_from_args(args)
     dit = getattr(args, "dit", None)

@@ -10,11 +10,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from lora_files.io import LoadedLoRA
+from lora_files.layouts import Factors
 from networks.lora import lora_name_for
 from networks.lora_module import LoRAModule
-
-from .lora_io import LoadedLoRA
-from .lora_layouts import Factors
 
 Scaled = list[tuple[Factors, float]]  # (a LoRA's factors for one module, its multiplier)
 

@@ -15,9 +15,8 @@ from dataset.cache_names import LATENT_GLOB, name_size, parse_latent_cache_name
 from dataset.cache_stale import remove_stale
 from dataset.config import DatasetConfig, load_dataset_config
 from dataset.items import ItemPlan, ItemRecord, load_item, plan_items
-
-from .cli import OneLineArgumentParser
-from .devices import parse_dtype, pick_device
+from hv_common.cli import OneLineArgumentParser
+from hv_common.devices import parse_dtype, pick_device
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from hv_common.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .checkpoints import DamagedState, read_state_file, state_folders
-from .errors import UserError
-from .state_check import CheckedState, check_lora, check_payload
-from .state_fit import check_fit
+from hv_common.errors import UserError
+from training.resume.check import CheckedState, check_lora, check_payload
+from training.resume.fit import check_fit
+from training.saving import DamagedState, read_state_file, state_folders
 
 logger = logging.getLogger(__name__)
 

@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from hv_common.errors import UserError
+
 
 class OneLineArgumentParser(argparse.ArgumentParser):
     """argparse, but a user error is `error: <one line>` on stderr and exit code 2 (no usage dump)."""
@@ -49,11 +51,7 @@ def run_command(run: Callable[[Sequence[str] | None], int], argv: Sequence[str] 
         return code
     except BrokenPipeError:  # `... --list_lora_targets json | head -c 10`: the reader has all it wanted
         return closed_stdout()
-    except ValueError as e:  # every user error type is a ValueError; their modules load only when one happens
-        from .errors import user_error_types
-
-        if not isinstance(e, user_error_types()):
-            raise
+    except UserError as e:  # every package's user error derives from it (hv_common/errors.py)
         _close_progress_bars()  # a bad file met mid-run: the error starts a line of its own
         print(f"error: {_one_line(str(e))}", file=sys.stderr)
         return 2

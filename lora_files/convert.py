@@ -14,12 +14,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from networks.lora_file import save_lora_file
-
-from .cli import OneLineArgumentParser
-from .errors import UserError
-from .lora_io import check_fits, linear_shapes, load_lora
-from .lora_layouts import PEFT_METADATA_KEY, WRITERS
+from hv_common.cli import OneLineArgumentParser
+from hv_common.errors import UserError
+from lora_files.io import check_fits, linear_shapes, load_lora, save_lora_file
+from lora_files.layouts import PEFT_METADATA_KEY, WRITERS
 
 logger = logging.getLogger(__name__)
 

@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from generation.prompts import PromptDefaults, SamplePrompt, load_prompts
 from hunyuan_model.sampler import sample_latents
 from hunyuan_model.text_encoders import TextEmbeddings
 from hv_common.video_io import write_media
-
-from .prompts import PromptDefaults, SamplePrompt, load_prompts
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKLHunyuanVideo

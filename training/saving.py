@@ -3,7 +3,7 @@
 A state is a folder: the LoRA weights (safetensors) and one torch file of plain containers (optimizer and
 scheduler state, counters, RNG states, and a record of the run that wrote it) read back with weights_only=True.
 It is written under a temporary name and renamed when complete, so `--resume auto` never sees half a state.
-Whether a state is whole and fits the run is training/state_check.py's and training/state_fit.py's job.
+Whether a state is whole and fits the run is training/resume/check.py's and training/resume/fit.py's job.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from hv_common.atomic import atomic_dir
-
-from .errors import UserError
+from hv_common.errors import UserError
+from lora_files.io import save_network
 
 STATE_FILE = "train_state.pt"
 STATE_LORA = "lora.safetensors"
@@ -96,7 +96,7 @@ def save_state(
     if record is not None:
         payload[RECORD_KEY] = record
     with atomic_dir(folder) as tmp:
-        network.save_weights(str(tmp / STATE_LORA))
+        save_network(network, str(tmp / STATE_LORA))
         # a file object: torch.save then fails with the OSError in its context (a full disk keeps its errno)
         with open(tmp / STATE_FILE, "wb") as f:
             torch.save(payload, f)
@@ -144,7 +144,7 @@ def _load_error(e: Exception) -> str:
 
 def find_latest_state(output_dir: Path, output_name: str) -> Path | None:
     """The folder of the newest state whose torch file reads (by its recorded step); None if there is none.
-    Damaged ones are skipped here: training/resume.py's `--resume auto` also says which and why."""
+    Damaged ones are skipped here: training/resume/pick.py's `--resume auto` also says which and why."""
     best: tuple[int, Path] | None = None
     for path in state_folders(output_dir, output_name):
         if not (path / STATE_LORA).is_file():

@@ -3,7 +3,7 @@
 A state is read back with weights_only=True, which refuses code but not nonsense: a missing key, a string where
 a count belongs, a negative step, an optimizer state with a param group fewer than its LoRA. Loaded as they are,
 they end in a traceback (or worse, a run that silently continues from the wrong place). Every check here only
-reads the state; whether it fits this run's options is training/state_fit.py's question.
+reads the state; whether it fits this run's options is training/resume/fit.py's question.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import RECORD_KEY, STATE_FILE, STATE_LORA, DamagedState, Progress
+from training.saving import RECORD_KEY, STATE_FILE, STATE_LORA, DamagedState, Progress
 
 # a billion optimizer steps (or epochs, or batches in one) is no real run: the counter is damaged
 MAX_COUNT = 10**9
@@ -207,7 +207,8 @@ def _layout(groups: list) -> str:
 
 def check_lora(state: CheckedState) -> dict[str, torch.Tensor]:
     """The state's LoRA: it reads, its values are finite, and the optimizer state covers its tensors."""
-    from networks.lora_file import LoRAFileError, check_lora_tensors
+    from lora_files.errors import LoRAFileError
+    from lora_files.io import check_lora_tensors
 
     path = state.folder / STATE_LORA
     if not path.is_file():

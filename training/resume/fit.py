@@ -18,9 +18,9 @@ import math
 
 import torch
 
-from .checkpoints import STATE_LORA, DamagedState
-from .errors import UserError
-from .state_check import CheckedState
+from hv_common.errors import UserError
+from training.resume.check import CheckedState
+from training.saving import STATE_LORA, DamagedState
 
 logger = logging.getLogger(__name__)
 

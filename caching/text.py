@@ -13,10 +13,9 @@ from dataset.cache_names import TEXT_GLOB
 from dataset.cache_stale import remove_stale
 from dataset.config import load_dataset_config
 from dataset.items import CaptionRecord, list_captions
-
-from .cli import OneLineArgumentParser
-from .devices import parse_dtype, pick_device
-from .encoder_args import add_text_encoder_args
+from hunyuan_model.encoder_options import add_text_encoder_args
+from hv_common.cli import OneLineArgumentParser
+from hv_common.devices import parse_dtype, pick_device
 
 logger = logging.getLogger(__name__)
 

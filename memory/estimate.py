@@ -24,7 +24,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .errors import UserError
+from hv_common.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -181,9 +181,8 @@ def resident_weight_bytes(other: int, blocks: Sequence[int], n_swap: int) -> tup
 def lora_info(model, args) -> LoRAInfo:
     """The LoRA selection of --network_dim / --network_args on a meta model (no memory, no weights)."""
     from hunyuan_model.config import DEFAULT_EXCLUDE_PATTERNS, TARGET_BLOCK_CLASSES
+    from networks.build import load_network_module
     from networks.network_args import parse_network_args
-
-    from .list_targets import load_network_module
 
     module = load_network_module(getattr(args, "network_module", "networks.lora"))
     network = module.create_network(

@@ -24,10 +24,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 from hv_common.atomic import atomic_write
-
-from . import report_data as data
-from .loss_plot import Curves, write_loss_plot
-from .preview_media import Preview, find_previews, frame_strip
+from run_report import data as data
+from run_report.loss_plot import Curves, write_loss_plot
+from run_report.preview_media import Preview, find_previews, frame_strip
 
 logger = logging.getLogger(__name__)
 TEMPLATE = Path(__file__).with_name("report_template.html")

@@ -1,0 +1,1 @@
+"""The caching commands: media through the VAE, captions through the text encoders, one file per item."""

@@ -1,0 +1,1 @@
+"""LoRA files on disk: one reader with its checks, the key layouts, conversion, merging, applying."""

@@ -1,0 +1,1 @@
+"""GPU memory of a training step, estimated from shapes before anything loads, and its report."""
