@@ -15,19 +15,9 @@ import merge_lora
 from caching.options import parse_latent_cache, parse_text_cache
 from generation.options import parse_generate
 
-GENERATE = [
-    "--dit",
-    "d",
-    "--text_encoder1",
-    "t1",
-    "--text_encoder2",
-    "t2",
-    "--prompt",
-    "p",
-    "--save_path",
-    "o",
-]
-GENERATE += ["--vae", "v"]  # last: the test without a VAE drops it
+# the VAE last: the test without one drops it
+NAMED = {"--dit": "d", "--text_encoder1": "t1", "--text_encoder2": "t2", "--prompt": "p", "--save_path": "o"}
+GENERATE = [*(part for flag_value in NAMED.items() for part in flag_value), "--vae", "v"]
 
 REQUIRED = {
     cache_latents: "--dataset_config, --vae",
