@@ -7,10 +7,16 @@ import sys
 
 
 def main(argv=None) -> int:
-    from caching.latents import build_parser, run
+    from caching.options import parse_latent_cache
     from hv_common.cli import run_command
 
-    return run_command(lambda a: run(build_parser().parse_args(a)), argv)
+    def command(args) -> int:
+        config = parse_latent_cache(args)  # a bad option answers before torch is imported
+        from caching.latents import run
+
+        return run(config)
+
+    return run_command(command, argv)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ import sys
 
 def main(argv=None) -> int:
     from hv_common.cli import run_command
-    from lora_files.convert import build_parser, run
+    from lora_files.convert import parse_options, run
 
-    return run_command(lambda a: run(build_parser().parse_args(a)), argv)
+    return run_command(lambda a: run(parse_options(a)), argv)
 
 
 if __name__ == "__main__":

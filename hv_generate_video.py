@@ -10,10 +10,16 @@ import sys
 
 
 def main(argv=None) -> int:
-    from generation.generate import build_parser, run
+    from generation.options import parse_generate
     from hv_common.cli import run_command
 
-    return run_command(lambda a: run(build_parser().parse_args(a)), argv)
+    def command(args) -> int:
+        config = parse_generate(args)
+        from generation.generate import run
+
+        return run(config)
+
+    return run_command(command, argv)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
-"""cache_latents.py: every item of the dataset TOML through the VAE, one safetensors file per item and window."""
+"""cache_latents.py: every item of the dataset TOML through the VAE, one safetensors file per item and window
+(options: caching/options.py)."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import zlib
 from collections.abc import Iterator
@@ -10,42 +10,15 @@ from collections.abc import Iterator
 import torch
 from tqdm import tqdm
 
+from caching.options import LatentCacheConfig, LatentEncodeOptions
 from dataset.cache_files import check_latent_file, file_identity, is_current, write_latent_cache
 from dataset.cache_names import LATENT_GLOB, name_size, parse_latent_cache_name
 from dataset.cache_stale import remove_stale
 from dataset.config import DatasetConfig, load_dataset_config
 from dataset.items import ItemPlan, ItemRecord, load_item, plan_items
-from hv_common.cli import OneLineArgumentParser
 from hv_common.devices import parse_dtype, pick_device
 
 logger = logging.getLogger(__name__)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = OneLineArgumentParser(prog="cache_latents.py", description=__doc__)
-    p.add_argument("--dataset_config", required=True, help="dataset TOML")
-    p.add_argument(
-        "--vae",
-        required=True,
-        help="VAE: original pytorch_model.pt, a safetensors file or a diffusers folder",
-    )
-    p.add_argument(
-        "--vae_dtype",
-        default=None,
-        help="float32 | float16 | bfloat16 (default: float16 on GPU, float32 on CPU)",
-    )
-    p.add_argument(
-        "--vae_chunk_size", type=int, default=None, help="accepted for musubi-tuner command lines; see docs"
-    )
-    p.add_argument("--vae_tiling", action="store_true", help="encode in spatial tiles (less memory)")
-    p.add_argument("--vae_spatial_tile_sample_min_size", type=int, default=256, help="tile size in pixels")
-    p.add_argument("--batch_size", type=int, default=1, help="windows of the same bucket per VAE call")
-    p.add_argument("--skip_existing", action="store_true", help="keep valid, current cache files")
-    p.add_argument("--keep_cache", action="store_true",
-                   help="keep cache files no item of the dataset produces any more (default: delete them)")  # fmt: skip
-    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the latent samples (per item, reproducible)")
-    return p
 
 
 def _item_seed(seed: int, record: ItemRecord) -> int:
@@ -70,11 +43,13 @@ def _is_current(dataset: DatasetConfig, plan: ItemPlan, window, expected: dict[s
     return is_current(dataset.cache_directory / name, meta, lambda p: check_latent_file(p, parsed, bucket))
 
 
-def _pending(dataset: DatasetConfig, plans: list[ItemPlan], vae_id: str, args) -> Iterator[ItemRecord]:
+def _pending(
+    dataset: DatasetConfig, plans: list[ItemPlan], vae_id: str, seed: int, skip_existing: bool
+) -> Iterator[ItemRecord]:
     for plan in plans:
-        expected = _expected_metadata(plan, vae_id, args.seed)
+        expected = _expected_metadata(plan, vae_id, seed)
         names = plan.latent_cache_names
-        if not args.skip_existing:
+        if not skip_existing:
             yield from load_item(dataset, plan)
             continue
         current = {plan.latent_cache_name(w) for w in plan.windows if _is_current(dataset, plan, w, expected)}
@@ -95,16 +70,16 @@ def _batches(records: Iterator[ItemRecord], batch_size: int) -> Iterator[list[It
 
 
 def _encode_and_write(
-    vae, dataset: DatasetConfig, batch: list[ItemRecord], plans: dict, vae_id: str, args
+    vae, dataset: DatasetConfig, batch: list[ItemRecord], plans: dict, vae_id: str, seed: int
 ) -> None:
     from hunyuan_model.vae import encode_frames
 
     frames = torch.stack([torch.tensor(r.frames) for r in batch])  # copies: decoded frames are read-only
-    generators = [torch.Generator().manual_seed(_item_seed(args.seed, r)) for r in batch]
+    generators = [torch.Generator().manual_seed(_item_seed(seed, r)) for r in batch]
     latents = encode_frames(vae, frames, generators).cpu()
     for record, latent in zip(batch, latents, strict=True):
         w, h, f = record.bucket
-        meta = _expected_metadata(plans[record.item_key], vae_id, args.seed)
+        meta = _expected_metadata(plans[record.item_key], vae_id, seed)
         meta.update(
             bucket=f"{w}x{h}x{f}", start_frame=str(record.start_frame), source_path=str(record.source_path)
         )
@@ -115,37 +90,48 @@ def _encode_and_write(
         )  # fmt: skip
 
 
-def run(args: argparse.Namespace) -> int:
+def _load_vae(options: LatentEncodeOptions):
     from hunyuan_model.vae import load_vae
 
-    blueprint = load_dataset_config(args.dataset_config)
-    if args.vae_chunk_size is not None:
+    device = pick_device(options.device)
+    dtype = parse_dtype(options.vae_dtype, default=torch.float16 if device.type == "cuda" else torch.float32)
+    vae = load_vae(options.vae, dtype=dtype, device=device)
+    if options.vae_tiling:
+        size = options.vae_spatial_tile_sample_min_size
+        vae.enable_tiling(  # type: ignore[attr-defined]  # diffusers resolves its classes lazily: untyped here
+            tile_sample_min_height=size,
+            tile_sample_min_width=size,
+            tile_sample_stride_height=size * 3 // 4,
+            tile_sample_stride_width=size * 3 // 4,
+        )
+    return vae
+
+
+def run(config: LatentCacheConfig) -> int:
+    options = config.vae
+    blueprint = load_dataset_config(config.dataset.dataset_config)
+    if options.vae_chunk_size is not None:
         logger.info(
             "--vae_chunk_size has no effect here: diffusers' VAE already encodes long clips frame-chunk-wise"
         )
-    device = pick_device(args.device)
-    dtype = parse_dtype(args.vae_dtype, default=torch.float16 if device.type == "cuda" else torch.float32)
-    vae = load_vae(args.vae, dtype=dtype, device=device)
-    if args.vae_tiling:
-        size = args.vae_spatial_tile_sample_min_size
-        vae.enable_tiling(tile_sample_min_height=size, tile_sample_min_width=size,
-                          tile_sample_stride_height=size * 3 // 4, tile_sample_stride_width=size * 3 // 4)  # fmt: skip
-    vae_id = file_identity(args.vae)
+    vae = _load_vae(options)
+    vae_id = file_identity(options.vae)
     written = 0
     for dataset in blueprint.all_datasets:
         plans = list(plan_items(dataset))
         by_key = {p.item_key: p for p in plans}
         total = sum(len(p.windows) for p in plans)
         produced = {name for p in plans for name in p.latent_cache_names}
+        pending = _pending(dataset, plans, vae_id, options.seed, config.dataset.skip_existing)
         with tqdm(total=total, desc=f"latents {dataset.cache_directory.name}", unit="item") as bar:
             done = 0
-            for batch in _batches(_pending(dataset, plans, vae_id, args), args.batch_size):
-                _encode_and_write(vae, dataset, batch, by_key, vae_id, args)
+            for batch in _batches(pending, options.batch_size):
+                _encode_and_write(vae, dataset, batch, by_key, vae_id, options.seed)
                 produced.update(r.latent_cache_name for r in batch)  # re-planned windows too
                 done += len(batch)
                 bar.update(len(batch))
             written += done
             bar.update(max(0, total - done))  # skipped as current
-        remove_stale(dataset.cache_directory, LATENT_GLOB, produced, args.keep_cache)
+        remove_stale(dataset.cache_directory, LATENT_GLOB, produced, config.dataset.keep_cache)
     logger.info("wrote %d latent cache files", written)
     return 0

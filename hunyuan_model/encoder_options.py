@@ -2,25 +2,43 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from hv_common.options import option
+
+if TYPE_CHECKING:
+    import torch
+
+    from hunyuan_model.text_encoders import HunyuanTextEncoders
 
 
-def add_text_encoder_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    parser.add_argument(
-        "--text_encoder1",
-        required=True,
-        help="LLM (llava-llama-3): a transformers folder or a single safetensors file",
+@dataclass(frozen=True, kw_only=True)
+class TextEncoderOptions:
+    """text encoders"""
+
+    text_encoder1: str = option(
+        help="LLM (llava-llama-3): a transformers folder or a single safetensors file", required=True
     )
-    parser.add_argument(
-        "--text_encoder2", required=True, help="CLIP-L: a transformers folder or a single safetensors file"
+    text_encoder2: str = option(
+        help="CLIP-L: a transformers folder or a single safetensors file", required=True
     )
-    parser.add_argument(
-        "--tokenizer1",
-        default=None,
-        help="config + tokenizer folder for a single-file LLM (default: the local Hugging Face cache)",
+    tokenizer1: str | None = option(
+        None, "config + tokenizer folder for a single-file LLM (default: the local Hugging Face cache)"
     )
-    parser.add_argument(
-        "--tokenizer2",
-        default=None,
-        help="config + tokenizer folder for a single-file CLIP (default: the local Hugging Face cache)",
+    tokenizer2: str | None = option(
+        None, "config + tokenizer folder for a single-file CLIP (default: the local Hugging Face cache)"
     )
+
+    def load(self, dtype: torch.dtype, device: torch.device) -> HunyuanTextEncoders:
+        """The LLM and CLIP-L with their tokenizers, ready to encode."""
+        from hunyuan_model.text_encoders import HunyuanTextEncoders
+
+        return HunyuanTextEncoders(
+            self.text_encoder1,
+            self.text_encoder2,
+            dtype=dtype,
+            device=device,
+            llm_tokenizer=self.tokenizer1,
+            clip_tokenizer=self.tokenizer2,
+        )

@@ -12,26 +12,43 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from hv_common.cli import OneLineArgumentParser
 from hv_common.errors import UserError
+from hv_common.options import add_options, option, options_from
 from lora_files.io import check_fits, linear_shapes, load_lora, save_lora_file
 from lora_files.layouts import PEFT_METADATA_KEY, WRITERS
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ConvertOptions:
+    """convert_lora.py's options"""
+
+    input: str = option(help="LoRA file (safetensors), any supported layout", required=True)
+    output: str = option(help="where to write the converted LoRA (safetensors)", required=True)
+    target: str = option(help="the layout to write", choices=tuple(WRITERS), required=True)
+    dit: str | None = option(
+        None,
+        "optional: the DiT the LoRA is for; checks that the LoRA fits it, and gives the MLP width when a "
+        "diffusers file has LoRAs on attn.to_q/k/v but not on proj_mlp",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineArgumentParser(prog="convert_lora.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--input", required=True, help="LoRA file (safetensors), any supported layout")
-    p.add_argument("--output", required=True, help="where to write the converted LoRA (safetensors)")
-    p.add_argument("--target", required=True, choices=list(WRITERS), help="the layout to write")
-    p.add_argument("--dit", default=None,
-                   help="optional: the DiT the LoRA is for; checks that the LoRA fits it, and gives the MLP width "
-                        "when a diffusers file has LoRAs on attn.to_q/k/v but not on proj_mlp")  # fmt: skip
-    return p
+    parser = OneLineArgumentParser(
+        prog="convert_lora.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_options(parser, ConvertOptions, title="")
+    return parser
+
+
+def parse_options(argv: Sequence[str] | None = None) -> ConvertOptions:
+    return options_from(ConvertOptions, build_parser().parse_args(argv))
 
 
 def dit_shapes(dit: str) -> dict[str, tuple[int, int]]:
@@ -43,16 +60,23 @@ def dit_shapes(dit: str) -> dict[str, tuple[int, int]]:
     return linear_shapes(to_original_layout(read_state_dict(dit, meta=True), dit))
 
 
-def run(args: argparse.Namespace) -> int:
-    shapes = dit_shapes(args.dit) if args.dit else None
+def run(options: ConvertOptions) -> int:
+    shapes = dit_shapes(options.dit) if options.dit else None
     widths = {name: out for name, (out, _) in shapes.items()} if shapes else None
-    lora = load_lora(args.input, widths)
-    if shapes is not None:
-        check_fits(lora, shapes, args.dit)
-    tensors = WRITERS[args.target](lora.weights)
+    lora = load_lora(options.input, widths)
+    if shapes is not None and options.dit is not None:
+        check_fits(lora, shapes, options.dit)
+    tensors = WRITERS[options.target](lora.weights)
     # Training metadata (ss_*) travels along; diffusers' saved LoraConfig does not: its alpha is folded now.
     metadata = {k: v for k, v in lora.metadata.items() if k != PEFT_METADATA_KEY}
-    save_lora_file(args.output, tensors, metadata)
-    logger.info("%s (%s layout, %d modules) -> %s (%s layout, %d tensors)", args.input, lora.layout,
-                len(lora.weights), args.output, args.target, len(tensors))  # fmt: skip
+    save_lora_file(options.output, tensors, metadata)
+    logger.info(
+        "%s (%s layout, %d modules) -> %s (%s layout, %d tensors)",
+        options.input,
+        lora.layout,
+        len(lora.weights),
+        options.output,
+        options.target,
+        len(tensors),
+    )
     return 0

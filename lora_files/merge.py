@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,6 +20,8 @@ from hunyuan_model.fp8 import FLOAT8_DTYPES, dequantize
 from hv_common.cli import OneLineArgumentParser
 from hv_common.devices import parse_dtype, pick_device
 from hv_common.errors import UserError
+from hv_common.option_types import number
+from hv_common.options import add_options, option, options_from
 from hv_common.safetensors_stream import write_safetensors_streaming
 from lora_files.apply import by_module, merged_weight
 from lora_files.io import linear_shapes, load_checked, multipliers
@@ -25,40 +29,60 @@ from lora_files.io import linear_shapes, load_checked, multipliers
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, kw_only=True)
+class MergeOptions:
+    """merge_lora.py's options"""
+
+    dit: str = option(help="the base DiT: any layout --dit accepts elsewhere", required=True)
+    lora_weight: tuple[str, ...] = option(
+        help="LoRA files (any layout convert_lora.py reads)", nargs="+", required=True
+    )
+    lora_multiplier: tuple[float, ...] | None = option(
+        None, "one per LoRA file (default 1.0 each)", nargs="+", type=number
+    )
+    save_merged_model: str = option(help="output safetensors file (original layout)", required=True)
+    save_dtype: str | None = option(None, "float32 | float16 | bfloat16 (default: the DiT's dtypes)")
+    device: str = option("cpu", "where the merge arithmetic runs: cpu, cuda, cuda:N")
+
+    def __post_init__(self) -> None:
+        out, dit = Path(self.save_merged_model), Path(self.dit)
+        if out.exists() and dit.exists() and out.resolve() == dit.resolve():
+            raise UserError(
+                f"--save_merged_model {out}: that is the input DiT; write the merged model elsewhere"
+            )
+        self.multipliers()  # one per file, or the error now
+
+    def multipliers(self) -> list[float]:
+        """One multiplier per LoRA file (1.0 each unless given)."""
+        return multipliers(self.lora_weight, self.lora_multiplier)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineArgumentParser(prog="merge_lora.py", description=__doc__)
-    p.add_argument("--dit", required=True, help="the base DiT: any layout --dit accepts elsewhere")
-    p.add_argument(
-        "--lora_weight", nargs="+", required=True, help="LoRA files (any layout convert_lora.py reads)"
-    )
-    p.add_argument("--lora_multiplier", nargs="+", type=float, default=None,
-                   help="one per LoRA file (default 1.0 each)")  # fmt: skip
-    p.add_argument("--save_merged_model", required=True, help="output safetensors file (original layout)")
-    p.add_argument(
-        "--save_dtype", default=None, help="float32 | float16 | bfloat16 (default: the DiT's dtypes)"
-    )
-    p.add_argument("--device", default="cpu", help="where the merge arithmetic runs: cpu, cuda, cuda:N")
-    return p
+    parser = OneLineArgumentParser(prog="merge_lora.py", description=__doc__)
+    add_options(parser, MergeOptions, title="")
+    return parser
 
 
-def run(args: argparse.Namespace) -> int:
+def parse_options(argv: Sequence[str] | None = None) -> MergeOptions:
+    return options_from(MergeOptions, build_parser().parse_args(argv))
+
+
+def run(options: MergeOptions) -> int:
     from hunyuan_model.checkpoint import check_keys, config_from_state_dict
     from hunyuan_model.lazy_checkpoint import LazyDiT
     from hunyuan_model.model import build_dit
     from hunyuan_model.rope_source import log_if_derived, read_rope_split, rope_metadata
 
-    out = Path(args.save_merged_model)
-    if out.exists() and Path(args.dit).exists() and out.resolve() == Path(args.dit).resolve():
-        raise UserError(f"--save_merged_model {out}: that is the input DiT; write the merged model elsewhere")
-    mults = multipliers(args.lora_weight, args.lora_multiplier)
-    save_dtype = parse_dtype(args.save_dtype, None) if args.save_dtype else None
-    device = pick_device(args.device)
-    with LazyDiT(args.dit) as dit:
+    out, dit_path = Path(options.save_merged_model), options.dit
+    mults = options.multipliers()
+    save_dtype = parse_dtype(options.save_dtype, torch.float32) if options.save_dtype else None
+    device = pick_device(options.device)
+    with LazyDiT(dit_path) as dit:
         meta, scaled = _without_fp8_scales(dit.meta_state_dict())
-        stated = read_rope_split(args.dit)
-        config = config_from_state_dict(meta, args.dit, stated)
-        check_keys(build_dit(config, device="meta"), meta, args.dit)
-        updates = by_module(load_checked(args.lora_weight, mults, linear_shapes(meta), args.dit))
+        stated = read_rope_split(dit_path)
+        config = config_from_state_dict(meta, dit_path, stated)
+        check_keys(build_dit(config, device="meta"), meta, dit_path)
+        updates = by_module(load_checked(options.lora_weight, mults, linear_shapes(meta), dit_path))
 
         def dtype_of(t: torch.Tensor) -> torch.dtype:
             if save_dtype is not None and t.is_floating_point():
@@ -69,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         specs = [(k, dtype_of(meta[k]), tuple(meta[k].shape)) for k in sorted(meta)]
         if any(meta[k].dtype in FLOAT8_DTYPES for k in meta):
             logger.info("%s: float8 weights are written as %s, scales applied (load the merged file with "
-                        "--fp8_scaled to store them in fp8 again)", args.dit, save_dtype or torch.bfloat16)  # fmt: skip
+                        "--fp8_scaled to store them in fp8 again)", dit_path, save_dtype or torch.bfloat16)  # fmt: skip
         bar = tqdm(total=len(specs), desc="merging", leave=False)
 
         def produce(key: str) -> torch.Tensor:
@@ -77,20 +101,20 @@ def run(args: argparse.Namespace) -> int:
             tensor = dit.get(key)
             name = key.removesuffix(".weight")
             if tensor.dtype in FLOAT8_DTYPES:
-                scale = _scale_of(dit, name, tensor, args.dit) if name in scaled else None
+                scale = _scale_of(dit, name, tensor, dit_path) if name in scaled else None
                 tensor = dequantize(tensor, scale, torch.float32)
             if key.endswith(".weight") and name in updates:
                 tensor = merged_weight(tensor.to(device), updates[name])
             return tensor.to(dtype_of(meta[key])).cpu()
 
         record = [
-            {"file": Path(f).name, "multiplier": m} for f, m in zip(args.lora_weight, mults, strict=True)
+            {"file": Path(f).name, "multiplier": m} for f, m in zip(options.lora_weight, mults, strict=True)
         ]
         # the split the base DiT states or the one it was loaded with: the merged file says it either way
         metadata = {"format": "pt", "merged_loras": json.dumps(record), **rope_metadata(config.rope_dim_list)}
         write_safetensors_streaming(out, specs, produce, metadata)
         bar.close()
-        log_if_derived(config.head_dim, stated, args.dit)
+        log_if_derived(config.head_dim, stated, dit_path)
     logger.info("wrote %s (%d LoRA modules merged)", out, len(updates))
     return 0
 

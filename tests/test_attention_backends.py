@@ -3,7 +3,6 @@ in their libraries' real signatures, get the call conventions right; a kernel th
 
 from __future__ import annotations
 
-import argparse
 import sys
 import types
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import hunyuan_model.attention as attn_mod
+from generation.options import ComputeOptions
 from hunyuan_model.attention import (
     AttentionBackendError,
     attention,
@@ -426,10 +426,11 @@ def test_training_with_split_attn_sets_every_block_and_steps(cached_demo, monkey
 # --- hv_generate_video.py ----------------------------------------------------------------------------------------
 
 
-def _generate_args(*extra: str) -> argparse.Namespace:
-    from generation.generate import build_parser
+def _generate_args(*extra: str) -> ComputeOptions:
+    from generation.options import build_parser
+    from hv_common.options import options_from
 
-    return build_parser().parse_args([*GENERATE_REQUIRED, *extra])
+    return options_from(ComputeOptions, build_parser().parse_args([*GENERATE_REQUIRED, *extra]))
 
 
 def test_generate_attn_modes_map_to_backends(monkeypatch):

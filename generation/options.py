@@ -1,0 +1,214 @@
+"""The options of hv_generate_video.py, declared once, and what they must say together (checked as the typed
+options are built, before any file is opened). Four `--help` sections: models, video, LoRA, output."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hunyuan_model.encoder_options import TextEncoderOptions
+from hv_common import input_checks
+from hv_common.cli import OneLineArgumentParser
+from hv_common.errors import UserError
+from hv_common.option_types import integer, number
+from hv_common.options import add_option_groups, config_from_values, option, shown_in
+
+DESCRIPTION = """hv_generate_video.py: one video from a prompt, with the DiT as it is or with LoRAs (on the fly or
+merged).
+
+Order of work: every argument and file is checked first (LoRAs against the DiT's headers, in seconds), then
+the prompt is encoded and the text encoders freed, then the DiT samples the latents (the trainer's
+flow-matching Euler sampler), then the VAE decodes them. Nothing is written until the end.
+"""
+
+# --attn_mode value -> attention backend (hunyuan_model/attention.py); musubi-tuner's names and ours.
+ATTN_MODES = {
+    "sdpa": "sdpa",
+    "torch": "sdpa",
+    "flash": "flash_attn",
+    "flash2": "flash_attn",
+    "flash_attn": "flash_attn",
+    "sageattn": "sage_attn",
+    "sage_attn": "sage_attn",
+    "xformers": "xformers",
+}
+OUTPUT_TYPES = ("video", "latent", "both")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelFiles:
+    """models"""
+
+    dit: str = option(help="DiT checkpoint: any layout (see docs/model.md)", required=True)
+    vae: str | None = option(None, "VAE (needed for --output_type video or both)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ComputeOptions:
+    """precision, attention, memory and device"""
+
+    dit_dtype: str | None = option(None, "float32 | float16 | bfloat16 (default: bf16 on GPU)")
+    vae_dtype: str | None = option(None, "float32 | float16 | bfloat16 (default: fp16 on GPU)")
+    fp8: bool = option(
+        False,
+        "store the DiT blocks' Linear weights in float8_e4m3fn (about half the memory), compute in --dit_dtype; "
+        "LoRAs are applied on the fly",
+    )
+    fp8_scaled: bool = option(False, "like --fp8 (implies it), with a per-row scale: more accurate")
+    attn_mode: str = option(
+        "sdpa",
+        "attention kernel: sdpa (or torch; the default), flash (pip install flash-attn), sageattn (pip install "
+        "sageattention), xformers (pip install xformers); all but sdpa need a CUDA GPU, flash and sageattn a "
+        "fp16/bf16 DiT",
+    )
+    split_attn: bool = option(
+        False,
+        "SDPA one sample at a time on its valid tokens (with --attn_mode sdpa only): less peak memory with "
+        "--guidance_scale (2 samples a step)",
+    )
+    blocks_to_swap: int = option(
+        0,
+        "keep the last N DiT blocks in CPU memory, copied to the GPU just before they run (0 to blocks - 2; a "
+        "no-op on the CPU)",
+        type=integer,
+        metavar="N",
+    )
+    device: str | None = option(None, "cuda, cuda:1, cpu (default: cuda when available)")
+
+    def __post_init__(self) -> None:
+        from hunyuan_model.attention import AttentionBackendError, check_attention_backend
+
+        if self.attn_mode not in ATTN_MODES:
+            raise UserError(f"--attn_mode {self.attn_mode}: unknown; use one of {', '.join(ATTN_MODES)}")
+        if self.split_attn and ATTN_MODES[self.attn_mode] != "sdpa":
+            raise UserError(
+                f"--split_attn and --attn_mode {self.attn_mode} exclude each other: choose one attention backend"
+            )
+        try:  # its package now; CUDA and the DiT's dtype once the device is known (generate.py)
+            check_attention_backend(self.attention_backend, None, flag=f"--attn_mode {self.attn_mode}")
+        except AttentionBackendError as e:
+            raise UserError(str(e)) from None
+        if self.blocks_to_swap < 0:
+            raise UserError(f"--blocks_to_swap {self.blocks_to_swap}: expected 0 or more")
+
+    @property
+    def fp8_weights(self) -> bool:
+        """The DiT's Linear weights stored in float8 (--fp8 or --fp8_scaled)."""
+        return self.fp8 or self.fp8_scaled
+
+    @property
+    def attention_backend(self) -> str:
+        """--attn_mode / --split_attn as a backend name of hunyuan_model/attention.py."""
+        return "split_attn" if self.split_attn else ATTN_MODES[self.attn_mode]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingOptions:
+    """video"""
+
+    prompt: str = option(required=True)
+    negative_prompt: str | None = option(None, "for --guidance_scale (true CFG)")
+    video_size: tuple[int, int] = option((256, 256), nargs=2, type=integer, metavar=("H", "W"))
+    video_length: int = option(129, "frames: 4k + 1", type=integer)
+    fps: int = option(24, type=integer)
+    infer_steps: int = option(50, type=integer)
+    embedded_cfg_scale: float = option(6.0, "the DiT's guidance input", type=number)
+    guidance_scale: float = option(1.0, "true CFG (2 DiT passes a step); 1: off", type=number)
+    flow_shift: float = option(7.0, type=number)
+    seed: int | None = option(
+        None, "default: a random seed (logged, in the file name)", type=input_checks.seed
+    )
+    vae_spatial_tile_sample_min_size: int = option(
+        256, "VAE decoding in spatial tiles of this many pixels (larger frames only)", type=integer
+    )
+
+    def __post_init__(self) -> None:
+        from hunyuan_model.sampler import validate_request
+
+        height, width = self.video_size
+        try:
+            validate_request(height, width, self.video_length, self.infer_steps, self.flow_shift)
+        except ValueError as e:
+            raise UserError(f"--video_size / --video_length / --infer_steps / --flow_shift: {e}") from None
+
+    @property
+    def negative_text(self) -> str | None:
+        """The prompt true CFG samples against (the empty prompt unless given); None without CFG."""
+        if self.guidance_scale == 1.0:
+            return None
+        return self.negative_prompt if self.negative_prompt is not None else ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoRAOptions:
+    """LoRA"""
+
+    lora_weight: tuple[str, ...] = option((), "LoRA files, any layout convert_lora.py reads", nargs="+")
+    lora_multiplier: tuple[float, ...] | None = option(
+        None, "one per file (default 1)", nargs="+", type=number
+    )
+    lora_merge: bool = option(False, "merge the LoRAs into the weights (else on the fly)")
+
+    def __post_init__(self) -> None:
+        if not self.lora_weight and self.lora_multiplier:
+            raise UserError("--lora_multiplier without --lora_weight")
+        if self.lora_weight:
+            self.multipliers()  # one per file, or the error now
+
+    def multipliers(self) -> list[float]:
+        """One multiplier per LoRA file (1.0 each unless given)."""
+        from lora_files.io import multipliers
+
+        return multipliers(self.lora_weight, self.lora_multiplier)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutputOptions:
+    """output"""
+
+    output_type: str = option("video", choices=OUTPUT_TYPES)
+    save_path: str = option(help="folder for the outputs", required=True)
+    output_name: str | None = option(None, "file stem (default: <date-time>_<seed>)")
+
+    @property
+    def writes_latent(self) -> bool:
+        return self.output_type in ("latent", "both")
+
+    @property
+    def writes_video(self) -> bool:
+        return self.output_type in ("video", "both")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerateConfig:
+    """Everything hv_generate_video.py is told, checked together."""
+
+    files: ModelFiles
+    encoders: TextEncoderOptions = shown_in("models")
+    compute: ComputeOptions = shown_in("models")
+    sampling: SamplingOptions
+    lora: LoRAOptions
+    output: OutputOptions
+
+    def __post_init__(self) -> None:
+        if self.compute.fp8_weights and self.lora.lora_merge:
+            raise UserError(
+                "--lora_merge needs a DiT in --dit_dtype: with --fp8 the LoRAs are applied on the fly; "
+                "drop --lora_merge"
+            )
+        if self.output.writes_video and self.files.vae is None:
+            raise UserError(f"--output_type {self.output.output_type} needs --vae")
+
+
+SECTIONS = ("models", "video", "LoRA", "output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineArgumentParser(prog="hv_generate_video.py", description=DESCRIPTION)
+    add_option_groups(parser, GenerateConfig, SECTIONS)
+    return parser
+
+
+def parse_generate(argv: Sequence[str] | None = None) -> GenerateConfig:
+    return config_from_values(GenerateConfig, vars(build_parser().parse_args(argv)))
