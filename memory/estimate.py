@@ -4,7 +4,7 @@ Pure arithmetic on shapes: the DiT and the LoRA network are built on the meta de
 does), the architecture comes from the config preset or the headers of --dit, the workload from the largest
 bucket of the dataset config. No weight, VAE or text encoder is read.
 
-What is counted, and how it was checked (tests/test_memory_estimate.py, CPU):
+What is counted, and how it was checked (tests/memory/test_estimate.py, CPU):
 - weights: per-tensor bytes; fp8 (--fp8_base) stores the 2-D weight of every block Linear except modulation in
   1 byte, --fp8_scaled adds an fp32 scale per output row; with --blocks_to_swap N the last N blocks (double
   then single) live in CPU memory and the GPU holds at most two of them (the running and the prefetched one).

@@ -1,16 +1,17 @@
-import sys
+import os
 from pathlib import Path
 
-# Let tests import the top-level entry scripts (hv_train_network.py, ...) as modules.
+import pytest
+from hypothesis import HealthCheck, settings
+
+# The entry scripts and tests/helpers/ are importable through pyproject.toml's `pythonpath`.
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-
-import os  # noqa: E402
-
-import pytest  # noqa: E402
-from hypothesis import HealthCheck, settings  # noqa: E402
+# tests/training/ and the like are plain folders: with an __init__.py, pytest would import their files as the
+# package `training`, shadowing the code under test.
+_INITS = sorted(str(p.relative_to(ROOT)) for p in Path(__file__).parent.rglob("__init__.py"))
+if _INITS:
+    raise pytest.UsageError(f"tests/ must hold no __init__.py (it would shadow the packages): {_INITS}")
 
 # Hypothesis times every example by default (a 200 ms deadline, the too_slow health check): on one loaded core
 # that fails a test for the machine's speed, not for a bug. Examples are judged by their outcome only.
@@ -84,7 +85,8 @@ def restore_logging():
 def reported_run(cached_demo, tmp_path_factory) -> dict:
     """One short demo run with everything the run report and the trackers show: LoRA+ (two lr groups), saves,
     validation loss, previews (a video and an image; a prompt with HTML in it) and, when tensorboard is
-    installed, --log_with tensorboard. Shared by tests/test_report.py and tests/test_tensorboard.py."""
+    installed, --log_with tensorboard. Shared by tests/run_report/test_run_report.py and
+    tests/training/test_trainer_tensorboard.py."""
     import importlib.util
     import logging
 

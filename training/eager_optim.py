@@ -6,7 +6,7 @@ their first call (the constructor's first add_param_group), which costs a plain 
 start-up. All they do is keep a torch.compile trace out of the optimizer and set the grad mode. The trainer
 never traces the optimizer (--compile compiles the DiT's blocks, and the optimizer runs outside them), so this
 class calls the functions the wrappers wrap (their functools `__wrapped__`) under the grad mode step() would
-set. The update, the state and its state_dict are torch's own: tests/test_startup.py checks them equal.
+set. The update, the state and its state_dict are torch's own: tests/e2e/test_startup.py checks them equal.
 """
 
 from __future__ import annotations
