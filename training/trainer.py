@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from hunyuan_model.block_swap import apply_block_swap
-from hv_common.devices import parse_dtype
+from hv_common.devices import DTYPES, parse_dtype
 from hv_common.errors import UserError
 from lora_files.io import load_network, save_network
 from training.flow import FlowSettings, flow_loss, loss_weights, noisy_input, seeded_draws
@@ -116,7 +116,7 @@ def _check_attention(args, device: torch.device, dtype: torch.dtype) -> str:
     from training.args import attention_backend
 
     backend = attention_backend(args)
-    mixed = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision or "no")
+    mixed = DTYPES.get(args.mixed_precision or "no")
     try:
         check_attention_backend(backend, device, dtype=mixed or dtype, training=True)
     except AttentionBackendError as e:
