@@ -16,6 +16,7 @@ import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -371,7 +372,7 @@ def load_dit(
     if derived_config:
         log_if_derived(config.head_dim, stated, source)
     for name, scale in kept_scales.items():
-        linear = model.get_submodule(name)
+        linear = cast(torch.nn.Linear, model.get_submodule(name))  # a name of fp8_target_names
         linear.weight.requires_grad_(False)  # float8 is frozen base weight, never trained
         make_fp8(linear, scale)
     return model

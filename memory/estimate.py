@@ -24,6 +24,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from hunyuan_model.fp8 import is_fp8_weight  # the loader's rule: what --fp8_base stores in 1 byte
 from hv_common.dtypes import OPTION_BYTES
 from hv_common.errors import UserError
 
@@ -121,13 +122,6 @@ def gib(n: int) -> float:
 
 
 # ---------------------------------------------------------------- weights
-
-
-def is_fp8_weight(name: str, shape: Sequence[int]) -> bool:
-    """The fp8 rule (hunyuan_model/fp8.py): 2-D weights of block Linears, modulation excluded."""
-    if not name.startswith(("double_blocks.", "single_blocks.")) or not name.endswith(".weight"):
-        return False
-    return len(shape) == 2 and not name.endswith(("_mod.linear.weight", "modulation.linear.weight"))
 
 
 def tensor_bytes(name: str, shape: Sequence[int], settings: Settings) -> int:
