@@ -43,7 +43,8 @@ TABLE: tuple[Dtype, ...] = (
 
 # The option names in the order error messages list them: float32, fp32, float16, fp16, bfloat16, bf16.
 OPTION_NAMES: tuple[str, ...] = tuple(name for d in TABLE for name in d.options)
-OPTION_TORCH_NAMES: tuple[str, ...] = tuple(d.torch_name for d in TABLE if d.options)  # the dtypes they choose
+# The dtypes the options choose, by torch's name: float32, float16, bfloat16.
+OPTION_TORCH_NAMES: tuple[str, ...] = tuple(d.torch_name for d in TABLE if d.options)
 OPTION_BYTES: dict[str, int] = {name: d.itemsize for d in TABLE for name in d.options}
 TORCH_NAMES: dict[str, str] = {d.safetensors: d.torch_name for d in TABLE}  # safetensors code -> torch's name
 
