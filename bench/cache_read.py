@@ -29,6 +29,7 @@ from safetensors.torch import load, load_file, save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataset.cache_files import load_text, write_latent_cache, write_text_cache  # noqa: E402
+from dataset.cache_format import FLOAT_NAMES  # noqa: E402
 from dataset.cache_names import latent_cache_name, text_cache_name  # noqa: E402
 from dataset.train_dataset import CachedBatches, CachedDatasetSpec  # noqa: E402
 
@@ -91,7 +92,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=1000)
     parser.add_argument("--tokens", type=int, default=40, help="valid LLM tokens of a caption")
     parser.add_argument("--llm_width", type=int, default=4096)
-    parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    parser.add_argument("--dtype", default="float16", choices=FLOAT_NAMES)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         pairs, trimmed = make_cache(Path(tmp), args)

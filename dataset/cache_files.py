@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load, save_file
 
 from hv_common.atomic import atomic_write
+from hv_common.dtypes import safetensors_to_torch
 
 from .cache_format import (
     ARCHITECTURE_FULL,
@@ -246,9 +247,8 @@ def load_text(path: Path, check: bool = True) -> dict[str, torch.Tensor]:
     return {"llm": llm, "clip_pooled": clip}
 
 
-_TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                 "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-                 "BOOL": torch.bool}  # fmt: skip
+# musubi-tuner's caches hold no float8: a float8 tensor where a float or a mask belongs is a corrupt file
+_TORCH_DTYPES = safetensors_to_torch(float8=False)
 
 
 def _read_entry(f, base: int, entry: dict, rows: int | None = None) -> torch.Tensor:

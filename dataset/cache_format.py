@@ -18,6 +18,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from hv_common.dtypes import OPTION_TORCH_NAMES, TORCH_NAMES
 from hv_common.errors import UserError
 
 ARCHITECTURE_FULL = "hunyuan_video"
@@ -26,10 +27,8 @@ READABLE_VERSIONS = ("1.0.0", "1.0.1")
 OLD_FORMATS = {"hv_latents_v1": "cache_latents.py", "hv_text_v1": "cache_text_encoder_outputs.py"}
 
 # safetensors dtype names -> torch's names, which musubi-tuner puts in its keys (dtype_to_str)
-DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
-               "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
-               "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}  # fmt: skip
-FLOAT_NAMES = ("float32", "float16", "bfloat16")
+DTYPE_NAMES = TORCH_NAMES
+FLOAT_NAMES = OPTION_TORCH_NAMES  # a cache holds what --vae_dtype / --text_encoder_dtype chose
 LATENT_KEY = re.compile(r"^latents_(\d+)x(\d+)x(\d+)_(\w+)$")
 MAX_HEADER_BYTES = 100 << 20
 

@@ -20,6 +20,7 @@ from torch import nn
 from generation.prompts import PromptDefaults, SamplePrompt, load_prompts
 from hunyuan_model.sampler import sample_latents
 from hunyuan_model.text_encoders import TextEmbeddings
+from hv_common.labels import preview_stem
 from hv_common.video_io import write_media
 
 if TYPE_CHECKING:
@@ -71,14 +72,6 @@ def encode_prompts(
     return [
         PreparedPrompt(p, cache[p.text], cache[p.negative or ""] if p.uses_cfg else None) for p in prompts
     ]
-
-
-def step_label(step: int) -> str:
-    return f"{step:06d}"
-
-
-def epoch_label(epoch: int) -> str:
-    return f"e{epoch:06d}"
 
 
 @contextmanager
@@ -139,14 +132,13 @@ class PreviewSampler:
         return cls(prepared, output_name)
 
     def file_stem(self, label: str, prompt: SamplePrompt) -> str:
-        prefix = f"{self.output_name}_" if self.output_name else ""
-        return f"{prefix}{label}_{prompt.index:02d}_{prompt.seed}"
+        return preview_stem(self.output_name, label, prompt.index, prompt.seed)
 
     def sample(
         self,
         model: nn.Module,
         vae: AutoencoderKLHunyuanVideo,
-        label: str | int,
+        label: str,
         out_dir: str | Path,
         device: torch.device | str,
         dtype: torch.dtype,
@@ -154,12 +146,11 @@ class PreviewSampler:
         network: nn.Module | None = None,
         progress: bool = True,
     ) -> list[Path]:
-        """Sample every prompt into out_dir/sample/; label: a step (int, written 000100) or a string such
-        as epoch_label(2). network: the LoRA network when it is not a submodule of the model (its dropout
-        must be off too). Returns the files written."""
+        """Sample every prompt into out_dir/sample/; label: hv_common.labels' step_label(100), epoch_label(2)
+        or FINAL_LABEL, in the files' names. network: the LoRA network when it is not a submodule of the model
+        (its dropout must be off too). Returns the files written."""
         from hunyuan_model.vae import decode_latents
 
-        label = step_label(label) if isinstance(label, int) else label
         sample_dir = Path(out_dir) / "sample"
         vae_device = next(vae.parameters()).device
         written: list[Path] = []

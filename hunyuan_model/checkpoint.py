@@ -16,9 +16,12 @@ import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors import SafetensorError, safe_open
+
+from hv_common.dtypes import safetensors_to_torch
 
 from .config import PRESETS, DiTConfig
 from .diffusers_layout import diffusers_to_original
@@ -41,12 +44,7 @@ from .rope_source import log_if_derived, read_rope_split, rope_split
 _PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "module.", "model.")
 _ORIGINAL_MARKER = "img_in.proj.weight"
 _DIFFUSERS_MARKER = "x_embedder.proj.weight"
-SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}  # fmt: skip
+SAFETENSORS_DTYPES = safetensors_to_torch()  # the header's code -> torch dtype (hv_common/dtypes.py)
 
 StateDict = dict[str, torch.Tensor]
 logger = logging.getLogger(__name__)
@@ -374,7 +372,7 @@ def load_dit(
     if derived_config:
         log_if_derived(config.head_dim, stated, source)
     for name, scale in kept_scales.items():
-        linear = model.get_submodule(name)
+        linear = cast(torch.nn.Linear, model.get_submodule(name))  # a name of fp8_target_names
         linear.weight.requires_grad_(False)  # float8 is frozen base weight, never trained
         make_fp8(linear, scale)
     return model

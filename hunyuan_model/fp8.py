@@ -14,6 +14,8 @@ an ordinary Parameter and buffer, so moving a block between devices (block swap)
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,8 @@ FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448
 FLOAT8_DTYPES = frozenset(
     {torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e4m3fnuz, torch.float8_e5m2fnuz}
 )
+# What a float8 tensor becomes when it is not kept in fp8 and no dtype is asked for (loading, merging).
+DENSE_DTYPE = torch.bfloat16
 SCALE_KEY = "scale_weight"
 # Activation scales of files made for fp8 matmuls (ComfyUI's `scale_input`): we compute in bf16, so they are
 # read past, not used.
@@ -56,9 +60,25 @@ def is_fp8_target(module_name: str) -> bool:
     return bool(_BLOCK_LINEAR.fullmatch(module_name)) and not _MODULATION.fullmatch(module_name)
 
 
+def is_fp8_weight(key: str, shape: Sequence[int]) -> bool:
+    """The same rule on a state dict (the memory estimate reads shapes, not modules): a 2-D `weight` of a
+    target Linear. Within the blocks every 2-D weight is a Linear's (norms are 1-D)."""
+    module_name, _, leaf = key.rpartition(".")
+    return leaf == "weight" and len(shape) == 2 and is_fp8_target(module_name)
+
+
 def fp8_target_names(model: nn.Module) -> list[str]:
     """Qualified names of the Linears whose weights become fp8, in model order (works on the meta device)."""
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and is_fp8_target(n)]
+    return [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and is_fp8_weight(f"{n}.weight", m.weight.shape)
+    ]
+
+
+def dense_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a tensor stored as `dtype` is held in when it is not kept in fp8: float8 -> DENSE_DTYPE."""
+    return DENSE_DTYPE if dtype in FLOAT8_DTYPES else dtype
 
 
 def quantize_weight(weight: torch.Tensor, scaled: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -107,7 +127,7 @@ def quantize_linears(model: nn.Module, scaled: bool) -> int:
     """
     count = 0
     for name in fp8_target_names(model):
-        linear = model.get_submodule(name)
+        linear = cast(nn.Linear, model.get_submodule(name))
         if linear.weight.dtype == FP8_DTYPE:
             continue  # already fp8 (loaded so)
         q, scale = quantize_weight(linear.weight, scaled)
@@ -133,7 +153,7 @@ def load_tensor(
             value = dequantize(value, scale, torch.float32)
         return quantize_weight(value, scaled)
     if value.dtype in FLOAT8_DTYPES or scale is not None:
-        high = dtype or (torch.bfloat16 if value.dtype in FLOAT8_DTYPES else value.dtype)
+        high = dtype or dense_dtype(value.dtype)
         return dequantize(value, scale, high), None
     return (value if dtype is None else value.to(dtype)), None
 

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from typing import overload
+
 import torch
 
+from hv_common.dtypes import option_dtypes
 from hv_common.errors import UserError
 
-DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-}  # fmt: skip
+DTYPES = option_dtypes()  # option name -> torch dtype (hv_common/dtypes.py)
 
 
-def parse_dtype(name: str | None, default: torch.dtype) -> torch.dtype:
+@overload
+def parse_dtype(name: str | None, default: torch.dtype) -> torch.dtype: ...
+@overload
+def parse_dtype(name: str | None, default: None) -> torch.dtype | None: ...
+
+
+def parse_dtype(name: str | None, default: torch.dtype | None) -> torch.dtype | None:
+    """The dtype an option names (float32, fp32, ..., any case); `default` when it is not given."""
     if name is None:
         return default
     try:

@@ -7,8 +7,7 @@ import argparse
 import math
 from collections.abc import Callable
 
-# Names the commands map to torch dtypes (hv_common/devices.py); kept here as text so parsing imports no torch.
-DTYPE_NAMES = ("float32", "fp32", "float16", "fp16", "bfloat16", "bf16")
+from hv_common.dtypes import OPTION_NAMES as DTYPE_NAMES  # text: parsing imports no torch
 
 
 def _number(kind: type, check: Callable[[float], bool], expected: str) -> Callable[[str], float]:

@@ -19,12 +19,9 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_path
+from .dtypes import torch_to_safetensors
 
-DTYPE_NAMES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.int64: "I64", torch.int32: "I32",
-    torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
-}  # fmt: skip
+DTYPE_NAMES = torch_to_safetensors()  # torch dtype -> the header's code (hv_common/dtypes.py)
 
 TensorSpec = tuple[str, torch.dtype, tuple[int, ...]]
 

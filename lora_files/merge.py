@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from hunyuan_model.fp8 import FLOAT8_DTYPES, dequantize
+from hunyuan_model.fp8 import DENSE_DTYPE, FLOAT8_DTYPES, dense_dtype, dequantize
 from hv_common.cli import OneLineArgumentParser
 from hv_common.devices import parse_dtype, pick_device
 from hv_common.errors import UserError
@@ -88,12 +88,12 @@ def run(options: MergeOptions) -> int:
             if save_dtype is not None and t.is_floating_point():
                 return save_dtype
             # a LoRA update is far below fp8's rounding step: merged float8 weights are written dense
-            return torch.bfloat16 if t.dtype in FLOAT8_DTYPES else t.dtype
+            return dense_dtype(t.dtype)
 
         specs = [(k, dtype_of(meta[k]), tuple(meta[k].shape)) for k in sorted(meta)]
         if any(meta[k].dtype in FLOAT8_DTYPES for k in meta):
             logger.info("%s: float8 weights are written as %s, scales applied (load the merged file with "
-                        "--fp8_scaled to store them in fp8 again)", dit_path, save_dtype or torch.bfloat16)  # fmt: skip
+                        "--fp8_scaled to store them in fp8 again)", dit_path, save_dtype or DENSE_DTYPE)  # fmt: skip
         bar = tqdm(total=len(specs), desc="merging", leave=False)
 
         def produce(key: str) -> torch.Tensor:

@@ -24,6 +24,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from hunyuan_model.fp8 import is_fp8_weight  # the loader's rule: what --fp8_base stores in 1 byte
+from hv_common.dtypes import OPTION_BYTES
 from hv_common.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -36,7 +38,7 @@ CUDA_OVERHEAD_BYTES = 1 * GIB
 ALLOCATOR_SLACK = 0.05  # of what PyTorch allocates: freed blocks the caching allocator keeps (fragments)
 LLM_TEXT_TOKENS = 256  # hunyuan_model.text_encoders.LLM_MAX_TOKENS: cached LLM states are at most this long
 VAE_TIME_STRIDE, VAE_SPACE_STRIDE = 4, 8
-DTYPE_BYTES = {"float32": 4, "fp32": 4, "float16": 2, "fp16": 2, "bfloat16": 2, "bf16": 2}
+DTYPE_BYTES = OPTION_BYTES  # --dit_dtype's names -> bytes per element (hv_common/dtypes.py)
 COMMON_CARDS_GB = (12, 16, 24, 48, 80)
 
 
@@ -120,13 +122,6 @@ def gib(n: int) -> float:
 
 
 # ---------------------------------------------------------------- weights
-
-
-def is_fp8_weight(name: str, shape: Sequence[int]) -> bool:
-    """The fp8 rule (hunyuan_model/fp8.py): 2-D weights of block Linears, modulation excluded."""
-    if not name.startswith(("double_blocks.", "single_blocks.")) or not name.endswith(".weight"):
-        return False
-    return len(shape) == 2 and not name.endswith(("_mod.linear.weight", "modulation.linear.weight"))
 
 
 def tensor_bytes(name: str, shape: Sequence[int], settings: Settings) -> int:

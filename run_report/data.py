@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hv_common.atomic import is_temp_name
+from hv_common.labels import STATE_SUFFIX, lora_file_name
 
 
 @dataclass(frozen=True)
@@ -152,9 +153,9 @@ def written_files(output_dir: Path, output_name: str, logging_dir: str | None) -
 
 def _kind(path: Path, output_name: str) -> str:
     if path.is_dir():
-        return "training state (--resume)" if path.name.endswith("-state") else "folder"
+        return "training state (--resume)" if path.name.endswith(STATE_SUFFIX) else "folder"
     if path.suffix == ".safetensors":
-        return "LoRA (final)" if path.name == f"{output_name}.safetensors" else "LoRA (intermediate)"
+        return "LoRA (final)" if path.name == lora_file_name(output_name) else "LoRA (intermediate)"
     return {".png": "plot", ".html": "this report"}.get(path.suffix, "file")
 
 

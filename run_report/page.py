@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from hv_common.atomic import atomic_write
+from hv_common.labels import label_text
 from run_report import data as data
 from run_report.loss_plot import Curves, write_loss_plot
 from run_report.preview_media import Preview, find_previews, frame_strip
@@ -149,7 +150,7 @@ class RunReport:
         rows = []
         for label in labels:
             row = "".join(f"<td>{self._preview_cell(cells.get((label, i)))}</td>" for i in indices)
-            rows.append(f"<tr><th>{e(_label_text(label))}</th>{row}</tr>")
+            rows.append(f"<tr><th>{e(label_text(label))}</th>{row}</tr>")
         return (f'<table class="previews"><tr><th>saved at</th>{head}</tr>{"".join(rows)}</table>'
                 '<p class="note">A few frames of each preview; click one to open its file.</p>')  # fmt: skip
 
@@ -236,13 +237,6 @@ class RunReport:
 def start_report(run) -> RunReport | None:
     """The main process's report; None on the others (only the main process writes)."""
     return RunReport(run) if run.accelerator.is_main_process else None
-
-
-def _label_text(label: str) -> str:
-    """The trainer's preview labels: step00000060 -> step 60, 000002 -> epoch 2; others ("final") as they are."""
-    if label.startswith("step") and label[4:].isdigit():
-        return f"step {int(label[4:])}"
-    return f"epoch {int(label)}" if label.isdigit() else label
 
 
 def _prompt_texts(sampler) -> dict[int, str]:

@@ -3,13 +3,13 @@ what the run report shows and what the trackers log as images."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from hv_common.atomic import is_temp_name
+from hv_common.labels import preview_pattern
 
 STRIP_FRAMES = 4  # frames of a video shown side by side: start, end and two between
 STRIP_HEIGHT = 128  # pixels; a thumbnail, the file itself is linked
@@ -23,15 +23,10 @@ class Preview:
     seed: int
 
 
-def _pattern(output_name: str | None) -> re.Pattern[str]:
-    prefix = re.escape(f"{output_name}_") if output_name else ""
-    return re.compile(rf"^{prefix}(?P<label>.+)_(?P<index>\d{{2,}})_(?P<seed>-?\d+)\.(?:mp4|png)$")
-
-
 def parse_preview(path: Path, output_name: str | None = None) -> Preview | None:
     """A preview file's label, prompt index and seed from its name (`{output_name}_{label}_{index:02d}_{seed}`);
     None for another file. Without output_name the label keeps the name's prefix."""
-    match = _pattern(output_name).match(path.name)
+    match = preview_pattern(output_name).match(path.name)
     if match is None or is_temp_name(path.name):
         return None
     return Preview(path, match["label"], int(match["index"]), int(match["seed"]))

@@ -18,6 +18,7 @@ import torch
 
 from hv_common.atomic import atomic_dir
 from hv_common.errors import UserError
+from hv_common.labels import saved_pattern, state_folder_pattern
 from lora_files.io import save_network
 
 STATE_FILE = "train_state.pt"
@@ -38,23 +39,11 @@ class Progress:
     batch_in_epoch: int = 0
 
 
-def lora_file_name(output_name: str, step: int | None = None, epoch: int | None = None) -> str:
-    if step is not None:
-        return f"{output_name}-step{step:08d}.safetensors"
-    if epoch is not None:
-        return f"{output_name}-{epoch:06d}.safetensors"
-    return f"{output_name}.safetensors"
-
-
 def prune(output_dir: Path, output_name: str, kind: str, keep: int | None, state: bool = False) -> None:
-    """Keep only the newest `keep` step (or epoch) files, or states, of this run."""
+    """Keep only the newest `keep` step (or epoch) files, or states, of this run (hv_common/labels.py)."""
     if not keep:
         return
-    suffix = "-state" if state else ".safetensors"
-    if kind == "step":
-        pattern = re.compile(rf"^{re.escape(output_name)}-step(\d{{8}}){re.escape(suffix)}$")
-    else:
-        pattern = re.compile(rf"^{re.escape(output_name)}-(?:epoch)?(\d{{6}}){re.escape(suffix)}$")
+    pattern = saved_pattern(output_name, kind, state)
     found = sorted((int(m.group(1)), p) for p in output_dir.iterdir() if (m := pattern.match(p.name)))
     for _, path in found[:-keep]:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -107,7 +96,7 @@ def state_folders(output_dir: Path, output_name: str) -> list[Path]:
     states (another output_name that starts with this one) never match."""
     if not output_dir.is_dir():
         return []
-    name = re.compile(rf"^{re.escape(output_name)}-(?:step|epoch)?\d+-state$")
+    name = state_folder_pattern(output_name)
     return sorted(p for p in output_dir.iterdir() if name.match(p.name) and p.is_dir())
 
 

@@ -14,8 +14,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from hunyuan_model.block_swap import apply_block_swap
-from hv_common.devices import parse_dtype
+from hv_common.devices import DTYPES, parse_dtype
 from hv_common.errors import UserError
+from hv_common.labels import FINAL_LABEL, label_for, lora_file_name, state_folder_name, step_label
 from lora_files.io import load_network, save_network
 from training.flow import FlowSettings, flow_loss, loss_weights, noisy_input, seeded_draws
 from training.nonfinite import NonFiniteGuard, NonFiniteStop, gradient_norm
@@ -23,7 +24,7 @@ from training.precision import resolve_mixed_precision
 from training.processes import average_gradients, broadcast_parameters, prepare_processes, process_state
 from training.resume.fit import run_record
 from training.resume.pick import choose_state
-from training.saving import Progress, load_state, lora_file_name, prune, save_state
+from training.saving import Progress, load_state, prune, save_state
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def _check_attention(args, device: torch.device, dtype: torch.dtype) -> str:
     from training.args import attention_backend
 
     backend = attention_backend(args)
-    mixed = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision or "no")
+    mixed = DTYPES.get(args.mixed_precision or "no")
     try:
         check_attention_backend(backend, device, dtype=mixed or dtype, training=True)
     except AttentionBackendError as e:
@@ -303,8 +304,8 @@ def save_lora(run: Run, progress: Progress, name: str) -> Path:
 
 
 def _state_dir(run: Run, progress: Progress, kind: str) -> Path:
-    label = f"step{progress.step:08d}" if kind == "step" else f"{progress.epoch:06d}"
-    return run.output_dir / f"{run.args.output_name}-{label}-state"
+    count = progress.step if kind == "step" else progress.epoch
+    return run.output_dir / state_folder_name(run.args.output_name, kind, count)
 
 
 def save_training_state(run: Run, progress: Progress, kind: str) -> None:
@@ -338,8 +339,7 @@ def _on_boundary(run: Run, progress: Progress, kind: str) -> None:
         _validate(run, progress)
     sampling = run.sampler is not None and _every(getattr(a, f"sample_every_n_{plural}"), count)
     if sampling:
-        label = f"step{count:08d}" if kind == "step" else f"{count:06d}"
-        _sample(run, label, progress.step)
+        _sample(run, label_for(kind, count), progress.step)
     if run.report is not None and (saving or sampling):
         run.report.write(progress.step, "running")
 
@@ -465,7 +465,7 @@ def train(args) -> int:
     if args.log_with:
         run.accelerator.init_trackers(args.log_tracker_name or "hv_lora")
     if run.sampler is not None and args.sample_at_first and progress.step == 0:
-        _sample(run, "step00000000", 0)
+        _sample(run, step_label(0), 0)
     logger.info(
         "training: %d steps, %d batches per epoch, %d process(es), start-up %.1f s", run.max_steps,
         len(run.batches), run.accelerator.num_processes, time.perf_counter() - start,
@@ -553,7 +553,7 @@ def _finish(run: Run, progress: Progress) -> None:
         save_training_state(run, progress, "step")
     sampling = a.sample_every_n_steps or a.sample_every_n_epochs
     if run.sampler is not None and sampling and run.last_sample_step != progress.step:
-        _sample(run, "final", progress.step)
+        _sample(run, FINAL_LABEL, progress.step)
     if run.report is not None:
         run.report.write(progress.step, "finished")
     run.accelerator.wait_for_everyone()  # no process may exit while the main one is still writing

@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from generation.previews import PreviewSampler, epoch_label
+from generation.previews import PreviewSampler
 from generation.prompts import PromptDefaults
 from hv_common.errors import UserError
+from hv_common.labels import epoch_label, step_label
 from hv_common.video_io import read_frames
 
 
@@ -102,10 +103,16 @@ def test_sample_writes_previews_and_leaves_rng_and_modes_as_they_were(tiny, mode
     torch.rand(3)
     state = torch.random.get_rng_state()
 
-    written = sampler.sample(model, vae, 100, tmp_path / "out", "cpu", torch.float32, network=network)
+    written = sampler.sample(
+        model, vae, step_label(100), tmp_path / "out", "cpu", torch.float32, network=network
+    )
 
     names = [p.name for p in written]
-    assert names == ["demo_000100_00_3.mp4", "demo_000100_01_42.png", "demo_000100_02_4.png"]
+    assert names == [
+        "demo_step00000100_00_3.mp4",
+        "demo_step00000100_01_42.png",
+        "demo_step00000100_02_4.png",
+    ]
     assert all(p.parent == tmp_path / "out" / "sample" for p in written)
     assert read_frames(written[0]).shape == (5, 48, 64, 3)
     assert read_frames(written[1]).shape == (1, 48, 32, 3)
@@ -123,7 +130,7 @@ def test_same_label_same_pictures_and_epoch_labels(tiny, models, tmp_path):
     sampler.prepared = sampler.prepared[1:2]  # one PNG is enough
     first = sampler.sample(dit, vae, epoch_label(2), tmp_path / "a", "cpu", torch.float32, progress=False)
     again = sampler.sample(dit, vae, epoch_label(2), tmp_path / "b", "cpu", torch.float32, progress=False)
-    assert first[0].name == "demo_e000002_01_42.png"
+    assert first[0].name == "demo_000002_01_42.png"
     assert (read_frames(first[0]) == read_frames(again[0])).all()
     assert read_frames(first[0]).std() > 0  # a picture, not a flat fill
 

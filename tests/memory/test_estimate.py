@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import shutil
 import types
 from pathlib import Path
@@ -11,11 +13,13 @@ import torch
 from torch import nn
 
 from hunyuan_model.config import DEFAULT_EXCLUDE_PATTERNS, TARGET_BLOCK_CLASSES, get_preset
+from hunyuan_model.fp8 import fp8_target_names, quantize_linears
 from hunyuan_model.model import build_dit
 from memory import estimate as me
 from networks.lora import create_network
 
 TINY = get_preset("tiny")
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "hunyuan_video_t2v_720p_layout.json"
 # tiny batch: 9 frames of 128x128 -> 3 x 8 x 8 = 192 image tokens; 12 text tokens, half of them padding
 WORK = me.Workload(width=128, height=128, frames=9, batch_size=1, text_tokens=12)
 # Measured (fp32 / bf16, rank 4): saved activations +1.0 % / +1.1 % against what autograd saves, -0.7 % / -0.7 %
@@ -48,15 +52,6 @@ def _bytes(tensors) -> int:
 # ---------------------------------------------------------------- weights
 
 
-def _fp8_in_place(model: nn.Module, scaled: bool) -> None:
-    """What --fp8_base / --fp8_scaled store (the rule of hunyuan_model/fp8.py), done by hand."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and me.is_fp8_weight(f"{name}.weight", module.weight.shape):
-            module.weight = nn.Parameter(module.weight.data.to(torch.float8_e4m3fn), requires_grad=False)
-            if scaled:
-                module.register_buffer("scale_weight", torch.ones(module.out_features, dtype=torch.float32))
-
-
 @pytest.mark.parametrize(
     ("dtype", "fp8", "scaled"),
     [(torch.float32, False, False), (torch.bfloat16, False, False), (torch.bfloat16, True, False),
@@ -65,7 +60,7 @@ def _fp8_in_place(model: nn.Module, scaled: bool) -> None:
 def test_weight_bytes_equal_the_built_model(dtype, fp8, scaled):
     model = _tiny(dtype)
     if fp8 or scaled:
-        _fp8_in_place(model, scaled)
+        quantize_linears(model, scaled)  # what the loader stores for --fp8_base / --fp8_scaled
     actual = _bytes(model.state_dict().values())
     settings = me.Settings(
         weight_bytes=torch.empty((), dtype=dtype).element_size(), fp8_base=fp8, fp8_scaled=scaled
@@ -217,10 +212,25 @@ def test_activations_shrink_with_offload_and_grow_with_tokens():
 
 
 @pytest.fixture(scope="module")
-def hv720():
-    model = build_dit(get_preset("hunyuan-video-t2v-720p"))  # meta: no memory
-    lora = me.lora_info(model, _args(network_dim=32, network_alpha=32.0))
-    return model.config, me.dit_shapes(model), lora
+def model720() -> nn.Module:
+    return build_dit(get_preset("hunyuan-video-t2v-720p"))  # meta: no memory
+
+
+@pytest.fixture(scope="module")
+def hv720(model720):
+    lora = me.lora_info(model720, _args(network_dim=32, network_alpha=32.0))
+    return model720.config, me.dit_shapes(model720), lora
+
+
+def test_720p_fp8_tensors_are_the_ones_the_loader_converts(model720):
+    """One fp8 rule: on every tensor of the official 720p checkpoint, what the estimate counts at 1 byte per
+    element is what the loader stores in fp8 (the weights of fp8_target_names, as load_dit converts them)."""
+    shapes = json.loads(REFERENCE.read_text())["state_dict"]
+    settings = me.Settings(fp8_base=True)
+    estimated = {k for k, shape in shapes.items() if me.tensor_bytes(k, shape, settings) == math.prod(shape)}
+    loaded = {f"{name}.weight" for name in fp8_target_names(model720)}
+    assert estimated == loaded
+    assert len(loaded) == 20 * 8 + 40 * 2  # double blocks: qkv, proj, fc1, fc2 per stream; single: linear1, 2
 
 
 def test_720p_figures_are_pinned(hv720):
