@@ -213,7 +213,8 @@ def _as_write_error(target: Path) -> Iterator[None]:
         yield
     except Exception as exc:
         found = _os_error_in(exc)
-        if found is None or not _about_target(found.filename, target):
+        # found.errno is never None (_os_error_in returns only errors with a code); the test narrows its type
+        if found is None or found.errno is None or not _about_target(found.filename, target):
             raise  # a bug, or an error about another file (an input being read): unchanged
         raise WriteError(found.errno, found.strerror or os.strerror(found.errno), str(target)) from exc
 
