@@ -16,6 +16,7 @@ import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -49,6 +50,7 @@ SAFETENSORS_DTYPES = {
 }  # fmt: skip
 
 StateDict = dict[str, torch.Tensor]
+_Value = TypeVar("_Value")
 logger = logging.getLogger(__name__)
 
 
@@ -164,14 +166,14 @@ def read_state_dict(path: str | Path, meta: bool = False) -> StateDict:
 # ---------------------------------------------------------------- layouts
 
 
-def strip_prefix(sd: StateDict) -> StateDict:
+def strip_prefix(sd: dict[str, _Value]) -> dict[str, _Value]:
     for prefix in _PREFIXES:
         if (prefix + _ORIGINAL_MARKER) in sd or (prefix + _DIFFUSERS_MARKER) in sd:
             return {k.removeprefix(prefix): v for k, v in sd.items() if k.startswith(prefix)}
     return sd
 
 
-def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
+def detect_layout(sd: Mapping[str, object]) -> str:
     """'original' or 'diffusers' (after prefix stripping); anything else is a CheckpointError."""
     if _ORIGINAL_MARKER in sd:
         return "original"
