@@ -34,7 +34,8 @@ class LazyDiT(contextlib.AbstractContextManager):
         if not self.path.exists():
             raise CheckpointError(f"DiT checkpoint not found: {self.path}")
         self._stack = contextlib.ExitStack()
-        self._raw: dict[str, safe_open | torch.Tensor] = {}  # raw key -> safe_open handle, or the mmap'd tensor
+        # raw key -> the safe_open handle that holds it, or the mmap'd tensor itself
+        self._raw: dict[str, safe_open | torch.Tensor] = {}
         self._raw_meta: dict[str, torch.Tensor] = {}
         try:
             self._open()

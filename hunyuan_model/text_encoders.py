@@ -87,7 +87,8 @@ def _from_hf_cache(enc: _Encoder) -> tuple[Path, Path] | None:
             try_to_load_from_cache(repo, f"{sub}/{name}" if sub else name, cache_dir=cache_dir)
             for sub, name in ((config_sub, "config.json"), (tokenizer_sub, "tokenizer_config.json"))
         )
-        if isinstance(config, str) and isinstance(tokenizer, str):  # else None or the "cached as missing" marker
+        # each is a path, or None, or the "cached as missing" marker
+        if isinstance(config, str) and isinstance(tokenizer, str):
             return Path(config).parent, Path(tokenizer).parent
     return None
 

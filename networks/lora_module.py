@@ -110,7 +110,7 @@ class LoRAModule(nn.Module):
         x2d = x.reshape(-1, self.in_features)  # a view when x is contiguous; the base Linear folds the same
         org_forward = self._org_forward
         if org_forward is None:
-            raise RuntimeError(f"LoRA {self.lora_name} is not applied: its forward runs inside the base Linear's")
+            raise RuntimeError(f"LoRA {self.lora_name} is not applied (apply_to): no base forward to call")
         out = org_forward(x2d)
         if self.multiplier == 0 or (
             self.training and self.module_dropout and torch.rand(()) < self.module_dropout
