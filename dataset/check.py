@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from .config import DatasetConfig, load_dataset_config
+from .config import DatasetConfig, VideoDatasetConfig, load_dataset_config
 from .errors import DatasetConfigError, MediaError
 from .items import load_item, plan_items
 
@@ -24,7 +24,7 @@ def describe(dataset: DatasetConfig, decode: bool) -> None:
         f"bucket_no_upscale {dataset.bucket_no_upscale}, batch_size {dataset.batch_size}, "
         f"num_repeats {dataset.num_repeats}, cache_directory {dataset.cache_directory}"
     )
-    if dataset.is_video:
+    if isinstance(dataset, VideoDatasetConfig):  # is_video, in a form that narrows the type
         print("  videos are always bucketed (as musubi-tuner caches them)")
         print(
             f"  frame_extraction {dataset.frame_extraction}, target_frames {list(dataset.target_frames)}, "

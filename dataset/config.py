@@ -276,7 +276,8 @@ def _parse_dataset(
         _warn_ignored_bucket_keys(values, set(given) | set(general), origin)
         values = _normalise_video(values, set(given), origin)
     klass = VideoDatasetConfig if is_video else ImageDatasetConfig
-    config = klass(origin=origin, **values, **paths)
+    fields: dict[str, Any] = {**values, **paths}  # _paths popped its keys from values: none is given twice
+    config = klass(origin=origin, **fields)
     if not is_video:
         _check_resolution(config)
     return config

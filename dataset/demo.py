@@ -145,12 +145,15 @@ def write_demo(out: str | Path) -> Path:
         write_clip(videos / f"{name}.mp4", [draw(i, count) for i in range(count)], 24)
         _write_text(videos / f"{name}.txt", caption + "\n")
     for name, (pixels, caption) in IMAGES.items():
-        image = Image.fromarray(pixels)
-        atomic_write(images / f"{name}.png", lambda tmp, im=image: im.save(tmp, format="PNG", optimize=False))
+        _write_png(images / f"{name}.png", Image.fromarray(pixels))
         _write_text(images / f"{name}.txt", caption + "\n")
     config = out / "dataset.toml"
     _write_text(config, dataset_toml(out.as_posix()))
     return config
+
+
+def _write_png(path: Path, image: Image.Image) -> None:
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", optimize=False))
 
 
 def _write_text(path: Path, text: str) -> None:

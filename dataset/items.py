@@ -103,7 +103,7 @@ def plan_items(dataset: DatasetConfig) -> Iterator[ItemPlan]:
     """A plan per media file, from headers only. A video shorter than every window is skipped with a warning."""
     selector = dataset.bucket_selector()
     for entry in list_media(dataset):
-        plan = _video_plan(dataset, entry) if dataset.is_video else _image_plan(entry)
+        plan = _video_plan(dataset, entry) if isinstance(dataset, VideoDatasetConfig) else _image_plan(entry)
         if plan is None:
             continue
         try:
@@ -174,6 +174,7 @@ def load_item(dataset: DatasetConfig, plan: ItemPlan) -> Iterator[ItemRecord]:
         frames = fit_to_bucket(load_image(plan.source_path), plan.bucket_size)[None]
         yield _record(plan, FrameWindow(0, 1), frames, (0,))
         return
+    assert isinstance(dataset, VideoDatasetConfig)  # plan_items plans videos for video datasets only
     emitted: set[FrameWindow] = set()
     decoded = yield from _stream_windows(plan, plan.windows, emitted)
     if decoded is None:

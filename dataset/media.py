@@ -72,6 +72,7 @@ def fit_to_bucket(image: Image.Image, bucket: tuple[int, int]) -> np.ndarray:
     if image.size == tuple(bucket):
         return np.asarray(image, dtype=np.uint8)
     plan = resize_plan(image.size, bucket)
+    pixels: np.ndarray
     if plan.scale > 1:
         pixels = np.asarray(image.resize(plan.resized, Image.Resampling.LANCZOS), dtype=np.uint8)
     else:
@@ -115,8 +116,8 @@ def decode_frames(path: Path, wanted: set[int]) -> Iterator[tuple[int, Image.Ima
     """
     last = max(wanted, default=-1)
     if path.is_dir():
-        for index, frame in enumerate(_frames_of(path)[: last + 1]):
-            yield index, load_image(frame) if index in wanted else None
+        for index, file in enumerate(_frames_of(path)[: last + 1]):
+            yield index, load_image(file) if index in wanted else None
         return
     try:
         with av.open(str(path)) as container:

@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -88,7 +89,7 @@ class CachedBatches(Dataset):
     def _plan_epoch(self, epoch: int) -> list[list[CachedItem]]:
         """The global batches of an epoch: the same on every process, whatever its index."""
         rng = random.Random(self.seed * 1_000_003 + epoch)
-        batches = []
+        batches: list[list[CachedItem]] = []
         for items, batch_size in self._groups:
             order = list(items)
             rng.shuffle(order)
@@ -108,7 +109,7 @@ class CachedBatches(Dataset):
         positions = list(range(start, start + per_process))
         return [items[p % len(items)] for p in positions], positions, len(items)
 
-    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
         """Batch `index` of the current epoch, or of any epoch given as (epoch, index): a loader whose sampler
         spans epochs keeps its workers for the whole run (each worker plans the epochs it meets itself)."""
         if isinstance(index, tuple):
@@ -119,7 +120,7 @@ class CachedBatches(Dataset):
         # LLM states are padded to the longest of the global batch: every process runs the same shapes (and so
         # draws the same dropout masks), and the numbers match one process training the whole global batch.
         length = max(self._text_length(item) for item in self._plan[index])
-        batch = collate([self._load_item(item) for item in items], length)
+        batch: dict[str, Any] = collate([self._load_item(item) for item in items], length)  # + a list of str
         # the files behind the batch, so a non-finite loss can name them (training/nonfinite.py)
         batch["cache_paths"] = [
             str(p) for item in dict.fromkeys(items) for p in (item.latent_path, item.text_path)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +80,13 @@ def check_attention_backend(
         )
 
 
+@runtime_checkable
+class _AttentionBlock(Protocol):
+    """A DiT block that carries its attention backend (isinstance checks that it has the attribute)."""
+
+    attn_backend: str
+
+
 def set_attention_backend(model: nn.Module, name: str) -> int:
     """Make every DiT block of `model` attend with `name`; returns how many blocks were set.
 
@@ -89,7 +97,7 @@ def set_attention_backend(model: nn.Module, name: str) -> int:
         raise AttentionBackendError(f"unknown attention backend {name!r}; known: {', '.join(BACKENDS)}")
     count = 0
     for module in model.modules():
-        if hasattr(module, "attn_backend"):
+        if isinstance(module, _AttentionBlock):
             module.attn_backend = name
             count += 1
     if count == 0:

@@ -25,6 +25,8 @@ class MMDoubleStreamBlock(nn.Module):
     """Image and text tokens with their own weights, attending jointly."""
 
     attn_backend: str = "sdpa"  # set per model by attention.set_attention_backend
+    img_mod: ModulateDiT  # set in __init__ per stream (setattr), with the other per-stream layers
+    txt_mod: ModulateDiT
 
     def __init__(self, hidden_size: int, heads_num: int, mlp_width_ratio: float) -> None:
         super().__init__()

@@ -16,7 +16,7 @@ import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import cast
+from typing import TypeVar, cast
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -47,6 +47,7 @@ _DIFFUSERS_MARKER = "x_embedder.proj.weight"
 SAFETENSORS_DTYPES = safetensors_to_torch()  # the header's code -> torch dtype (hv_common/dtypes.py)
 
 StateDict = dict[str, torch.Tensor]
+_Value = TypeVar("_Value")
 logger = logging.getLogger(__name__)
 
 
@@ -162,14 +163,14 @@ def read_state_dict(path: str | Path, meta: bool = False) -> StateDict:
 # ---------------------------------------------------------------- layouts
 
 
-def strip_prefix(sd: StateDict) -> StateDict:
+def strip_prefix(sd: dict[str, _Value]) -> dict[str, _Value]:
     for prefix in _PREFIXES:
         if (prefix + _ORIGINAL_MARKER) in sd or (prefix + _DIFFUSERS_MARKER) in sd:
             return {k.removeprefix(prefix): v for k, v in sd.items() if k.startswith(prefix)}
     return sd
 
 
-def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
+def detect_layout(sd: Mapping[str, object]) -> str:
     """'original' or 'diffusers' (after prefix stripping); anything else is a CheckpointError."""
     if _ORIGINAL_MARKER in sd:
         return "original"

@@ -109,7 +109,8 @@ def maps_for_keys(keys: Iterable[str], diffusers: bool) -> list[ModuleMap]:
     else:
         counts = ("txt_in.individual_token_refiner.blocks", "double_blocks", "single_blocks")
         guidance = any(k.startswith("guidance_in.") for k in keys)
-    return module_maps(*(_count(keys, c) for c in counts), guidance=guidance)
+    n_refiner, n_double, n_single = (_count(keys, c) for c in counts)
+    return module_maps(n_refiner, n_double, n_single, guidance=guidance)
 
 
 def _swap(t: torch.Tensor) -> torch.Tensor:

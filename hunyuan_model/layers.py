@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -71,7 +72,8 @@ class TimestepEmbedder(nn.Module):
         )
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        t_freq = timestep_embedding(t, self.frequency_embedding_size).to(self.mlp[0].weight.dtype)
+        first = cast(nn.Linear, self.mlp[0])  # built as Linear above; Sequential types its items Module
+        t_freq = timestep_embedding(t, self.frequency_embedding_size).to(first.weight.dtype)
         return self.mlp(t_freq)
 
 

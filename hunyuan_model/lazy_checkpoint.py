@@ -8,6 +8,7 @@ safetensors are read through `safe_open`, the official `.pt` is memory-mapped; d
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -33,7 +34,8 @@ class LazyDiT(contextlib.AbstractContextManager):
         if not self.path.exists():
             raise CheckpointError(f"DiT checkpoint not found: {self.path}")
         self._stack = contextlib.ExitStack()
-        self._raw: dict[str, object] = {}  # raw key -> safe_open handle, or the mmap'd tensor itself
+        # raw key -> the safe_open handle that holds it, or the mmap'd tensor itself
+        self._raw: dict[str, safe_open | torch.Tensor] = {}
         self._raw_meta: dict[str, torch.Tensor] = {}
         try:
             self._open()
@@ -63,7 +65,7 @@ class LazyDiT(contextlib.AbstractContextManager):
 
     def _make_plan(self) -> dict[str, tuple[tuple[str, ...], bool]]:
         """original key -> (raw keys to concatenate, swap halves)."""
-        stripped = strip_prefix({k: k for k in self._raw})  # type: ignore[arg-type]  (values: raw keys)
+        stripped = strip_prefix({k: k for k in self._raw})  # values: the raw keys
         try:
             layout = detect_layout(stripped)
         except CheckpointError as e:
@@ -94,7 +96,7 @@ class LazyDiT(contextlib.AbstractContextManager):
         except (SafetensorError, OSError, RuntimeError) as e:
             raise CheckpointError(f"{self.path}: cannot read {key} ({one_line(e)})") from None
 
-    def _assemble(self, key: str, read) -> torch.Tensor:
+    def _assemble(self, key: str, read: Callable[[str], torch.Tensor]) -> torch.Tensor:
         raws, swap = self._plan[key]
         parts = [read(r) for r in raws]
         tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)

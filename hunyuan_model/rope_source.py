@@ -62,16 +62,11 @@ def read_rope_split(path: str | Path) -> tuple[int, int, int] | None:
 
 
 def _checked(value: object, where: str) -> tuple[int, int, int]:
-    ok = (
-        isinstance(value, (list, tuple))
-        and len(value) == 3
-        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 and v % 2 == 0 for v in value)
-    )
-    if not ok:
-        raise CheckpointError(
-            f"{where} is {str(value)[:80]}: expected three positive even integers (t, h, w)"
-        )
-    return tuple(value)  # type: ignore[return-value]
+    if isinstance(value, (list, tuple)) and len(value) == 3:
+        t, h, w = value
+        if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 and v % 2 == 0 for v in (t, h, w)):
+            return (t, h, w)
+    raise CheckpointError(f"{where} is {str(value)[:80]}: expected three positive even integers (t, h, w)")
 
 
 def rope_split(head_dim: int, stated: tuple[int, int, int] | None, source: str) -> tuple[int, int, int]:

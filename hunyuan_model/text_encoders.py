@@ -83,12 +83,13 @@ def _from_hf_cache(enc: _Encoder) -> tuple[Path, Path] | None:
 
     cache_dir = _hf_cache_dir()
     for repo, config_sub, tokenizer_sub in enc.cache:
-        found = [
+        config, tokenizer = (
             try_to_load_from_cache(repo, f"{sub}/{name}" if sub else name, cache_dir=cache_dir)
             for sub, name in ((config_sub, "config.json"), (tokenizer_sub, "tokenizer_config.json"))
-        ]
-        if all(isinstance(f, str) for f in found):  # else None or the "cached as missing" marker
-            return Path(found[0]).parent, Path(found[1]).parent
+        )
+        # each is a path, or None, or the "cached as missing" marker
+        if isinstance(config, str) and isinstance(tokenizer, str):
+            return Path(config).parent, Path(tokenizer).parent
     return None
 
 

@@ -92,7 +92,7 @@ def write_tiny_clip(out_dir: Path, seed: int = 0, hidden: int = 32) -> Path:
 
 def write_tiny_vae(out_dir: Path, seed: int = 0) -> Path:
     """Four 32-channel levels, one resnet each: the real 8x spatial and 4x temporal compression, 16 channels."""
-    from diffusers import AutoencoderKLHunyuanVideo
+    from diffusers.models import AutoencoderKLHunyuanVideo  # typed there (see vae.py)
 
     _seeded(seed)
     vae = AutoencoderKLHunyuanVideo(

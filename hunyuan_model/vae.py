@@ -17,8 +17,10 @@ import torch
 from .checkpoint import read_state_dict
 from .errors import CheckpointError
 
+# From diffusers.models, not the top-level diffusers: type checkers read the top level's TYPE_CHECKING block,
+# which names the dummy stand-ins (for installs without torch) that have none of the model's methods.
 if TYPE_CHECKING:
-    from diffusers import AutoencoderKLHunyuanVideo
+    from diffusers.models import AutoencoderKLHunyuanVideo
 
 _VAE_MARKER = "encoder.conv_in.conv.weight"
 _PREFIXES = ("vae.", "first_stage_model.", "model.")
@@ -60,7 +62,7 @@ def _config_from_shapes(sd: dict[str, torch.Tensor]) -> dict:
 def load_vae(
     path: str | Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
 ) -> AutoencoderKLHunyuanVideo:
-    from diffusers import AutoencoderKLHunyuanVideo
+    from diffusers.models import AutoencoderKLHunyuanVideo
 
     path = Path(path)
     if not path.exists():
@@ -112,12 +114,12 @@ def encode_frames(
     else:
         noise = torch.stack([torch.randn(dist.mean.shape[1:], generator=g) for g in generators])
     latents = dist.mean.float() + dist.std.float() * noise.to(param.device)
-    return latents * vae.config.scaling_factor
+    return latents * vae.config["scaling_factor"]  # config: diffusers' FrozenDict, typed as a dict
 
 
 @torch.no_grad()
 def decode_latents(vae: AutoencoderKLHunyuanVideo, latents: torch.Tensor) -> torch.Tensor:
     """Scaled latents -> uint8 (B, F, H, W, 3) frames."""
     param = next(vae.parameters())
-    video = vae.decode(latents.to(param.device, param.dtype) / vae.config.scaling_factor).sample
+    video = vae.decode(latents.to(param.device, param.dtype) / vae.config["scaling_factor"]).sample
     return video.float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu()

@@ -51,7 +51,7 @@ _DIR_MODE = 0o777 & ~_current_umask()
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces `target`, on error it is removed.
 
     The path has the target's own name (writers that guess the format from the suffix still can), inside a
@@ -71,8 +71,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     _remove_known_stale_temps(target)
 
 
-def atomic_write(target: str | Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp_path), then move the finished file over target."""
+def atomic_write(target: str | os.PathLike[str], write: Callable[[Path], object]) -> None:
+    """Call write(tmp_path) (what it returns is ignored), then move the finished file over target."""
     with atomic_path(target) as tmp:
         write(tmp)
 
@@ -213,7 +213,8 @@ def _as_write_error(target: Path) -> Iterator[None]:
         yield
     except Exception as exc:
         found = _os_error_in(exc)
-        if found is None or not _about_target(found.filename, target):
+        # found.errno is never None (_os_error_in returns only errors with a code); the test narrows its type
+        if found is None or found.errno is None or not _about_target(found.filename, target):
             raise  # a bug, or an error about another file (an input being read): unchanged
         raise WriteError(found.errno, found.strerror or os.strerror(found.errno), str(target)) from exc
 

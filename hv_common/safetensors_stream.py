@@ -65,5 +65,6 @@ def write_safetensors_streaming(
                     f"{name}: produced {tensor.dtype} {tuple(tensor.shape)}, declared {dtype} {shape}"
                 )
             # the raw bytes, through numpy's buffer: no second copy of the tensor
-            f.write(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+            raw = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+            f.write(raw)  # type: ignore[arg-type]  # numpy's stubs declare __buffer__ only for Python >= 3.12
     return path

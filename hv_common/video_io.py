@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -33,7 +33,7 @@ def _even(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
-def _h264_encoder() -> str:
+def _h264_encoder() -> Literal["libx264", "h264"]:
     import av
 
     return "libx264" if "libx264" in av.codecs_available else "h264"
@@ -97,4 +97,7 @@ def video_fps(path: str | Path) -> Fraction:
     import av
 
     with av.open(str(path)) as container:
-        return Fraction(container.streams.video[0].average_rate)
+        rate = container.streams.video[0].average_rate
+    if rate is None:
+        raise ValueError(f"{path}: its video stream names no frame rate")
+    return Fraction(rate)

@@ -26,6 +26,14 @@ def by_module(loras: Sequence[tuple[LoadedLoRA, float]]) -> dict[str, Scaled]:
     return out
 
 
+def _linear(model: nn.Module, name: str) -> nn.Linear:
+    """The Linear a LoRA module names (check_fits has matched every name to a Linear's widths)."""
+    module = model.get_submodule(name)
+    if not isinstance(module, nn.Linear):
+        raise TypeError(f"{name} is a {type(module).__name__}, not a Linear: a LoRA adapts Linears only")
+    return module
+
+
 def merged_weight(weight: torch.Tensor, updates: Scaled) -> torch.Tensor:
     """weight + the sum of multiplier x update, summed in fp32 (on weight's device), in weight's dtype."""
     w = weight.to(torch.float32, copy=True)
@@ -38,7 +46,7 @@ def merged_weight(weight: torch.Tensor, updates: Scaled) -> torch.Tensor:
 def merge_into(model: nn.Module, loras: Sequence[tuple[LoadedLoRA, float]]) -> None:
     """Fold the LoRAs into the model's Linear weights, in place."""
     for name, updates in by_module(loras).items():
-        weight = model.get_submodule(name).weight
+        weight = _linear(model, name).weight
         weight.copy_(merged_weight(weight, updates))
 
 
@@ -50,7 +58,7 @@ def apply_on_the_fly(
     applied: list[LoRAModule] = []
     for lora, multiplier in loras:
         for name, f in lora.weights.items():
-            linear = model.get_submodule(name)
+            linear = _linear(model, name)
             device = linear.weight.device
             module = LoRAModule(lora_name_for(name), linear, multiplier, lora_dim=f.rank, alpha=f.alpha,
                                 device=device)  # fmt: skip

@@ -122,8 +122,11 @@ def load_lora(path: str | os.PathLike[str], widths: Mapping[str, int] | None = N
 
 def linear_shapes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, int]]:
     """{module: (out, in)} of every 2-D `.weight` (the Linears; meta tensors are fine)."""
-    return {k.removesuffix(".weight"): tuple(v.shape) for k, v in state_dict.items()
-            if k.endswith(".weight") and v.ndim == 2}  # fmt: skip
+    return {
+        k.removesuffix(".weight"): (v.shape[0], v.shape[1])
+        for k, v in state_dict.items()
+        if k.endswith(".weight") and v.ndim == 2
+    }
 
 
 def check_fits(lora: LoadedLoRA, shapes: Mapping[str, tuple[int, int]], dit: str) -> None:

@@ -19,6 +19,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
@@ -41,6 +42,7 @@ EXPECTED = (
     "expected lora_unet_<module>.lora_down.weight (ours, musubi-tuner), diffusion_model.<module>.lora_A.weight "
     "(ComfyUI), transformer.<module>.lora_A.weight (diffusion-pipe) or diffusers' module names"
 )
+_Module = TypeVar("_Module")  # how a layout's lookup names a module: our name, or (ModuleMap, part index)
 
 
 @dataclass(frozen=True)
@@ -115,16 +117,16 @@ def detect_layout(keys: Iterable[str], source: str = "LoRA file") -> str:
     raise _first_key_error(source, key)
 
 
-def _grouped(sd: Mapping[str, torch.Tensor], pattern: re.Pattern, lookup: Mapping[str, object],
-             layout: str, source: str) -> dict[object, dict[str, torch.Tensor]]:  # fmt: skip
+def _grouped(sd: Mapping[str, torch.Tensor], pattern: re.Pattern[str], lookup: Mapping[str, _Module],
+             layout: str, source: str) -> dict[_Module, dict[str, torch.Tensor]]:  # fmt: skip
     """{module: {"down"|"up"|"alpha": tensor}} for every key, or an error naming the first stray key."""
     roles = {"lora_down.weight": "down", "lora_A.weight": "down", "lora_up.weight": "up",
              "lora_B.weight": "up", "alpha": "alpha"}  # fmt: skip
-    out: dict[object, dict[str, torch.Tensor]] = {}
+    out: dict[_Module, dict[str, torch.Tensor]] = {}
     for key in sorted(sd):
         m = pattern.fullmatch(key)
         module = lookup.get(m["name"]) if m else None
-        if module is None:
+        if m is None or module is None:
             raise _first_key_error(source, key, layout)
         out.setdefault(module, {})[roles[m["role"]]] = sd[key]
     return out

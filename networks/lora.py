@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -126,7 +127,7 @@ class LoRANetwork(nn.Module):
         for lora in self.loras:
             lora.multiplier = multiplier
 
-    def prepare_optimizer_params(self, lr: float) -> list[dict]:
+    def prepare_optimizer_params(self, lr: float) -> list[dict[str, Any]]:
         """One group at `lr`; with LoRA+ (ratio R) every lora_up weight goes to a second group at lr x R.
 
         lora_up is the zero-initialised factor (B in the LoRA+ paper): the one that learns too slowly at the
@@ -134,6 +135,7 @@ class LoRANetwork(nn.Module):
         """
         ratio = self.spec.args.loraplus_lr_ratio
         base = [p for lora in self.loras for p in (lora.lora_down.weight, lora.lora_up.weight)]
+        groups: list[dict[str, Any]]  # torch's param-group dicts: a list of tensors, numbers and a name
         if ratio is None:
             groups = [{"params": base, "lr": lr, "kind": "lora"}]
         else:

@@ -8,6 +8,7 @@ only its `forward` is replaced. The hot path does no full-size arithmetic of its
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,8 @@ def _bare_linear(in_features: int, out_features: int, device: torch.device) -> n
 
 
 class LoRAModule(nn.Module):
+    alpha: torch.Tensor  # a buffer (register_buffer below): saved in the file, read back by load_state_dict
+
     def __init__(
         self,
         lora_name: str,
@@ -59,7 +62,7 @@ class LoRAModule(nn.Module):
         self.dropout, self.rank_dropout, self.module_dropout = dropout, rank_dropout, module_dropout
         # A list, not an attribute: the base Linear must not become a submodule of the LoRA (state dict!).
         self._org: list[nn.Linear] = [org_module]
-        self._org_forward = None
+        self._org_forward: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._inplace = self._patched_before = False
         self.register_load_state_dict_post_hook(LoRAModule._refresh_scale)
 
@@ -82,21 +85,21 @@ class LoRAModule(nn.Module):
         self._patched_before = "forward" in vars(org)
         self._inplace = type(org).forward is nn.Linear.forward and not self._patched_before
         self._org_forward = org.forward
-        org.forward = self.forward
+        vars(org)["forward"] = self.forward  # an instance attribute, over the class's forward (restore: del)
 
     def restore(self) -> None:
         """Give the base Linear the forward it had before `apply_to` (restore stacked LoRAs last-first)."""
         if self._org_forward is None:
             return
         if self._patched_before:
-            self.org_module.forward = self._org_forward
+            vars(self.org_module)["forward"] = self._org_forward
         else:
             del self.org_module.forward  # the instance attribute; the class's forward shows again
         self._org_forward = None
 
-    def _rank_mask(self, lx: torch.Tensor, lead: torch.Size) -> tuple[torch.Tensor, float]:
-        """Drop whole ranks per sample (first dim), as musubi-tuner does; rescale to keep the expectation."""
-        p = self.rank_dropout
+    def _rank_mask(self, lx: torch.Tensor, lead: torch.Size, p: float) -> tuple[torch.Tensor, float]:
+        """Drop whole ranks per sample (first dim) with probability `p`, as musubi-tuner does; rescale to keep
+        the expectation."""
         mask = torch.rand((lead[0] if lead else 1, self.lora_dim), device=lx.device) > p
         mask = mask.view(mask.shape[0], *([1] * (len(lead) - 1)), self.lora_dim).to(lx.dtype)
         lx = (lx.view(*lead, self.lora_dim) * mask).view(-1, self.lora_dim)
@@ -105,7 +108,10 @@ class LoRAModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2d = x.reshape(-1, self.in_features)  # a view when x is contiguous; the base Linear folds the same
-        out = self._org_forward(x2d)
+        org_forward = self._org_forward
+        if org_forward is None:
+            raise RuntimeError(f"LoRA {self.lora_name} is not applied (apply_to): no base forward to call")
+        out = org_forward(x2d)
         if self.multiplier == 0 or (
             self.training and self.module_dropout and torch.rand(()) < self.module_dropout
         ):
@@ -116,7 +122,7 @@ class LoRAModule(nn.Module):
         if self.training and self.dropout:
             lx = F.dropout(lx, p=self.dropout)
         if self.training and self.rank_dropout:
-            lx, rescale = self._rank_mask(lx, lead)
+            lx, rescale = self._rank_mask(lx, lead, self.rank_dropout)
             scale *= rescale
         # out += scale * lx @ up^T, written into `out` itself: no full-size temporary, forward or backward.
         up_t = self.lora_up.weight.to(out.dtype).t()

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from typing import IO
 
 import psutil
 
@@ -138,19 +139,21 @@ def _match_in_worker(keyed: list[tuple[str, str]], names: Sequence[str]) -> dict
         stderr=subprocess.DEVNULL,
         text=True,
     )
+    stdin, stdout = proc.stdin, proc.stdout
+    assert stdin is not None and stdout is not None  # both are PIPEs; Popen types them Optional
     try:
         worker: psutil.Process | None = psutil.Process(proc.pid)
     except psutil.Error:  # gone already: the queue says so
         worker = None
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
+    threading.Thread(target=_pump, args=(stdout, lines), daemon=True).start()
     try:
-        _send(proc, json.dumps(list(names)))
+        _send(stdin, json.dumps(list(names)))
         if _answer(lines, None) != "ready":  # never seen: a broken Python install
             raise RuntimeError("the regex worker process did not start")
         result = {}
         for key, pattern in keyed:
-            _send(proc, json.dumps(pattern))
+            _send(stdin, json.dumps(pattern))
             answer = _answer(lines, worker, WORKER_CPU_SECONDS)
             if answer == "":
                 raise NetworkArgsError(
@@ -170,18 +173,18 @@ def _match_in_worker(keyed: list[tuple[str, str]], names: Sequence[str]) -> dict
         proc.kill()  # a runaway match really stops: the process ends, whatever re is doing
         proc.wait()
         with contextlib.suppress(OSError):
-            proc.stdin.close()
+            stdin.close()
 
 
-def _send(proc: subprocess.Popen, line: str) -> None:
+def _send(stdin: IO[str], line: str) -> None:
     try:
-        proc.stdin.write(line + "\n")
-        proc.stdin.flush()
+        stdin.write(line + "\n")
+        stdin.flush()
     except BrokenPipeError:
         pass  # the worker died (out of memory on a pattern): _answer reports it
 
 
-def _pump(stream, lines: queue.Queue) -> None:
+def _pump(stream: IO[str], lines: queue.Queue[str]) -> None:
     with stream:
         for line in stream:
             lines.put(line.strip())

@@ -13,6 +13,7 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from torch import nn
 
@@ -23,6 +24,8 @@ Matches = dict[str, frozenset[str]]  # pattern -> the names it fully matches (pa
 UNMATCHED_DETAIL = 3  # patterns per key that get their own warning and hint; the rest share one line
 
 logger = logging.getLogger(__name__)
+
+_Value = TypeVar("_Value")
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ def find_candidates(model: nn.Module, target_block_classes: Sequence[str]) -> li
     return list(found.items())
 
 
-def first_match(pairs: Iterable[tuple[str, object]], name: str, matches: Matches) -> object | None:
+def first_match(pairs: Iterable[tuple[str, _Value]], name: str, matches: Matches) -> _Value | None:
     """The value of the first (pattern, value) whose pattern fully matches `name`, or None."""
     for pattern, value in pairs:
         if name in matches[pattern]:

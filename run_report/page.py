@@ -20,6 +20,7 @@ import math
 import os
 import string
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -244,7 +245,7 @@ def _prompt_texts(sampler) -> dict[int, str]:
     return {p.prompt.index: p.prompt.text for p in prepared}
 
 
-def _table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def _table(head: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
     """Cells must be escaped already (some hold links)."""
     top = "" if not any(head) else "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)

@@ -56,7 +56,8 @@ def frame_strip(path: Path, frames: int = STRIP_FRAMES, height: int = STRIP_HEIG
     for i in picks:
         image = Image.fromarray(video[i])
         if image.height > height:
-            image = image.resize((max(1, round(image.width * height / image.height)), height), Image.BILINEAR)
+            width = max(1, round(image.width * height / image.height))
+            image = image.resize((width, height), Image.Resampling.BILINEAR)
         tiles.append(np.asarray(image))
     gap = np.full((tiles[0].shape[0], 2, 3), 255, dtype=np.uint8)  # a white line between frames
     parts = [tiles[0]]
