@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 _META = "hv_option"
@@ -36,9 +36,13 @@ def option(
     nargs: str | int | None = None,
     metavar: str | None = None,
     const: Any = None,
+    section: str | None = None,
 ) -> Any:
-    """A dataclass field that is also a command-line flag `--<field name>`."""
-    spec = {"help": help, "type": type, "choices": choices, "nargs": nargs, "metavar": metavar, "const": const}
+    """A dataclass field that is also a command-line flag `--<field name>`. `section`: the `--help` section when
+    it is not the class's own (`""`: the parser's list of options, no section)."""
+    spec = dict(
+        help=help, type=type, choices=choices, nargs=nargs, metavar=metavar, const=const, section=section
+    )
     return dataclasses.field(default=default, metadata={_META: spec})
 
 
@@ -56,20 +60,26 @@ def _is_tuple(annotation: Any) -> bool:
 
 def add_options(parser: argparse.ArgumentParser, cls: type, title: str | None = None) -> None:
     """One argument group (titled by the class's docstring, or `title`) with a flag per option field."""
-    doc = (cls.__doc__ or cls.__name__).strip().split("\n")[0]
-    group = parser.add_argument_group(title or doc)
+    group = parser.add_argument_group(title or _title(cls))
     for f, spec, annotation in option_fields(cls):
-        kwargs: dict[str, Any] = {"help": spec["help"], "dest": f.name}
-        if annotation is bool:
-            kwargs.update(action="store_true", default=f.default)
-        else:
-            kwargs["default"] = f.default
-            nargs = spec["nargs"] or ("*" if _is_tuple(annotation) else None)
-            for key, value in (("type", spec["type"]), ("choices", spec["choices"]), ("nargs", nargs),
-                               ("metavar", spec["metavar"]), ("const", spec["const"])):  # fmt: skip
-                if value is not None:
-                    kwargs[key] = value
-        group.add_argument(f"--{f.name}", **kwargs)
+        group.add_argument(f"--{f.name}", **_argument_kwargs(f, spec, annotation))
+
+
+def _title(cls: type) -> str:
+    return (cls.__doc__ or cls.__name__).strip().split("\n")[0]
+
+
+def _argument_kwargs(f: dataclasses.Field, spec: dict[str, Any], annotation: Any) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"help": spec["help"], "dest": f.name, "default": f.default}
+    if annotation is bool:
+        kwargs["action"] = "store_true"
+        return kwargs
+    nargs = spec["nargs"] or ("*" if _is_tuple(annotation) else None)
+    given = {"type": spec["type"], "choices": spec["choices"], "nargs": nargs, "metavar": spec["metavar"]}
+    kwargs.update({key: value for key, value in given.items() if value is not None})
+    if spec["const"] is not None:
+        kwargs["const"] = spec["const"]
+    return kwargs
 
 
 def options_from(cls: type, namespace: argparse.Namespace) -> Any:
@@ -83,3 +93,56 @@ def options_from(cls: type, namespace: argparse.Namespace) -> Any:
 
 def option_names(cls: type) -> list[str]:
     return [f.name for f, _, _ in option_fields(cls)]
+
+
+# --- a configuration made of option groups ---------------------------------------------------------------------
+# A frozen dataclass whose fields are option dataclasses (`config.network.network_dim`): one parser for all of
+# them, flag names unique across the groups, and each flag in the `--help` section its field names.
+
+
+def option_groups(config_cls: type) -> list[tuple[str, type]]:
+    """(field name, option dataclass) of each group of a configuration class, in declaration order."""
+    hints = typing.get_type_hints(config_cls)
+    return [(f.name, hints[f.name]) for f in dataclasses.fields(config_cls)]
+
+
+def add_option_groups(parser: argparse.ArgumentParser, config_cls: type, sections: Sequence[str]) -> None:
+    """Every flag of every group, in the `--help` sections named by `sections`, in that order (`""`: the
+    parser's own list). A section not in `sections` is a programming error."""
+    by_section: dict[str, list[tuple[dataclasses.Field, dict[str, Any], Any]]] = {s: [] for s in sections}
+    for _, cls in option_groups(config_cls):
+        for f, spec, annotation in option_fields(cls):
+            section = _title(cls) if spec["section"] is None else spec["section"]
+            by_section[section].append((f, spec, annotation))  # KeyError: add the section to `sections`
+    for section, entries in by_section.items():
+        target: Any = parser.add_argument_group(section) if section else parser
+        for f, spec, annotation in entries:
+            target.add_argument(f"--{f.name}", **_argument_kwargs(f, spec, annotation))
+
+
+def config_from_values(config_cls: type, values: Mapping[str, Any]) -> Any:
+    """The configuration from flat option values (a parsed namespace's, or a few given by name: the others keep
+    their defaults). Lists become tuples; a name no group has is a TypeError, as a wrong keyword is."""
+    unknown = set(values) - {name for _, cls in option_groups(config_cls) for name in option_names(cls)}
+    if unknown:
+        raise TypeError(f"{config_cls.__name__}: no option {', '.join(sorted(unknown))}")
+    groups = {}
+    for field_name, cls in option_groups(config_cls):
+        mine = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in option_names(cls)
+        }
+        groups[field_name] = cls(**mine)
+    return config_cls(**groups)
+
+
+def option_values(config: Any) -> dict[str, Any]:
+    """{option name: value} over every group of a configuration (what the command line and config files name)."""
+    return {
+        name: getattr(getattr(config, field_name), name)
+        for field_name, cls in option_groups(type(config))
+        for name in option_names(cls)
+    }
+
+
+def option_defaults(config_cls: type) -> dict[str, Any]:
+    return {f.name: f.default for _, cls in option_groups(config_cls) for f, _, _ in option_fields(cls)}

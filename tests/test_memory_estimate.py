@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import types
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from hunyuan_model.config import DEFAULT_EXCLUDE_PATTERNS, TARGET_BLOCK_CLASSES,
 from hunyuan_model.model import build_dit
 from memory import estimate as me
 from networks.lora import create_network
+from networks.options import NetworkOptions
 
 TINY = get_preset("tiny")
 # tiny batch: 9 frames of 128x128 -> 3 x 8 x 8 = 192 image tokens; 12 text tokens, half of them padding
@@ -23,8 +23,8 @@ WORK = me.Workload(width=128, height=128, frames=9, batch_size=1, text_tokens=12
 SAVED_TOLERANCE = 0.05
 
 
-def _args(**kw) -> types.SimpleNamespace:
-    return types.SimpleNamespace(**{"network_dim": 4, "network_alpha": 4.0, "network_args": (), **kw})
+def _args(**kw) -> NetworkOptions:
+    return NetworkOptions(**{"network_dim": 4, "network_alpha": 4.0, "network_args": (), **kw})
 
 
 def _tiny(dtype: torch.dtype, seed: int = 0) -> nn.Module:
