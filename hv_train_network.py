@@ -16,24 +16,24 @@ from collections.abc import Sequence
 def run(argv: Sequence[str] | None) -> int:
     from training.args import parse_args
 
-    args = parse_args(argv)  # argparse errors exit 2 with one line
-    if args.debug_dataset:
+    config = parse_args(argv)  # argparse errors exit 2 with one line
+    if config.modes.debug_dataset:
         from training.debug_dataset import show_batches
 
-        return show_batches(args)
-    if args.estimate_memory:
+        return show_batches(config)
+    if config.modes.estimate_memory:
         from training.estimate_memory import render as render_estimate
 
-        print(render_estimate(args))  # shapes only: no weights, VAE or text encoder is read
+        print(render_estimate(config))  # shapes only: no weights, VAE or text encoder is read
         return 0
-    if args.list_lora_targets is None:
+    if config.modes.list_lora_targets is None:
         from training.trainer import train
 
-        return train(args)
+        return train(config)
     from training.list_targets import render
 
     with contextlib.redirect_stdout(sys.stderr):  # stray prints must not corrupt the JSON on stdout
-        text = render(args)
+        text = render(config)
     print(text)
     return 0
 

@@ -23,10 +23,16 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from hunyuan_model.fp8 import is_fp8_weight  # the loader's rule: what --fp8_base stores in 1 byte
 from hv_common.dtypes import OPTION_BYTES
 from hv_common.errors import UserError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from networks.options import NetworkOptions
 
 logger = logging.getLogger(__name__)
 
@@ -173,18 +179,18 @@ def resident_weight_bytes(other: int, blocks: Sequence[int], n_swap: int) -> tup
 # ---------------------------------------------------------------- LoRA and optimizer
 
 
-def lora_info(model, args) -> LoRAInfo:
+def lora_info(model: nn.Module, network_options: NetworkOptions) -> LoRAInfo:
     """The LoRA selection of --network_dim / --network_args on a meta model (no memory, no weights)."""
     from hunyuan_model.config import DEFAULT_EXCLUDE_PATTERNS, TARGET_BLOCK_CLASSES
-    from networks.build import load_network_module
-    from networks.network_args import parse_network_args
+    from networks.build import build_network
 
-    module = load_network_module(getattr(args, "network_module", "networks.lora"))
-    network = module.create_network(
-        1.0, getattr(args, "network_dim", None), getattr(args, "network_alpha", 1.0), model,
-        target_block_classes=TARGET_BLOCK_CLASSES, default_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS,
-        network_args=parse_network_args(getattr(args, "network_args", ())), device="meta",
-    )  # fmt: skip
+    network = build_network(
+        network_options,
+        model,
+        "meta",
+        target_block_classes=TARGET_BLOCK_CLASSES,
+        default_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS,
+    )
     return LoRAInfo(
         tuple(
             (name, lora.in_features, lora.out_features, lora.lora_dim)

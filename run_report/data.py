@@ -7,16 +7,17 @@ report, which is written at every save, stop a run.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import statistics
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hv_common.atomic import is_temp_name
 from hv_common.labels import STATE_SUFFIX, lora_file_name
+from hv_common.options import option_defaults, option_values
 
 
 @dataclass(frozen=True)
@@ -42,17 +43,11 @@ def command_line() -> list[str]:
     return list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
 
 
-def options(args) -> list[tuple[str, object, bool]]:
-    """(name, value, differs from the default) for every option, the resolved values (config file + command
-    line)."""
-    if not dataclasses.is_dataclass(args):
-        return [(k, v, True) for k, v in sorted(vars(args).items())]
-    rows = []
-    for f in dataclasses.fields(args):
-        default = f.default if f.default is not dataclasses.MISSING else None
-        value = getattr(args, f.name)
-        rows.append((f.name, value, value != default))
-    return rows
+def options(config: Any) -> list[tuple[str, object, bool]]:
+    """(name, value, differs from the default) for every option of a configuration of option groups (the
+    trainer's TrainConfig), the resolved values (config file + command line)."""
+    defaults = option_defaults(type(config))
+    return [(name, value, value != defaults[name]) for name, value in option_values(config).items()]
 
 
 def datasets(summary: list[dict]) -> list[DatasetInfo]:

@@ -62,7 +62,7 @@ class RunReport:
 
     @property
     def path(self) -> Path:
-        return report_path(self.run.output_dir, self.run.args.output_name)
+        return report_path(self.run.output_dir, self.run.config.saving.output_name)
 
     def step_done(self, step: int) -> None:
         """After an optimizer step whose loss was appended to run.losses."""
@@ -88,7 +88,7 @@ class RunReport:
         return self.path
 
     def _write(self, step: int, status: str) -> None:
-        run, name = self.run, self.run.args.output_name
+        run, name = self.run, self.run.config.saving.output_name
         curves = Curves(
             loss=list(zip(self.loss_steps, run.losses, strict=False)),
             validation=[(v["step"], v["loss/validation"]) for v in run.validations],
@@ -107,7 +107,7 @@ class RunReport:
         run = self.run
         updated = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         parts = [
-            f"<h1>{e(run.args.output_name)}</h1>",
+            f"<h1>{e(run.config.saving.output_name)}</h1>",
             f'<p class="status" id="status">{e(status)}: step {step} of {run.max_steps}; updated {e(updated)}</p>',
             "<h2>Run</h2>", _table(("", ""), self._summary_rows()),
             "<h2>Curves</h2>", self._plot(png),
@@ -135,12 +135,12 @@ class RunReport:
     def _plot(self, png: bytes | None) -> str:
         if png is None:
             return '<p class="note">Plot skipped: matplotlib is not installed (pip install matplotlib).</p>'
-        name = plot_path(self.run.output_dir, self.run.args.output_name).name
+        name = plot_path(self.run.output_dir, self.run.config.saving.output_name).name
         return (f'<p><img class="plot" id="plot" alt="loss and learning-rate curves" src="{_data_uri(png, "png")}">'
                 f'</p><p class="note">Also written as <a href="{_href(name)}">{e(name)}</a>.</p>')  # fmt: skip
 
     def _previews(self) -> str:
-        previews = find_previews(self.run.output_dir / "sample", self.run.args.output_name)
+        previews = find_previews(self.run.output_dir / "sample", self.run.config.saving.output_name)
         if not previews:
             return '<p class="note">No preview yet (--sample_prompts with --sample_every_n_steps/epochs).</p>'
         labels = list(dict.fromkeys(p.label for p in previews))  # the order they were written
@@ -199,7 +199,7 @@ class RunReport:
         return "\n".join(parts) or '<p class="note">No dataset summary.</p>'
 
     def _lora(self) -> str:
-        run, a = self.run, self.run.args
+        run, a = self.run, self.run.config.network
         groups = [(e(k), f"{lr:.3g}", str(n), f"{p:,}") for k, lr, n, p in data.param_groups(run.optimizer)]
         targets = data.lora_targets(run.network)
         rows = [(e(name), str(i), str(o), str(r), f"{al:g}") for name, i, o, r, al in targets]
@@ -213,7 +213,7 @@ class RunReport:
         run = self.run
         rows = []
         for path, kind, size in data.written_files(
-            run.output_dir, run.args.output_name, run.args.logging_dir
+            run.output_dir, run.config.saving.output_name, run.config.logging.logging_dir
         ):
             rel = os.path.relpath(path.resolve(), run.output_dir.resolve())
             rows.append(
@@ -224,7 +224,7 @@ class RunReport:
 
     def _options(self) -> str:
         rows = []
-        for name, value, changed in data.options(self.run.args):
+        for name, value, changed in data.options(self.run.config):
             rows.append((f"--{e(name)}", e(value), "set" if changed else "default"))
         body = "".join(
             f'<tr class="{"set" if c == "set" else "default"}"><td><code>{n}</code></td><td><code>{v}</code></td></tr>'

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from hv_common.errors import UserError
+from training.options import TrainConfig
 
 
-def show_batches(args, limit: int = 8) -> int:
+def show_batches(config: TrainConfig, limit: int = 8) -> int:
     from dataset.config import load_dataset_config
     from dataset.train_dataset import CachedBatches, CachedDatasetSpec
 
-    if not args.dataset_config:
+    if not config.data.dataset_config:
         raise UserError("--debug_dataset needs --dataset_config")
-    blueprint = load_dataset_config(args.dataset_config, check_media=False)
+    blueprint = load_dataset_config(config.data.dataset_config, check_media=False)
     specs = [CachedDatasetSpec.of(d) for d in blueprint.datasets]
-    batches = CachedBatches(specs, seed=args.seed or 0)
+    batches = CachedBatches(specs, seed=config.training.seed or 0)
     print(
         f"{len(batches)} batches per epoch from {len(specs)} dataset(s); the first {min(limit, len(batches))}:"
     )

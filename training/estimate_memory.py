@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hv_common.errors import UserError
 from memory.estimate import (
@@ -22,7 +23,11 @@ from memory.estimate import (
     max_blocks_to_swap,
     smallest_blocks_to_swap,
 )
+from training.options import TrainConfig
 from training.precision import requested_mixed_precision
+
+if TYPE_CHECKING:
+    from hunyuan_model.config import DiTConfig
 
 logger = logging.getLogger(__name__)
 
@@ -30,24 +35,23 @@ logger = logging.getLogger(__name__)
 # ---------------------------------------------------------------- from the command line
 
 
-def settings_from_args(args) -> Settings:
-    """Read with getattr: options other parts of the trainer add may not exist yet."""
-    mixed = requested_mixed_precision(args)  # unset: accelerate's setting, as training will use
-    dit_dtype = getattr(args, "dit_dtype", None) or "bfloat16"  # the trainer's default on a GPU
+def memory_settings(config: TrainConfig) -> Settings:
+    mixed = requested_mixed_precision(config.training.mixed_precision)  # unset: accelerate's, as training's
+    dit_dtype = config.model.dit_dtype or "bfloat16"  # the trainer's default on a GPU
     weight = DTYPE_BYTES[dit_dtype.lower()]
-    full = getattr(args, "full_bf16", False) or getattr(args, "full_fp16", False)
+    memory = config.memory
     return Settings(
         weight_bytes=weight,
         act_bytes=2 if mixed in ("bf16", "fp16") else weight,
         autocast=mixed in ("bf16", "fp16"),
-        fp8_base=bool(getattr(args, "fp8_base", False)),
-        fp8_scaled=bool(getattr(args, "fp8_scaled", False)),
-        blocks_to_swap=getattr(args, "blocks_to_swap", None) or 0,
-        gradient_checkpointing=bool(getattr(args, "gradient_checkpointing", False)),
-        checkpoint_cpu_offload=bool(getattr(args, "gradient_checkpointing_cpu_offload", False)),
-        split_attn=bool(getattr(args, "split_attn", False)),
-        optimizer=getattr(args, "optimizer_type", None) or "AdamW",
-        lora_bytes=2 if full else 4,
+        fp8_base=memory.fp8_base,
+        fp8_scaled=memory.fp8_scaled,
+        blocks_to_swap=memory.blocks_to_swap or 0,
+        gradient_checkpointing=memory.gradient_checkpointing,
+        checkpoint_cpu_offload=memory.gradient_checkpointing_cpu_offload,
+        split_attn=memory.split_attn,
+        optimizer=config.optimizer.optimizer_type or "AdamW",
+        lora_bytes=2 if config.training.full_bf16 or config.training.full_fp16 else 4,
     )
 
 
@@ -76,22 +80,20 @@ def _load(work: Workload) -> int:
     return work.batch_size * (work.image_tokens() + work.text_tokens)
 
 
-def workload_from_args(args) -> Workload:
-    override = getattr(args, "estimate_resolution", None)
+def workload_from_config(config: TrainConfig) -> Workload:
+    override = config.modes.estimate_resolution
     if override:
         return Workload(*override)
-    if not getattr(args, "dataset_config", None):
-        raise UserError(
-            "--estimate_memory needs --dataset_config or --estimate_resolution W H FRAMES [BATCH]"
-        )
-    return workload_from_dataset_config(args.dataset_config)
+    if not config.data.dataset_config:
+        raise UserError("--estimate_memory needs --dataset_config or --estimate_resolution W H FRAMES [BATCH]")
+    return workload_from_dataset_config(config.data.dataset_config)
 
 
 @dataclass(frozen=True)
 class Inputs:
     """Everything an estimate is computed from, gathered once."""
 
-    config: object
+    config: DiTConfig
     shapes: dict
     lora: LoRAInfo
     work: Workload
@@ -99,22 +101,22 @@ class Inputs:
     notes: tuple[str, ...] = ()
 
 
-def inputs_from_args(args) -> Inputs:
+def inputs_from_config(config: TrainConfig) -> Inputs:
     from training.list_targets import meta_model
 
-    work = workload_from_args(args)
-    dit = getattr(args, "dit", None)
+    work = workload_from_config(config)
+    dit = config.model.dit
     notes: tuple[str, ...] = ()
     if dit is not None and not Path(dit).exists():  # planning before the download is a use of its own
         notes = (f"--dit {dit} does not exist (yet): the official 720p architecture is assumed",)
         dit = None
     model = meta_model(dit)  # headers only (or the 720p preset)
-    lora = lora_info(model, args)
-    return Inputs(model.config, dit_shapes(model), lora, work, settings_from_args(args), notes)
+    lora = lora_info(model, config.network)
+    return Inputs(model.config, dit_shapes(model), lora, work, memory_settings(config), notes)
 
 
-def estimate_from_args(args) -> tuple[MemoryEstimate, Inputs]:
-    i = inputs_from_args(args)
+def estimate_from_config(config: TrainConfig) -> tuple[MemoryEstimate, Inputs]:
+    i = inputs_from_config(config)
     return estimate(i.config, i.shapes, i.lora, i.work, i.settings), i
 
 
@@ -163,15 +165,15 @@ def _fits_line(i: Inputs, budget_gb: float) -> str:
         f"(estimate); try {', '.join(tips)}"  # fmt: skip
 
 
-def render(args) -> str:
-    est, i = estimate_from_args(args)
-    return format_estimate(est, i, getattr(args, "vram_budget_gb", None))
+def render(config: TrainConfig) -> str:
+    est, i = estimate_from_config(config)
+    return format_estimate(est, i, config.modes.vram_budget_gb)
 
 
-def log_estimate(args) -> None:
+def log_estimate(config: TrainConfig) -> None:
     """The same one-screen estimate at the start of training; never stops a run."""
     try:
-        text = render(args)
+        text = render(config)
     except ValueError:
         return  # a user error (a bad --dit, ...): the loading that follows reports it, once
     except Exception as e:  # noqa: BLE001 - an estimate must not cost the user their run

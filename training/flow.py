@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from hv_common.errors import UserError
-from training.args import TIMESTEP_SAMPLINGS, WEIGHTING_SCHEMES
+from training.options import TIMESTEP_SAMPLINGS, WEIGHTING_SCHEMES
 
 
 @dataclass(frozen=True)

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from hv_common.errors import UserError
-from networks.build import load_network_module
-from training.args import TrainArgs
+from networks.options import NetworkOptions
+from training.options import TrainConfig
+
+if TYPE_CHECKING:
+    from hunyuan_model.model import HYVideoDiffusionTransformer
 
 
-def meta_model(dit: str | None) -> nn.Module:
+def meta_model(dit: str | None) -> HYVideoDiffusionTransformer:
     from hunyuan_model.checkpoint import read_dit_config
     from hunyuan_model.config import get_preset
     from hunyuan_model.model import build_dit
@@ -27,7 +29,7 @@ def meta_model(dit: str | None) -> nn.Module:
     return build_dit(config, device="meta")
 
 
-def check_patterns_early(args: TrainArgs) -> None:
+def check_patterns_early(network: NetworkOptions, dit: str | None) -> None:
     """Parse --network_args and meet its regexes with the module names of --dit's architecture (headers only),
     so that a bad or runaway pattern stops a training run before minutes of loading weights."""
     from hunyuan_model.model import TARGET_BLOCK_CLASSES
@@ -36,34 +38,28 @@ def check_patterns_early(args: TrainArgs) -> None:
     from networks.pattern_guard import match_sets
     from networks.selection import find_candidates
 
-    if args.network_module != "networks.lora":  # another module reads its own --network_args
+    if network.network_module != "networks.lora":  # another module reads its own --network_args
         return
-    patterns = user_patterns(parse_network_args(args.network_args))
+    patterns = user_patterns(parse_network_args(network.network_args))
     if patterns:
-        match_sets(
-            patterns, [name for name, _ in find_candidates(meta_model(args.dit), TARGET_BLOCK_CLASSES)]
-        )
+        match_sets(patterns, [name for name, _ in find_candidates(meta_model(dit), TARGET_BLOCK_CLASSES)])
 
 
-def build_report(args: TrainArgs) -> tuple[dict, dict[str, str]]:
+def build_report(config: TrainConfig) -> tuple[dict, dict[str, str]]:
     """The selection as plain data (the JSON object of --list_lora_targets json), and which pattern
     excluded each excluded module (for the table)."""
     from hunyuan_model.model import DEFAULT_EXCLUDE_PATTERNS, TARGET_BLOCK_CLASSES
+    from networks.build import build_network, load_network_module
     from networks.network_args import parse_network_args
 
-    network_args = parse_network_args(args.network_args)  # before the model: bad args fail at once
-    module = load_network_module(args.network_module)
-    model = meta_model(args.dit)
-    network = module.create_network(
-        1.0,
-        args.network_dim,
-        args.network_alpha,
-        model,
+    parse_network_args(config.network.network_args)  # before the model: bad args fail at once
+    load_network_module(config.network.network_module)
+    network = build_network(
+        config.network,
+        meta_model(config.model.dit),
+        "meta",
         target_block_classes=TARGET_BLOCK_CLASSES,
         default_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS,
-        neuron_dropout=args.network_dropout,
-        network_args=network_args,
-        device="meta",
     )
     modules = [
         {
@@ -78,7 +74,7 @@ def build_report(args: TrainArgs) -> tuple[dict, dict[str, str]]:
     ]
     groups = [
         {"lr": g["lr"], "params": len(g["params"]), "kind": g["kind"]}
-        for g in network.prepare_optimizer_params(args.learning_rate)
+        for g in network.prepare_optimizer_params(config.optimizer.learning_rate)
     ]
     excluded = [name for name, _ in network.selection.excluded]
     return {"modules": modules, "excluded": excluded, "param_groups": groups}, dict(
@@ -107,6 +103,8 @@ def format_table(report: dict, excluded_by: dict[str, str] | None = None) -> str
     return "\n".join(lines)
 
 
-def render(args: TrainArgs) -> str:
-    report, excluded_by = build_report(args)
-    return json.dumps(report) if args.list_lora_targets == "json" else format_table(report, excluded_by)
+def render(config: TrainConfig) -> str:
+    report, excluded_by = build_report(config)
+    return (
+        json.dumps(report) if config.modes.list_lora_targets == "json" else format_table(report, excluded_by)
+    )

@@ -7,7 +7,6 @@ step (as with AMP's GradScaler), so max_train_steps, save schedules and resume p
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -22,10 +21,8 @@ class NonFiniteStop(UserError):
 
 @dataclass
 class NonFiniteGuard:
-    limit: int  # stop after this many skipped steps in a row
+    limit: int  # stop after this many skipped steps in a row (0: the guard is off)
     streak: int = 0  # skipped steps in a row so far
-    loss_bad: bool = False  # a micro-batch of the current step had a non-finite loss
-    skipped: bool = False  # the last optimizer step was skipped
     files: list[str] = field(default_factory=list)  # cache files of the current step's micro-batches
     last_files: list[str] = field(default_factory=list)  # those of the last optimizer step
 
@@ -40,21 +37,18 @@ class NonFiniteGuard:
         more = f" and {len(self.last_files) - limit} more" if len(self.last_files) > limit else ""
         return f"; its batch came from {', '.join(self.last_files[:limit])}{more}"
 
-    def note_loss(self, value: float) -> None:
-        self.loss_bad = self.loss_bad or not math.isfinite(value)
-
-    def take_loss_flag(self) -> bool:
-        bad, self.loss_bad = self.loss_bad, False
-        return bad
+    @property
+    def enabled(self) -> bool:
+        return self.limit > 0
 
     def record(self, skipped: bool) -> None:
-        self.skipped = skipped
+        """After each optimizer step: whether it was skipped (the streak) and the files behind it."""
         self.last_files, self.files = self.files, []
         self.streak = self.streak + 1 if skipped else 0
 
     @property
     def exhausted(self) -> bool:
-        return self.streak >= self.limit
+        return self.enabled and self.streak >= self.limit
 
 
 def gradient_norm(parameters) -> torch.Tensor:

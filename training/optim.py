@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from hv_common.errors import UserError
-from training.args import LR_SCHEDULERS as SCHEDULERS
+from training.options import LR_SCHEDULERS as SCHEDULERS
 
 
 def parse_optimizer_args(items: Sequence[str]) -> dict:

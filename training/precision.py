@@ -11,22 +11,27 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from argparse import Namespace
+from typing import TYPE_CHECKING
 
 from hv_common.errors import UserError
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from training.options import TrainConfig
 
 logger = logging.getLogger(__name__)
 
 SUPPORTED = ("no", "fp16", "bf16")
 
 
-def requested_mixed_precision(args) -> str:
+def requested_mixed_precision(mixed_precision: str | None) -> str:
     """What a run will ask autocast for, before any Accelerator exists (the memory estimate)."""
-    return getattr(args, "mixed_precision", None) or os.environ.get("ACCELERATE_MIXED_PRECISION") or "no"
+    return mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION") or "no"
 
 
-def resolve_mixed_precision(args, accelerator):
-    """`args` with mixed_precision set to the precision autocast uses under `accelerator` (built from it)."""
+def resolve_mixed_precision(config: TrainConfig, accelerator: Accelerator) -> TrainConfig:
+    """`config` with mixed_precision set to the precision autocast uses under `accelerator` (built from it)."""
     chosen = accelerator.mixed_precision
     if chosen not in SUPPORTED:
         raise UserError(
@@ -34,13 +39,12 @@ def resolve_mixed_precision(args, accelerator):
             "pass --mixed_precision no, fp16 or bf16"
         )
     used = chosen if accelerator.native_amp or chosen == "no" else "no"
-    source = "--mixed_precision" if args.mixed_precision else "accelerate's setting (launch flag or config)"
+    given = config.training.mixed_precision
+    source = "--mixed_precision" if given else "accelerate's setting (launch flag or config)"
     if used != chosen:
         logger.warning(
             f"mixed precision {chosen} from {source}: not available on {accelerator.device}; float32"
         )
-    elif not args.mixed_precision and used != "no":  # chosen outside this command line: say so
+    elif not given and used != "no":  # chosen outside this command line: say so
         logger.info(f"mixed precision: {used} (from {source})")
-    if dataclasses.is_dataclass(args):
-        return dataclasses.replace(args, mixed_precision=used)
-    return Namespace(**{**vars(args), "mixed_precision": used})
+    return dataclasses.replace(config, training=dataclasses.replace(config.training, mixed_precision=used))

@@ -4,8 +4,12 @@ gradient average (the DiT calls the LoRA modules itself, so no DDP wrapper ever 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from training.options import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -23,21 +27,21 @@ def process_state(ddp_timeout_minutes: int | None = None):
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **kwargs)
 
 
-def prepare_processes(args):
+def prepare_processes(config: TrainConfig) -> TrainConfig:
     """Before anything logs: only the main process speaks, and every process uses the same seed."""
     import dataclasses
     import secrets
 
     from accelerate.utils import broadcast_object_list
 
-    state = process_state(args.ddp_timeout)
+    state = process_state(config.training.ddp_timeout)
     if not state.is_main_process:
         logging.getLogger().setLevel(logging.ERROR)
-    if args.seed is None:
+    if config.training.seed is None:
         seed = broadcast_object_list([secrets.randbelow(2**31)])[0]
         logger.info("seed %d (--seed %d repeats this run)", seed, seed)
-        args = dataclasses.replace(args, seed=seed)
-    return args
+        config = dataclasses.replace(config, training=dataclasses.replace(config.training, seed=seed))
+    return config
 
 
 def broadcast_parameters(accelerator, network: torch.nn.Module) -> None:

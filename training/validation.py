@@ -10,10 +10,15 @@ from __future__ import annotations
 import logging
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from training.flow import FlowSettings, flow_loss, noisy_input, sample_t
+from training.options import TrainConfig
+
+if TYPE_CHECKING:
+    from dataset.train_dataset import CachedBatches
 
 logger = logging.getLogger(__name__)
 QUANTILES = tuple(q / 10 for q in range(1, 10))
@@ -28,7 +33,7 @@ def fixed_timesteps(settings: FlowSettings, draws: int = 100_000) -> torch.Tenso
 
 @dataclass
 class Validator:
-    batches: object  # CachedBatches over the validation datasets (epoch 0's order, always)
+    batches: CachedBatches  # over the validation datasets (epoch 0's order, always)
     timesteps: torch.Tensor
 
     @torch.no_grad()
@@ -61,13 +66,14 @@ class Validator:
         return result
 
 
-def build_validator(args, flow: FlowSettings) -> Validator | None:
+def build_validator(config: TrainConfig, flow: FlowSettings) -> Validator | None:
     from dataset.config import load_dataset_config
     from dataset.train_dataset import CachedBatches, CachedDatasetSpec
 
-    if not (args.validate_every_n_steps or args.validate_every_n_epochs):
+    if not config.validation.enabled:
         return None
-    blueprint = load_dataset_config(args.dataset_config, check_media=False)
+    assert config.data.dataset_config is not None  # training requires it
+    blueprint = load_dataset_config(config.data.dataset_config, check_media=False)
     if not blueprint.validation_datasets:
         from hv_common.errors import UserError
 

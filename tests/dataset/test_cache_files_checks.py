@@ -17,7 +17,7 @@ import hv_train_network
 from dataset.cache_files import CacheFileError, read_metadata, write_latent_cache
 from dataset.config import load_dataset_config
 from dataset.train_dataset import CachedBatches, CachedDatasetSpec, discover_cached_items
-from training import trainer
+from training import step
 from training.nonfinite import NonFiniteGuard
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,13 +100,13 @@ def test_a_nonfinite_step_names_the_cache_files_of_its_batch(
     images, tmp_path, monkeypatch, capsys, restore_logging
 ):
     cache, toml = images
-    real, calls = trainer.flow_loss, [0]
+    real, calls = step.flow_loss, [0]
 
     def flow_loss(*args):  # a cache file whose values overflow the model: here, the first batch's loss is NaN
         calls[0] += 1
         return real(*args) * (math.nan if calls[0] == 1 else 1.0)
 
-    monkeypatch.setattr(trainer, "flow_loss", flow_loss)
+    monkeypatch.setattr(step, "flow_loss", flow_loss)
     assert _train(tmp_path / "out", toml, "--max_train_steps", "2") == 0
     [line] = _own_lines(capsys.readouterr().err, "optimizer step skipped", "WARNING")
     files = line.split("its batch came from ")[1].split(", ")

@@ -406,7 +406,7 @@ def test_huge_seed_for_generation(capsys):
 def test_largest_seed_is_accepted():
     from training.args import parse_args
 
-    assert parse_args(["--seed", str(2**64 - 1)]).seed == 2**64 - 1
+    assert parse_args(["--seed", str(2**64 - 1)]).training.seed == 2**64 - 1
 
 
 def test_output_dir_that_is_a_file_is_refused_before_the_model_loads(cached_demo, dit_corpus, tmp_path,

@@ -84,7 +84,8 @@ def test_excluding_single_blocks_leaves_no_single_block_key(cached_demo, tmp_pat
 
 def test_loraplus_group_lr_during_training(cached_demo, tmp_path, monkeypatch):
     from training.args import parse_args
-    from training.trainer import build_run, training_step
+    from training.run import build_run
+    from training.step import training_step
 
     monkeypatch.chdir(cached_demo)
     args = parse_args(["--config_file", DEMO_TOML, "--dit", "models/tiny_dit.safetensors",
@@ -183,7 +184,7 @@ def _split_config(path: Path) -> None:
 
 def test_validation_is_fixed_and_leaves_training_untouched(cached_demo, tmp_path, monkeypatch):
     from training.args import parse_args
-    from training.trainer import build_run
+    from training.run import build_run
     from training.validation import QUANTILES, build_validator
 
     monkeypatch.chdir(cached_demo)

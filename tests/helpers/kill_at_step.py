@@ -1,4 +1,4 @@
-"""Test helper: hv_train_network.py, SIGKILLed right after its N-th training step (the weights moved, the step
+"""Test helper: hv_train_network.py, SIGKILLed right after its N-th optimizer step (the weights moved, the step
 not yet counted or saved): a crash mid-run at a chosen step, never at a moment that depends on the machine's
 speed. Usage: python tests/helpers/kill_at_step.py N ARGS... (ARGS as for hv_train_network.py)."""
 
@@ -17,16 +17,16 @@ import training.trainer as trainer  # noqa: E402
 
 def main() -> int:
     kill_at, argv = int(sys.argv[1]), sys.argv[2:]
-    real, calls = trainer.training_step, [0]
+    real, calls = trainer.optimizer_step, [0]
 
-    def training_step(run, batch):
-        loss = real(run, batch)
+    def optimizer_step(run, micro_losses):
+        outcome = real(run, micro_losses)
         calls[0] += 1
         if calls[0] == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
-        return loss
+        return outcome
 
-    trainer.training_step = training_step  # train() looks it up in its module at each step
+    trainer.optimizer_step = optimizer_step  # train() looks it up in its module at each step
     return hv_train_network.main(argv)
 
 

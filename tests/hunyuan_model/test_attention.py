@@ -399,19 +399,18 @@ def test_two_backend_flags_exit_2_with_one_line(capsys, restore_logging):
 
 
 def test_flags_choose_the_backend():
-    from training.args import attention_backend, parse_args
+    from training.args import parse_args
 
-    assert attention_backend(parse_args([])) == "sdpa"
-    assert attention_backend(parse_args(["--sdpa"])) == "sdpa"
-    assert (
-        attention_backend(parse_args(["--sdpa", "--split_attn"])) == "split_attn"
-    )  # musubi users write both
-    assert attention_backend(parse_args(["--xformers"])) == "xformers"
+    assert parse_args([]).memory.attention_backend == "sdpa"
+    assert parse_args(["--sdpa"]).memory.attention_backend == "sdpa"
+    assert parse_args(["--sdpa", "--split_attn"]).memory.attention_backend == "split_attn"  # musubi users: both
+    assert parse_args(["--xformers"]).memory.attention_backend == "xformers"
 
 
 def test_training_with_split_attn_sets_every_block_and_steps(cached_demo, monkeypatch):
     from training.args import parse_args
-    from training.trainer import build_run, training_step
+    from training.run import build_run
+    from training.step import training_step
 
     monkeypatch.chdir(cached_demo)
     args = parse_args(["--config_file", DEMO_TOML, "--dit", "models/tiny_dit.safetensors", "--split_attn",
@@ -419,7 +418,7 @@ def test_training_with_split_attn_sets_every_block_and_steps(cached_demo, monkey
     run = build_run(args)
     backends = {m.attn_backend for m in run.model.modules() if hasattr(m, "attn_backend")}
     assert backends == {"split_attn"}
-    loss = training_step(run, run.batches[0])
+    loss = training_step(run, run.batches[0]).loss
     assert loss == loss and loss > 0  # finite, a real loss
 
 

@@ -249,7 +249,7 @@ DEMO_TOML = str(Path(__file__).resolve().parents[2] / "configs" / "tiny_demo.tom
 def test_training_cli_with_fp8_writes_a_lora(cached_demo, tmp_path, monkeypatch, restore_logging, flag):
     import hv_train_network
     from training.args import parse_args
-    from training.trainer import build_run
+    from training.run import build_run
 
     monkeypatch.chdir(cached_demo)
     out = tmp_path / "out"

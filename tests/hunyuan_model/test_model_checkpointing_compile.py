@@ -167,24 +167,24 @@ def test_inductor_with_block_swap_equals_inductor_without(fresh_dynamo):
 
 
 def test_compile_options_parse_and_reach_the_model(monkeypatch):
-    from training.trainer import _swap_and_compile
+    from training.run import swap_and_compile
 
     args = parse_args(["--compile", "--compile_backend", "eager", "--compile_mode", "max-autotune-no-cudagraphs",
                        "--compile_dynamic", "FALSE", "--compile_fullgraph"])  # fmt: skip
     seen = []
     model, _ = _model()
     monkeypatch.setattr(model, "compile_blocks", lambda *a: seen.append(a))
-    _swap_and_compile(args, model, torch.device("cpu"))
+    swap_and_compile(args.memory, model, torch.device("cpu"))
     assert seen == [("eager", "max-autotune-no-cudagraphs", False, True)]
-    assert parse_args([]).compile_mode == "default" and parse_args([]).compile_dynamic is None
+    assert parse_args([]).memory.compile_mode == "default" and parse_args([]).memory.compile_dynamic is None
 
 
 def test_unknown_backend_is_one_line():
-    from training.trainer import _swap_and_compile
+    from training.run import swap_and_compile
 
     model, _ = _model()
     with pytest.raises(UserError, match="^--compile_backend nope: unknown; known: .*inductor"):
-        _swap_and_compile(parse_args(["--compile", "--compile_backend", "nope"]), model, torch.device("cpu"))
+        swap_and_compile(parse_args(["--compile", "--compile_backend", "nope"]).memory, model, torch.device("cpu"))
 
 
 @pytest.mark.parametrize(

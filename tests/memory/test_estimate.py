@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import types
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from hunyuan_model.fp8 import fp8_target_names, quantize_linears
 from hunyuan_model.model import build_dit
 from memory import estimate as me
 from networks.lora import create_network
+from networks.options import NetworkOptions
 
 TINY = get_preset("tiny")
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "hunyuan_video_t2v_720p_layout.json"
@@ -27,8 +27,8 @@ WORK = me.Workload(width=128, height=128, frames=9, batch_size=1, text_tokens=12
 SAVED_TOLERANCE = 0.05
 
 
-def _args(**kw) -> types.SimpleNamespace:
-    return types.SimpleNamespace(**{"network_dim": 4, "network_alpha": 4.0, "network_args": (), **kw})
+def _args(**kw) -> NetworkOptions:
+    return NetworkOptions(**{"network_dim": 4, "network_alpha": 4.0, "network_args": (), **kw})
 
 
 def _tiny(dtype: torch.dtype, seed: int = 0) -> nn.Module:

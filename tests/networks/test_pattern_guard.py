@@ -139,6 +139,7 @@ def test_the_trainers_early_check_reads_only_our_modules_network_args():
     from training.list_targets import check_patterns_early
 
     theirs = parse_args(["--network_module", "my.lycoris", "--network_args", "algo=loha", "preset=full"])
-    check_patterns_early(theirs)  # nothing to say: my.lycoris reads these itself
+    check_patterns_early(theirs.network, theirs.model.dit)  # nothing to say: my.lycoris reads these itself
     with pytest.raises(NetworkArgsError, match="did not finish matching"):
-        check_patterns_early(parse_args(["--network_args", "exclude_patterns=[r'(.|.)*Z']"]))
+        ours = parse_args(["--network_args", "exclude_patterns=[r'(.|.)*Z']"])
+        check_patterns_early(ours.network, ours.model.dit)

@@ -13,10 +13,10 @@ TRAIN_CONFIGS = [p for p in CONFIGS if "dataset" not in p.name]
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: p.name)
 def test_training_configs_parse(path):
     args = parse_args(["--config_file", str(path)])
-    assert args.dit and args.dataset_config and args.output_dir and args.network_module == "networks.lora"
+    assert args.model.dit and args.data.dataset_config and args.saving.output_dir and args.network.network_module == "networks.lora"
     assert unimplemented_option_notes(args) == []  # a recipe never relies on an option that does nothing
     if "24gb" in path.name:  # the bf16 DiT alone does not fit in 24 GB
-        assert args.fp8_scaled and args.blocks_to_swap and args.gradient_checkpointing_cpu_offload
+        assert args.memory.fp8_scaled and args.memory.blocks_to_swap and args.memory.gradient_checkpointing_cpu_offload
 
 
 def test_there_are_recipes():

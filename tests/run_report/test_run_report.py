@@ -180,7 +180,8 @@ def test_a_report_bug_is_a_warning_but_a_full_disk_stops_the_run(tmp_path, monke
     from run_report.page import RunReport
 
     run = SimpleNamespace(
-        losses=[], dataset_summary=[], output_dir=tmp_path, args=SimpleNamespace(output_name="x")
+        losses=[], dataset_summary=[], output_dir=tmp_path,
+        config=SimpleNamespace(saving=SimpleNamespace(output_name="x")),
     )
     report = RunReport(run)
     monkeypatch.setattr(RunReport, "_write", lambda self, step, status: {}["a bug"])

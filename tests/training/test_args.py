@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 
 from hv_common.errors import UserError
+from hv_common.options import option_defaults, option_values
 from training.args import (
     LR_SCHEDULERS,
     UNIMPLEMENTED_OPTIONS,
-    TrainArgs,
     build_parser,
     parse_args,
     steps_or_ratio,
     unimplemented_option_notes,
 )
 from training.config_file import option_actions
+from training.options import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-FIELDS = {f.name: f.default for f in dataclasses.fields(TrainArgs)}
+FIELDS = option_defaults(TrainConfig)
 
-# option -> (its command-line values, the TrainArgs value they give); every option of the parser is here
+# option -> (its command-line values, the value they give); every option of the parser is here
 GIVEN = {
     "dit": (["w.safetensors"], "w.safetensors"),
     "dit_dtype": (["BF16"], "bf16"),
@@ -143,13 +143,17 @@ def parse_error(capsys, *argv: str) -> str:
 
 def test_no_arguments_give_every_default():
     args = parse_args([])
-    assert args == TrainArgs()
-    assert (args.learning_rate, args.max_train_steps, args.network_alpha) == (2.0e-6, 1600, 1.0)
-    assert (args.timestep_sampling, args.weighting_scheme, args.mode_scale) == ("sigma", "none", 1.29)
+    assert args == TrainConfig()
+    assert (args.optimizer.learning_rate, args.training.max_train_steps, args.network.network_alpha) == (
+        2.0e-6,
+        1600,
+        1.0,
+    )
+    assert (args.flow.timestep_sampling, args.flow.weighting_scheme, args.flow.mode_scale) == ("sigma", "none", 1.29)
 
 
 def test_the_dataclass_defaults_are_the_parser_defaults():
-    """TrainArgs() is used by code that builds args without parsing: it must mean the same run."""
+    """TrainConfig() is used by code that builds a configuration without parsing: it must mean the same run."""
     for dest, action in option_actions(build_parser()).items():
         default = tuple(action.default) if isinstance(action.default, (list, tuple)) else action.default
         assert FIELDS[dest] == default, dest
@@ -170,15 +174,15 @@ def test_option_names_are_the_field_names():
 @pytest.mark.parametrize("dest", [d for d, given in GIVEN.items() if given is not None])
 def test_each_option_parses_with_a_value(dest):
     values, expected = GIVEN[dest]
-    args = parse_args([*EXTRA_ARGV.get(dest, []), f"--{dest}", *values])
-    assert getattr(args, dest) == expected
-    assert type(getattr(args, dest)) is type(expected)
-    changed = {f for f in FIELDS if getattr(args, f) != FIELDS[f]}
+    args = option_values(parse_args([*EXTRA_ARGV.get(dest, []), f"--{dest}", *values]))
+    assert args[dest] == expected
+    assert type(args[dest]) is type(expected)
+    changed = {f for f in FIELDS if args[f] != FIELDS[f]}
     assert changed == {dest, *(a.removeprefix("--") for a in EXTRA_ARGV.get(dest, [])[::2])}
 
 
 def test_resume_takes_an_existing_directory(tmp_path, capsys):
-    assert parse_args(["--resume", str(tmp_path)]).resume == str(tmp_path)
+    assert parse_args(["--resume", str(tmp_path)]).saving.resume == str(tmp_path)
     err = parse_error(capsys, "--resume", str(tmp_path / "missing"))
     assert "--resume" in err and "'auto'" in err
 

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 import hv_train_network
 from hv_common.errors import UserError
-from training.args import TrainArgs, parse_args
+from training.args import parse_args
+from training.options import TrainConfig
 
 # A musubi-tuner user's training config as they write it: flat keys, lists for the nargs options.
 MUSUBI_CONFIG = """\
@@ -44,7 +45,7 @@ def write(tmp_path: Path, text: str, name: str = "train.toml") -> Path:
     return path
 
 
-def from_file(tmp_path: Path, text: str, *argv: str) -> TrainArgs:
+def from_file(tmp_path: Path, text: str, *argv: str) -> TrainConfig:
     return parse_args(["--config_file", str(write(tmp_path, text)), *argv])
 
 
@@ -62,15 +63,15 @@ def test_the_file_supplies_options(tmp_path):
         'dit = "w.safetensors"\nnetwork_dim = 8\nlearning_rate = 1e-4\ngradient_checkpointing = true\n'
         'mixed_precision = "bf16"\noptimizer_args = ["weight_decay=0.01"]\nlr_warmup_steps = 0.1\n',
     )
-    assert (args.dit, args.network_dim, args.learning_rate) == ("w.safetensors", 8, 1e-4)
-    assert (args.gradient_checkpointing, args.mixed_precision) == (True, "bf16")
-    assert (args.optimizer_args, args.lr_warmup_steps) == (("weight_decay=0.01",), 0.1)
-    assert args.config_file == str(tmp_path / "train.toml")
+    assert (args.model.dit, args.network.network_dim, args.optimizer.learning_rate) == ("w.safetensors", 8, 1e-4)
+    assert (args.memory.gradient_checkpointing, args.training.mixed_precision) == (True, "bf16")
+    assert (args.optimizer.optimizer_args, args.optimizer.lr_warmup_steps) == (("weight_decay=0.01",), 0.1)
+    assert args.modes.config_file == str(tmp_path / "train.toml")
 
 
 def test_a_musubi_config_parses_unchanged(tmp_path):
     args = from_file(tmp_path, MUSUBI_CONFIG)
-    assert args == TrainArgs(
+    assert args == TrainConfig.of(
         dit="ckpts/hunyuan-video-t2v-720p/transformers/mp_rank_00_model_states.pt",
         dataset_config="dataset.toml",
         sdpa=True,
@@ -102,21 +103,21 @@ def test_the_command_line_wins(tmp_path):
     args = from_file(
         tmp_path, text, "--learning_rate", "3e-4", "--network_args", "verbose=True", "--seed", "7"
     )
-    assert (args.learning_rate, args.network_args, args.seed) == (3e-4, ("verbose=True",), 7)
-    assert args.mixed_precision == "bf16"  # not on the command line: the file's
+    assert (args.optimizer.learning_rate, args.network.network_args, args.training.seed) == (3e-4, ("verbose=True",), 7)
+    assert args.training.mixed_precision == "bf16"  # not on the command line: the file's
 
 
 def test_a_flag_false_in_the_file_is_turned_on_by_the_command_line(tmp_path):
-    assert from_file(tmp_path, "save_state = false\n").save_state is False
-    assert from_file(tmp_path, "save_state = false\n", "--save_state").save_state is True
-    assert from_file(tmp_path, "save_state = true\n").save_state is True
+    assert from_file(tmp_path, "save_state = false\n").saving.save_state is False
+    assert from_file(tmp_path, "save_state = false\n", "--save_state").saving.save_state is True
+    assert from_file(tmp_path, "save_state = true\n").saving.save_state is True
 
 
 def test_the_command_line_order_does_not_matter(tmp_path):
     path = str(write(tmp_path, "network_dim = 8\n"))
     before = parse_args(["--network_dim", "16", "--config_file", path])
     after = parse_args(["--config_file", path, "--network_dim", "16"])
-    assert before.network_dim == after.network_dim == 16
+    assert before.network.network_dim == after.network.network_dim == 16
 
 
 def test_sections_flatten(tmp_path):
@@ -126,23 +127,23 @@ def test_sections_flatten(tmp_path):
         "[optimizer]\nlearning_rate = 1e-4\n\n[network]\nnetwork_dim = 16\n\n[saving]\nsave_every_n_steps = 50\n",
     )
     assert flat == sectioned
-    assert (sectioned.learning_rate, sectioned.network_dim, sectioned.save_every_n_steps) == (1e-4, 16, 50)
+    assert (sectioned.optimizer.learning_rate, sectioned.network.network_dim, sectioned.saving.save_every_n_steps) == (1e-4, 16, 50)
 
 
 def test_top_level_keys_and_sections_mix(tmp_path):
     args = from_file(tmp_path, 'dit = "w.pt"\n[optimizer]\nlearning_rate = 5e-5\n')
-    assert (args.dit, args.learning_rate) == ("w.pt", 5e-5)
+    assert (args.model.dit, args.optimizer.learning_rate) == ("w.pt", 5e-5)
 
 
 def test_the_file_name_may_omit_toml(tmp_path):
     """musubi-tuner appends .toml to a --config_file without it; its users' scripts rely on that."""
     write(tmp_path, "network_dim = 4\n")
-    assert parse_args(["--config_file", str(tmp_path / "train")]).network_dim == 4
+    assert parse_args(["--config_file", str(tmp_path / "train")]).network.network_dim == 4
 
 
 def test_list_lora_targets_can_come_from_the_file(tmp_path):
-    assert from_file(tmp_path, 'list_lora_targets = "json"\n').list_lora_targets == "json"
-    assert from_file(tmp_path, "list_lora_targets = true\n").list_lora_targets == "table"
+    assert from_file(tmp_path, 'list_lora_targets = "json"\n').modes.list_lora_targets == "json"
+    assert from_file(tmp_path, "list_lora_targets = true\n").modes.list_lora_targets == "table"
 
 
 # --- mistakes: one line naming the file and the key ---------------------------------------------------------
@@ -241,11 +242,11 @@ def test_a_missing_config_file_is_a_user_error(tmp_path):
 def test_integers_from_the_file_are_read_as_the_command_line_reads_them(tmp_path_factory, value):
     tmp_path = tmp_path_factory.mktemp("cfg")
     try:
-        cli = parse_args(["--network_dim", str(value)]).network_dim
+        cli = parse_args(["--network_dim", str(value)]).network.network_dim
     except SystemExit:
         cli = None
     try:
-        from_toml = from_file(tmp_path, f"network_dim = {value}\n").network_dim
+        from_toml = from_file(tmp_path, f"network_dim = {value}\n").network.network_dim
     except UserError:
         from_toml = None
     assert cli == from_toml and (cli is None) == (value <= 0)
@@ -255,7 +256,7 @@ def test_integers_from_the_file_are_read_as_the_command_line_reads_them(tmp_path
 @given(st.floats(min_value=1e-12, max_value=1e6, allow_nan=False, allow_infinity=False))
 def test_floats_survive_the_file_exactly(tmp_path_factory, value):
     tmp_path = tmp_path_factory.mktemp("cfg")
-    assert from_file(tmp_path, f"learning_rate = {value!r}\n").learning_rate == value
+    assert from_file(tmp_path, f"learning_rate = {value!r}\n").optimizer.learning_rate == value
 
 
 # --- through hv_train_network.py: exit 2 and one line --------------------------------------------------------

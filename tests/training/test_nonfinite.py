@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import hv_train_network
-from training import trainer
+from training import step
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_TOML = str(ROOT / "configs" / "tiny_demo.toml")
@@ -38,7 +38,7 @@ class _InfGrad(torch.autograd.Function):
 
 def _poison(monkeypatch, bad_calls, kind: str = "nan") -> None:
     """Make the loss of the chosen micro-batches (1-based) NaN, or its gradient infinite."""
-    real, calls = trainer.flow_loss, [0]
+    real, calls = step.flow_loss, [0]
 
     def flow_loss(*args):
         calls[0] += 1
@@ -47,7 +47,7 @@ def _poison(monkeypatch, bad_calls, kind: str = "nan") -> None:
             return loss * math.nan if kind == "nan" else _InfGrad.apply(loss)
         return loss
 
-    monkeypatch.setattr(trainer, "flow_loss", flow_loss)
+    monkeypatch.setattr(step, "flow_loss", flow_loss)
 
 
 def _lora(out: Path, step: int) -> dict[str, torch.Tensor]:

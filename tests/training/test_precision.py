@@ -33,13 +33,13 @@ def fresh_accelerate(monkeypatch):
 def _resolved(argv: list[str]):
     args = parse_args(["--dit", "x", *argv])
     accelerator = Accelerator(
-        mixed_precision=args.mixed_precision, cpu=True
+        mixed_precision=args.training.mixed_precision, cpu=True
     )  # as training/trainer.py builds it
     return resolve_mixed_precision(args, accelerator), accelerator
 
 
 def test_the_default_is_unset_as_in_musubi_tuner():
-    assert parse_args(["--dit", "x"]).mixed_precision is None
+    assert parse_args(["--dit", "x"]).training.mixed_precision is None
 
 
 @pytest.mark.parametrize(
@@ -55,7 +55,7 @@ def test_unset_takes_accelerates_setting(fresh_accelerate, env, argv, expected, 
     if env:
         fresh_accelerate.setenv("ACCELERATE_MIXED_PRECISION", env)
     args, accelerator = _resolved(argv)
-    assert args.mixed_precision == expected
+    assert args.training.mixed_precision == expected
     with accelerator.autocast():
         out = torch.nn.functional.linear(torch.ones(2, 4), torch.ones(3, 4))
     assert out.dtype == dtype
@@ -65,7 +65,7 @@ def test_fp16_where_accelerate_cannot_autocast_is_recorded_as_no(fresh_accelerat
     fresh_accelerate.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
     with caplog.at_level(logging.WARNING):
         args, _ = _resolved([])
-    assert args.mixed_precision == "no"
+    assert args.training.mixed_precision == "no"
     assert "fp16" in caplog.text and "float32" in caplog.text
 
 
@@ -96,7 +96,7 @@ def test_training_under_accelerates_bf16_writes_bf16_in_the_lora(cached_demo, tm
 
 
 def test_the_memory_estimate_assumes_accelerates_setting_when_unset(monkeypatch):
-    from training.estimate_memory import settings_from_args
+    from training.estimate_memory import memory_settings as settings_from_args
 
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     assert settings_from_args(parse_args(["--dit", "x"])).autocast

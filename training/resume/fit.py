@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from hv_common.errors import UserError
 from training.resume.check import CheckedState
 from training.saving import STATE_LORA, DamagedState
+
+if TYPE_CHECKING:
+    from training.run import Run
 
 logger = logging.getLogger(__name__)
 
@@ -33,23 +37,23 @@ def _optimizer_class(optimizer) -> type:
     return type(getattr(optimizer, "optimizer", optimizer))  # accelerate wraps it
 
 
-def run_record(run) -> dict:
+def run_record(run: Run) -> dict:
     """What a state records of the run that saved it (plain containers: weights_only reads them)."""
-    a = run.args
+    config = run.config
     cls = _optimizer_class(run.optimizer)
     return {
         "optimizer": f"{cls.__module__}.{cls.__qualname__}",
-        "optimizer_type": a.optimizer_type or "AdamW",
+        "optimizer_type": config.optimizer.optimizer_type or "AdamW",
         "groups": [
             {"kind": g.get("kind", "lora"), "params": len(g["params"])} for g in run.optimizer.param_groups
         ],
-        "network_module": a.network_module,
-        "lr_scheduler": a.lr_scheduler,
+        "network_module": config.network.network_module,
+        "lr_scheduler": config.optimizer.lr_scheduler,
         "batches_per_epoch": len(run.batches),
     }
 
 
-def check_fit(state: CheckedState, run) -> None:
+def check_fit(state: CheckedState, run: Run) -> None:
     """Raise StateMismatch naming every difference between the state and this run, with what to do."""
     changes: list[tuple[str, str]] = []  # (what changed, the option to restore)
     shape = _network_changes(state, run)
@@ -79,7 +83,7 @@ def check_fit(state: CheckedState, run) -> None:
                     state.folder)  # fmt: skip
 
 
-def _network_changes(state: CheckedState, run) -> list[tuple[str, str]]:
+def _network_changes(state: CheckedState, run: Run) -> list[tuple[str, str]]:
     saved, expected = state.lora or {}, run.network.state_dict()
     modules = _modules(saved), _modules(expected)
     if modules[0] != modules[1] or saved.keys() != expected.keys():
@@ -111,9 +115,9 @@ def _network_changes(state: CheckedState, run) -> list[tuple[str, str]]:
         break
     for key in sorted(saved):
         if key.endswith(".alpha") and not math.isclose(float(saved[key]), float(expected[key]), rel_tol=1e-6):
-            was, now = float(saved[key]), float(expected[key])
-            out.append((f"LoRA alpha {was:g} in the state, {now:g} now ({key.removesuffix('.alpha')})",
-                        f"--network_alpha {was:g} (or alpha_patterns)"))  # fmt: skip
+            alphas = float(saved[key]), float(expected[key])
+            out.append((f"LoRA alpha {alphas[0]:g} in the state, {alphas[1]:g} now ({key.removesuffix('.alpha')})",
+                        f"--network_alpha {alphas[0]:g} (or alpha_patterns)"))  # fmt: skip
             break
     return out
 
@@ -127,7 +131,7 @@ def _modules(tensors: dict) -> set[str]:
     return {key.split(".")[0] for key in tensors}  # lora_unet_<module>.lora_down.weight: the first part
 
 
-def _group_changes(state: CheckedState, run) -> list[tuple[str, str]]:
+def _group_changes(state: CheckedState, run: Run) -> list[tuple[str, str]]:
     """LoRA+ on/off or its ratio, and the learning rates."""
     saved = state.payload["optimizer"]["param_groups"]
     current = run.optimizer.param_groups
@@ -169,7 +173,7 @@ def _ratio(lrs: dict[str, float]) -> float:
 NOT_SETTINGS = {"params", "lr", "initial_lr", "kind"}  # what a group holds besides the optimizer's settings
 
 
-def _optimizer_changes(state: CheckedState, run) -> list[tuple[str, str]]:
+def _optimizer_changes(state: CheckedState, run: Run) -> list[tuple[str, str]]:
     """Another optimizer class, or the same one with other settings (--optimizer_args): load_state_dict would
     put the state's settings back without a word."""
     saved, current = state.payload["optimizer"]["param_groups"], run.optimizer.param_groups
@@ -181,7 +185,7 @@ def _optimizer_changes(state: CheckedState, run) -> list[tuple[str, str]]:
     else:
         cls = _optimizer_class(run.optimizer)
         if record["optimizer"] != f"{cls.__module__}.{cls.__qualname__}":
-            was, now = record["optimizer_type"], run.args.optimizer_type or "AdamW"
+            was, now = record["optimizer_type"], run.config.optimizer.optimizer_type or "AdamW"
             return [(f"optimizer {was} in the state, {now} now", f"--optimizer_type {was}")]
     out = {}
     for old, new in zip(saved, current, strict=False):  # groups that differ are named by _group_changes
@@ -204,14 +208,15 @@ def _optimizer_kind_change(saved: list[dict], current: list[dict]) -> list[tuple
     return []
 
 
-def _record_changes(record: dict, run) -> list[tuple[str, str]]:
-    a, out = run.args, []
-    if record["network_module"] != a.network_module:
+def _record_changes(record: dict, run: Run) -> list[tuple[str, str]]:
+    network_module, lr_scheduler = run.config.network.network_module, run.config.optimizer.lr_scheduler
+    out = []
+    if record["network_module"] != network_module:
         was = record["network_module"]
-        out.append((f"network module {was} in the state, {a.network_module} now", f"--network_module {was}"))
-    if record["lr_scheduler"] != a.lr_scheduler:
+        out.append((f"network module {was} in the state, {network_module} now", f"--network_module {was}"))
+    if record["lr_scheduler"] != lr_scheduler:
         was = record["lr_scheduler"]
-        out.append((f"lr scheduler {was} in the state, {a.lr_scheduler} now", f"--lr_scheduler {was}"))
+        out.append((f"lr scheduler {was} in the state, {lr_scheduler} now", f"--lr_scheduler {was}"))
     if record["batches_per_epoch"] != len(run.batches):
         out.append((f"{record['batches_per_epoch']} batches per epoch in the state, {len(run.batches)} now "
                     "(another dataset, batch size or process count)",
@@ -219,7 +224,7 @@ def _record_changes(record: dict, run) -> list[tuple[str, str]]:
     return out
 
 
-def _optimizer_tensors(state: CheckedState, run) -> None:
+def _optimizer_tensors(state: CheckedState, run: Run) -> None:
     """Each optimizer-state tensor of a param's rank has the param's shape (torch does not check; a step would
     fail mid-run). The network fits by now, so a mismatch is a damaged optimizer state."""
     saved = state.payload["optimizer"]

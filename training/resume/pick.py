@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hv_common.errors import UserError
 from training.resume.check import CheckedState, check_lora, check_payload
 from training.resume.fit import check_fit
 from training.saving import DamagedState, read_state_file, state_folders
 
+if TYPE_CHECKING:
+    from training.run import Run
+
 logger = logging.getLogger(__name__)
 
 
-def check_state(folder: Path, run, payload: dict | None = None) -> CheckedState:
+def check_state(folder: Path, run: Run, payload: dict | None = None) -> CheckedState:
     """Read and check one state: DamagedState if it is not whole, StateMismatch if it does not fit the run."""
     if not folder.is_dir():
         raise DamagedState("not a folder")
@@ -30,13 +34,13 @@ def check_state(folder: Path, run, payload: dict | None = None) -> CheckedState:
     return state
 
 
-def choose_state(run) -> CheckedState | None:
+def choose_state(run: Run) -> CheckedState | None:
     """The state to resume from, checked; None to start fresh (no --resume, or auto with no state yet)."""
-    a = run.args
-    if not a.resume:
+    resume = run.config.saving.resume
+    if not resume:
         return None
-    if a.resume != "auto":
-        folder = Path(a.resume)
+    if resume != "auto":
+        folder = Path(resume)
         try:
             return check_state(folder, run)
         except DamagedState as e:
@@ -46,8 +50,8 @@ def choose_state(run) -> CheckedState | None:
     return _newest_usable(run)
 
 
-def _newest_usable(run) -> CheckedState | None:
-    folders = state_folders(run.output_dir, run.args.output_name)
+def _newest_usable(run: Run) -> CheckedState | None:
+    folders = state_folders(run.output_dir, str(run.config.saving.output_name))
     if not folders:
         logger.info("--resume auto: no saved state in %s, starting fresh", run.output_dir)
         return None

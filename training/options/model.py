@@ -1,0 +1,146 @@
+"""The model the LoRA trains on, and how it is made to fit in memory (fp8, block swap, checkpointing, compile,
+attention kernels): what is read, and what it costs on the GPU."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hv_common.errors import UserError
+from hv_common.option_types import dtype_name, non_negative_int, positive_int
+from hv_common.options import option
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+ATTENTION_BACKENDS = ("flash_attn", "sage_attn", "xformers", "split_attn")  # flags; none set: "sdpa"
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """model"""
+
+    dit: str | None = option(None, "DiT checkpoint (.safetensors, .pt, or a diffusers folder)")
+    dit_dtype: str | None = option(None, "DiT weight dtype (unset: bfloat16 on a GPU)", type=dtype_name)
+    vae: str | None = option(None, "VAE checkpoint, for sample previews")
+    vae_dtype: str | None = option(None, "VAE dtype (unset: float16 on a GPU)", type=dtype_name)
+    text_encoder1: str | None = option(None, "LLM text encoder (llava-llama-3), for sample prompts")
+    text_encoder2: str | None = option(None, "CLIP-L text encoder, for sample prompts")
+
+
+@dataclass(frozen=True)
+class MemoryOptions:
+    """memory"""
+
+    fp8_base: bool = option(
+        False,
+        "store the DiT blocks' Linear weights in float8_e4m3fn (about half the memory of bf16), compute in "
+        "--dit_dtype; modulation, norms, biases, embeddings and the final layer stay in --dit_dtype",
+        section="model",
+    )
+    fp8_scaled: bool = option(
+        False,
+        "like --fp8_base (implies it), with a float32 scale per output row: closer to the bf16 model",
+        section="model",
+    )
+    blocks_to_swap: int | None = option(
+        None,
+        "keep the last N of the DiT's blocks (double then single, 60 on the 720p model) in CPU memory and "
+        "copy each to the GPU just before it runs: less GPU memory, more PCIe traffic; at most blocks - 2",
+        type=non_negative_int,
+        section="model",
+    )
+    img_in_txt_in_offloading: bool = option(
+        False, "img_in/txt_in on the CPU (not implemented yet)", section="model"
+    )
+    # At most one attention backend. The kernels are checked at start-up: a missing package, a CPU device or a
+    # float32 DiT for flash/sage is an error, never a silent fall-back to SDPA.
+    sdpa: bool = option(
+        False, "PyTorch scaled_dot_product_attention (the default; any device)", section="attention"
+    )
+    flash_attn: bool = option(
+        False,
+        "FlashAttention 2 on the valid tokens only (pip install flash-attn; CUDA, fp16/bf16)",
+        section="attention",
+    )
+    sage_attn: bool = option(
+        False,
+        "SageAttention (pip install sageattention; CUDA): inference only, it has no backward pass, so the "
+        "trainer refuses it; use it in hv_generate_video.py (--attn_mode sageattn)",
+        section="attention",
+    )
+    xformers: bool = option(
+        False,
+        "xformers memory_efficient_attention per sample on the valid tokens (pip install xformers; CUDA)",
+        section="attention",
+    )
+    split_attn: bool = option(
+        False,
+        "SDPA one sample at a time on its valid tokens, with no mask tensor, so that PyTorch can use its flash "
+        "kernel on CUDA: for long videos with batch size > 1 (any device; may be given with --sdpa)",
+        section="attention",
+    )
+    gradient_checkpointing: bool = option(False, "recompute activations: less memory", section="training")
+    gradient_checkpointing_cpu_offload: bool = option(
+        False,
+        "with --gradient_checkpointing: keep the saved block inputs in CPU memory (less GPU memory, slower)",
+        section="training",
+    )
+    compile: bool = option(
+        False, "torch.compile each DiT block (first steps are slow: compiling)", section="training"
+    )
+    compile_backend: str = option("inductor", "torch.compile backend (default inductor)", section="training")
+    compile_mode: str = option(
+        "default", "torch.compile mode (default default)", choices=COMPILE_MODES, section="training"
+    )
+    compile_dynamic: str | None = option(
+        None,
+        "dynamic shapes: true, false, or auto (unset: auto, torch decides)",
+        choices=("true", "false", "auto"),
+        type=str.lower,
+        section="training",
+    )
+    compile_fullgraph: bool = option(False, "torch.compile fullgraph=True", section="training")
+    compile_cache_size_limit: int | None = option(
+        None,
+        "torch._dynamo recompile limit per block kind (unset: torch's default, 8)",
+        type=positive_int,
+        section="training",
+    )
+
+    def __post_init__(self) -> None:
+        if self.gradient_checkpointing_cpu_offload and not self.gradient_checkpointing:
+            raise UserError("--gradient_checkpointing_cpu_offload needs --gradient_checkpointing")
+        if self.compile and self.blocks_to_swap and self.compile_mode in ("reduce-overhead", "max-autotune"):
+            # CUDA graphs bake in the weights' addresses; block swap gives them new ones every step
+            raise UserError(
+                f"--compile_mode {self.compile_mode} uses CUDA graphs, which block swap breaks: with "
+                "--blocks_to_swap use --compile_mode default or max-autotune-no-cudagraphs"
+            )
+        if self.compile and self.blocks_to_swap and self.compile_backend == "cudagraphs":
+            raise UserError(
+                "--compile_backend cudagraphs and --blocks_to_swap exclude each other (weight addresses)"
+            )
+        _ = self.attention_backend  # two attention backends -> UserError
+
+    @property
+    def attention_backend(self) -> str:
+        """The backend the flags choose: "sdpa" unless one of ATTENTION_BACKENDS is set.
+
+        `--sdpa --split_attn` is split_attn (it is SDPA, one sample at a time; musubi users write both); any
+        other two flags are a UserError."""
+        flags = dict(
+            flash_attn=self.flash_attn,
+            sage_attn=self.sage_attn,
+            xformers=self.xformers,
+            split_attn=self.split_attn,
+        )
+        chosen = [name for name in ATTENTION_BACKENDS if flags[name]]
+        if self.sdpa and chosen and chosen[0] != "split_attn":
+            chosen.insert(0, "sdpa")
+        if len(chosen) > 1:
+            names = " and ".join(f"--{name}" for name in chosen)
+            raise UserError(f"{names} exclude each other: choose one attention backend")
+        return chosen[0] if chosen else "sdpa"
+
+    @property
+    def compile_dynamic_shapes(self) -> bool | None:
+        """torch.compile's `dynamic`: None lets torch decide (unset or "auto")."""
+        return {"true": True, "false": False}.get(self.compile_dynamic or "auto")

@@ -1,0 +1,106 @@
+"""What a run leaves behind and shows: LoRA files and states on schedule, the LoRA file's metadata, the
+trackers' logs, sample previews and the validation loss."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from hv_common.option_types import positive_int
+from hv_common.options import option
+
+
+def resume_target(text: str) -> str:
+    """`auto` (the newest state under --output_dir) or a state directory that exists now, not hours later."""
+    if text == "auto":
+        return text
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is no directory; give a saved state directory or 'auto'")
+    return text
+
+
+@dataclass(frozen=True)
+class SavingOptions:
+    """saving and resuming"""
+
+    output_dir: str | None = option(None, "where LoRA files and states go")
+    output_name: str | None = option(None, "file name stem of the LoRA files")
+    save_every_n_steps: int | None = option(None, "save a LoRA every N steps", type=positive_int)
+    save_last_n_steps: int | None = option(None, "keep the LoRAs of the last N steps", type=positive_int)
+    save_last_n_steps_state: int | None = option(
+        None, "keep the states of the last N steps", type=positive_int
+    )
+    save_every_n_epochs: int | None = option(None, "save a LoRA every N epochs", type=positive_int)
+    save_last_n_epochs: int | None = option(None, "keep the LoRAs of the last N epochs", type=positive_int)
+    save_last_n_epochs_state: int | None = option(
+        None, "keep the states of the last N epochs", type=positive_int
+    )
+    save_state: bool = option(False, "save the full state with each LoRA")
+    save_state_on_train_end: bool = option(False, "save the full state at the end")
+    resume: str | None = option(None, "continue from a saved state", type=resume_target, metavar="DIR|auto")
+    save_precision: str | None = option(
+        None, "dtype of saved LoRA weights (unset: as trained)", choices=("float", "fp16", "bf16")
+    )
+
+    @property
+    def saves_final_state(self) -> bool:
+        return self.save_state or self.save_state_on_train_end
+
+
+@dataclass(frozen=True)
+class MetadataOptions:
+    """metadata of the LoRA file"""
+
+    no_metadata: bool = option(False, "write no ss_* metadata")
+    training_comment: str | None = option(None, "stored as ss_training_comment")
+    metadata_title: str | None = option(None, "modelspec title")
+    metadata_author: str | None = option(None, "modelspec author")
+    metadata_description: str | None = option(None, "modelspec description")
+    metadata_license: str | None = option(None, "modelspec license")
+    metadata_tags: str | None = option(None, "modelspec tags, comma-separated")
+
+    def modelspec(self) -> dict[str, str]:
+        """The modelspec.* entries that are set."""
+        given = dict(
+            title=self.metadata_title,
+            author=self.metadata_author,
+            description=self.metadata_description,
+            license=self.metadata_license,
+            tags=self.metadata_tags,
+        )
+        return {f"modelspec.{key}": str(value) for key, value in given.items() if value}
+
+
+@dataclass(frozen=True)
+class LoggingOptions:
+    """logging"""
+
+    logging_dir: str | None = option(None, "TensorBoard log directory")
+    log_with: str | None = option(
+        None, "trackers (unset: tensorboard with --logging_dir)", choices=("tensorboard", "wandb", "all")
+    )
+    log_prefix: str | None = option(None, "prefix of each run's log directory")
+    log_tracker_name: str | None = option(None, "tracker (project) name")
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """sample previews"""
+
+    sample_prompts: str | None = option(None, "prompt file (--w --h --f --d --s --g --fs per line)")
+    sample_every_n_steps: int | None = option(None, "sample every N steps", type=positive_int)
+    sample_every_n_epochs: int | None = option(None, "sample every N epochs", type=positive_int)
+    sample_at_first: bool = option(False, "sample before the first step")
+
+
+@dataclass(frozen=True)
+class ValidationOptions:
+    """validation"""
+
+    validate_every_n_steps: int | None = option(None, "validation loss every N steps", type=positive_int)
+    validate_every_n_epochs: int | None = option(None, "validation loss every N epochs", type=positive_int)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.validate_every_n_steps or self.validate_every_n_epochs)

@@ -1,0 +1,84 @@
+"""One micro-batch's forward and backward, and the optimizer step that ends each --gradient_accumulation_steps
+of them (clip, agree across processes, step or skip a non-finite one, advance the schedule).
+
+Accumulation is the loop's own (training/trainer.py): the Accelerator is built with one micro-batch per step,
+so that its optimizer steps whenever optimizer_step says so."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from training.flow import flow_loss, loss_weights, noisy_input, seeded_draws
+from training.nonfinite import gradient_norm
+from training.processes import average_gradients
+from training.run import Run
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    loss: float  # the last micro-batch's loss, averaged over the processes (the global batch's mean)
+    skipped: bool  # non-finite loss or gradients: the weights were left alone
+
+
+def training_step(run: Run, batch: dict) -> StepOutcome:
+    """One optimizer step on one batch: what a run with --gradient_accumulation_steps 1 does each step."""
+    return optimizer_step(run, [micro_step(run, batch)])
+
+
+def micro_step(run: Run, batch: dict) -> torch.Tensor:
+    """One micro-batch: noise, flow-matching target, forward, backward. Its gradients add up with those of the
+    step's other micro-batches (the loss is divided by their number, as accelerate's backward would).
+    Returns this process's loss of the micro-batch, detached."""
+    device, dtype = run.accelerator.device, run.dtype
+    # Noise and t come from each item's own seed, on the CPU: the same item gets the same draws on any device,
+    # in any process, whatever the batch around it.
+    noise, t = seeded_draws(run.flow, batch["latents"], batch["noise_seed"])
+    latents = batch["latents"].to(device)
+    x_t, target = noisy_input(latents, noise.to(device), t.to(device))
+    guidance = torch.full((latents.shape[0],), float(run.config.flow.guidance_scale) * 1000.0, device=device)
+    with run.accelerator.autocast():
+        pred = run.model(
+            x_t.to(dtype),
+            (t * 1000.0).to(device),
+            batch["llm"].to(device, dtype),
+            batch["llm_mask"].to(device),
+            batch["clip_pooled"].to(device, dtype),
+            guidance.to(dtype),
+        )
+        loss = flow_loss(pred, target, loss_weights(run.flow, t), batch.get("loss_scale"))
+        run.accelerator.backward(loss / run.config.training.gradient_accumulation_steps)
+    return loss.detach()
+
+
+def optimizer_step(run: Run, micro_losses: list[torch.Tensor]) -> StepOutcome:
+    """After the last micro-batch of a step: average the gradients over the processes, clip, agree on the loss
+    and on skipping, step (or skip), advance the schedule. With the guard on, a non-finite loss of any
+    micro-batch or a non-finite gradient norm skips the step on every process."""
+    acc, guarding = run.accelerator, run.guard.enabled
+    params = [p for p in run.network.parameters() if p.grad is not None]
+    average_gradients(acc, params)
+    norm = None
+    max_norm = run.config.optimizer.max_grad_norm
+    if max_norm:
+        # What accelerate's clip_grad_norm_ does without FSDP/DeepSpeed (unsupported here), less its DTensor check,
+        # which imports torch.distributed.tensor (seconds at start-up) to find no DTensor gradient.
+        acc.unscale_gradients()
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    elif guarding:
+        norm = gradient_norm(params)
+    bad = 0.0
+    if guarding:
+        finite_losses = all(bool(torch.isfinite(loss)) for loss in micro_losses)
+        bad = float(not finite_losses or (norm is not None and not bool(torch.isfinite(norm))))
+    loss = micro_losses[-1]
+    # One all-reduce: the logged loss is the global batch's, and every process takes the same decision
+    # (a process that skipped alone would diverge from the others).
+    stats = acc.reduce(torch.stack([loss.float(), torch.tensor(bad, device=loss.device)]), reduction="mean")
+    value, skip = float(stats[0]), bool(stats[1] > 0)
+    if not skip or acc.scaler is not None:  # fp16: the GradScaler itself skips non-finite gradients
+        run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return StepOutcome(value, skip)
