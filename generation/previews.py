@@ -24,7 +24,7 @@ from hv_common.labels import preview_stem
 from hv_common.video_io import write_media
 
 if TYPE_CHECKING:
-    from diffusers import AutoencoderKLHunyuanVideo
+    from diffusers.models import AutoencoderKLHunyuanVideo
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class PreviewSampler:
         vae_device = next(vae.parameters()).device
         written: list[Path] = []
         with preserved_rng(), eval_mode(model, network, vae):
-            vae.to(device)
+            vae.to(device)  # type: ignore[arg-type]  # diffusers' decorator on ModelMixin.to hides its signature
             try:
                 for i, item in enumerate(self.prepared):
                     logger.info("preview %d/%d: %s", i + 1, len(self.prepared), item.prompt.text)
@@ -163,7 +163,8 @@ class PreviewSampler:
                     frames = decode_latents(vae, latents)[0]
                     written.append(write_media(frames, sample_dir / self.file_stem(label, item.prompt)))
             finally:
-                vae.to(vae_device)  # the trainer may keep the VAE off the accelerator between previews
+                # the trainer may keep the VAE off the accelerator between previews (type: diffusers' decorator)
+                vae.to(vae_device)  # type: ignore[arg-type]
         for path in written:
             logger.info("wrote %s", path)
         return written

@@ -75,7 +75,7 @@ class _Slot:
 
 @dataclass
 class _Resident:
-    event: object | None  # CUDA event of the pending copy; None once waited for (or synchronous)
+    event: torch.cuda.Event | None  # CUDA event of the pending copy; None once waited for (or synchronous)
     by_storage: dict[int, _Slot] = field(default_factory=dict)  # device storage pointer -> slot
 
 
@@ -252,7 +252,7 @@ class BlockSwapper:
             slot = None if resident is None else resident.by_storage.get(_storage_ptr(t))
             if slot is None:
                 return t
-            return _WeightRef(i, slot, t.size(), t.stride(), t.storage_offset())
+            return _WeightRef(i, slot, t.size(), t.stride(), int(t.storage_offset()))
 
         def unpack(packed):
             if not isinstance(packed, _WeightRef):

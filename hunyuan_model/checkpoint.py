@@ -219,7 +219,7 @@ def config_from_state_dict(
         config = DiTConfig(
             in_channels=in_channels,
             out_channels=sd["final_layer.linear.weight"].shape[0] // math.prod(patch),
-            patch_size=tuple(patch),
+            patch_size=(patch[0], patch[1], patch[2]),
             hidden_size=hidden,
             heads_num=hidden // head_dim,
             mlp_width_ratio=mlp_hidden / hidden,

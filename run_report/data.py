@@ -65,9 +65,9 @@ def datasets(summary: list[dict]) -> list[DatasetInfo]:
             name = video or parse_latent_cache_name(path.name, is_video=False)
             if name is None:
                 continue
-            frames = video.frame_count if video else 1
+            start, frames = (video.start_frame or 0, video.frame_count or 1) if video else (0, 1)
             key = (name.width, name.height, frames)
-            window = f" frames {video.start_frame}-{video.start_frame + frames - 1}" if video else ""
+            window = f" frames {start}-{start + frames - 1}" if video else ""
             groups[key].append(name.item_key + window)
             media[key].add(name.item_key)
         buckets = [Bucket(w, h, f, groups[(w, h, f)], len(media[(w, h, f)])) for w, h, f in sorted(groups)]

@@ -136,7 +136,8 @@ def _convert_one(action: argparse.Action, value: Any, where: str) -> Any:
         raise UserError(f"{where}: expected a string, got {_show(value)}")
     text = value if isinstance(value, str) else _as_text(value)
     try:
-        converted = text if action.type is None else action.type(text)
+        convert = action.type  # argparse types it loosely; ours are all converter functions
+        converted = convert(text) if callable(convert) else text
     except (argparse.ArgumentTypeError, TypeError, ValueError) as e:
         raise UserError(f"{where}: {_short(str(e), 200)}") from None
     if action.choices is not None and converted not in action.choices:

@@ -58,14 +58,14 @@ def memory_settings(config: TrainConfig) -> Settings:
 def workload_from_dataset_config(path: str) -> Workload:
     """The bucket of the dataset config with the most tokens per batch (batch size x tokens)."""
     from dataset.buckets import bucket_resolutions
-    from dataset.config import load_dataset_config
+    from dataset.config import VideoDatasetConfig, load_dataset_config
     from dataset.frames import round_down_to_vae_frames
 
     best: Workload | None = None
     for d in load_dataset_config(path, check_media=False).datasets:
         sizes = bucket_resolutions(d.resolution) if d.enable_bucket else [tuple(d.resolution)]
         frames = 1
-        if d.is_video:
+        if isinstance(d, VideoDatasetConfig):
             full = d.frame_extraction == "full"
             frames = round_down_to_vae_frames(d.max_frames) if full else max(d.target_frames)
         for w, h in sizes:

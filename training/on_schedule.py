@@ -41,7 +41,7 @@ def save_lora(run: Run, progress: Progress, name: str) -> Path:
 
 def state_dir(run: Run, progress: Progress, unit: Unit) -> Path:
     count = progress.step if unit == "step" else progress.epoch
-    return run.output_dir / state_folder_name(run.config.saving.output_name, unit, count)
+    return run.output_dir / state_folder_name(output_name(run), unit, count)
 
 
 def save_training_state(run: Run, progress: Progress, unit: Unit) -> None:

@@ -4,7 +4,7 @@ gradient average (the DiT calls the LoRA modules itself, so no DDP wrapper ever 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -67,7 +67,7 @@ def average_gradients(accelerator, params: list[torch.nn.Parameter]) -> None:
         return
     from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-    grads = [p.grad for p in params]
+    grads = [cast(torch.Tensor, p.grad) for p in params]  # every LoRA parameter has one after backward
     flat = accelerator.reduce(_flatten_dense_tensors(grads), reduction="mean")
     for g, averaged in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
         g.copy_(averaged)

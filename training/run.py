@@ -24,7 +24,7 @@ from training.processes import broadcast_parameters, process_state
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
-    from diffusers import AutoencoderKLHunyuanVideo
+    from diffusers.models import AutoencoderKLHunyuanVideo
 
     from dataset.train_dataset import CachedBatches
     from generation.previews import PreviewSampler

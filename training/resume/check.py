@@ -150,8 +150,11 @@ def _plain_scheduler_key(key) -> bool:
 
 
 def _rng(raw: dict) -> None:
+    state = raw.get("python")
     try:  # a private generator: a state that does not fit leaves the global one alone
-        random.Random().setstate(raw.get("python"))
+        if not isinstance(state, tuple):
+            raise TypeError(f"expected a tuple, got {type(state).__name__}")
+        random.Random().setstate(state)
     except (TypeError, ValueError) as e:
         raise DamagedState(f"{STATE_FILE}: rng.python is not a random state ({e})") from None
     expected = torch.get_rng_state()
