@@ -43,8 +43,14 @@ def tiny_dit() -> torch.nn.Module:
 
 def trained_lora() -> LoadedLoRA:
     """Every default target at rank 32, with non-zero up weights (a trained-looking LoRA)."""
-    network = create_network(1.0, RANK, float(RANK), tiny_dit(), target_block_classes=TARGET_BLOCK_CLASSES,
-                             default_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS)  # fmt: skip
+    network = create_network(
+        1.0,
+        RANK,
+        float(RANK),
+        tiny_dit(),
+        target_block_classes=TARGET_BLOCK_CLASSES,
+        default_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS,
+    )
     g = torch.Generator().manual_seed(0)
     weights = {
         name: Factors(
@@ -60,16 +66,30 @@ def embeddings() -> TextEmbeddings:
     g = torch.Generator().manual_seed(1)
     mask = torch.zeros(1, 256, dtype=torch.bool)
     mask[:, :24] = True  # a 24-token prompt in the 256-token window the encoder pads to
-    return TextEmbeddings(llm=torch.randn(1, 256, cfg.text_states_dim, generator=g), llm_mask=mask,
-                          clip_pooled=torch.randn(1, cfg.text_states_dim_2, generator=g))  # fmt: skip
+    return TextEmbeddings(
+        llm=torch.randn(1, 256, cfg.text_states_dim, generator=g),
+        llm_mask=mask,
+        clip_pooled=torch.randn(1, cfg.text_states_dim_2, generator=g),
+    )
 
 
 def step_seconds(model: torch.nn.Module, emb: TextEmbeddings, args: argparse.Namespace) -> float:
     height, width = args.video_size
     start = time.perf_counter()
-    sample_latents(model, emb, height=height, width=width, frames=args.video_length, steps=args.steps,
-                   embedded_guidance_scale=6.0, flow_shift=7.0, seed=0, device="cpu", dtype=torch.float32,
-                   progress=False)  # fmt: skip
+    sample_latents(
+        model,
+        emb,
+        height=height,
+        width=width,
+        frames=args.video_length,
+        steps=args.steps,
+        embedded_guidance_scale=6.0,
+        flow_shift=7.0,
+        seed=0,
+        device="cpu",
+        dtype=torch.float32,
+        progress=False,
+    )
     return (time.perf_counter() - start) / args.steps
 
 
@@ -96,8 +116,10 @@ def main() -> None:
     for r in range(args.rounds):
         for name, model in variants.items():
             best[name] = min(best[name], step_seconds(model, emb, args))
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in best.items()),
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in best.items()),
+            file=sys.stderr,
+        )
     height, width = args.video_size
     result = {
         "video": f"{height}x{width}x{args.video_length}",

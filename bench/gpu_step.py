@@ -86,8 +86,11 @@ def inputs(config, batch: int, width: int, height: int, frames: int, text_tokens
     g = torch.Generator().manual_seed(1)
 
     def randn(*size: int) -> torch.Tensor:
-        return torch.empty(size, device="meta", dtype=dtype) if device == "meta" else \
-            torch.randn(size, generator=g).to(device, dtype)  # fmt: skip
+        return (
+            torch.empty(size, device="meta", dtype=dtype)
+            if device == "meta"
+            else torch.randn(size, generator=g).to(device, dtype)
+        )
 
     x, target = randn(*shape), randn(*shape)
     llm = randn(batch, text_tokens, config.text_states_dim)
@@ -107,9 +110,14 @@ def model_forward_flops(a: argparse.Namespace) -> int:
     config = PRESETS[a.preset]
     model = build_dit(config, device="meta", dtype=torch.bfloat16)
     network = create_network(
-        1.0, a.rank, a.rank, model, target_block_classes=TARGET_BLOCK_CLASSES,
-        default_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS, device="meta",
-    )  # fmt: skip
+        1.0,
+        a.rank,
+        a.rank,
+        model,
+        target_block_classes=TARGET_BLOCK_CLASSES,
+        default_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS,
+        device="meta",
+    )
     network.apply_to(model)
     model_inputs, _ = inputs(
         config, a.batch, a.width, a.height, a.frames, a.text_tokens, "meta", torch.bfloat16
@@ -129,9 +137,14 @@ def run_variant(name: str, a: argparse.Namespace, device: torch.device) -> dict:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     config, model = build_model(a.preset, device, dtype, fp8, swap, a.attn)
     network = create_network(
-        1.0, a.rank, a.rank, model, target_block_classes=TARGET_BLOCK_CLASSES,
-        default_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS, device=device,
-    )  # fmt: skip
+        1.0,
+        a.rank,
+        a.rank,
+        model,
+        target_block_classes=TARGET_BLOCK_CLASSES,
+        default_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS,
+        device=device,
+    )
     network.apply_to(model)
     if swap:
         model.enable_block_swap(swap, device)
@@ -162,10 +175,16 @@ def run_variant(name: str, a: argparse.Namespace, device: torch.device) -> dict:
         times.append(time.perf_counter() - start)
         log(f"{name}: step {i + 1}/{a.steps} {times[-1]:.3f} s loss {loss:.4f}")
     result = {
-        "variant": name, "fp8_scaled": fp8, "blocks_to_swap": swap, "attn": a.attn, "compile": a.compile,
-        "s_per_step_min": min(times), "s_per_step_median": statistics.median(times),
-        "forward_tflop": fwd_flops / 1e12, "lora_params": sum(p.numel() for p in network.parameters()),
-    }  # fmt: skip
+        "variant": name,
+        "fp8_scaled": fp8,
+        "blocks_to_swap": swap,
+        "attn": a.attn,
+        "compile": a.compile,
+        "s_per_step_min": min(times),
+        "s_per_step_median": statistics.median(times),
+        "forward_tflop": fwd_flops / 1e12,
+        "lora_params": sum(p.numel() for p in network.parameters()),
+    }
     if device.type == "cuda":
         result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         peak = a.peak_tflops * 1e12 if a.peak_tflops else card_peak()
@@ -194,8 +213,15 @@ def memory_estimate(config, network, a: argparse.Namespace, fp8: bool, swap: int
         (name, lora.in_features, lora.out_features, lora.lora_dim)
         for name, lora in zip(network.module_names, network.loras, strict=True)
     )
-    settings = Settings(weight_bytes=act_bytes, act_bytes=act_bytes, autocast=False, fp8_base=fp8,
-                        fp8_scaled=fp8, blocks_to_swap=swap, gradient_checkpointing=True)  # fmt: skip
+    settings = Settings(
+        weight_bytes=act_bytes,
+        act_bytes=act_bytes,
+        autocast=False,
+        fp8_base=fp8,
+        fp8_scaled=fp8,
+        blocks_to_swap=swap,
+        gradient_checkpointing=True,
+    )
     work = Workload(a.width, a.height, a.frames, a.batch, a.text_tokens)
     return estimate(config, dit_shapes(build_dit(config, device="meta")), LoRAInfo(modules), work, settings)
 

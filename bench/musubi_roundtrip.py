@@ -116,9 +116,21 @@ def compare(work: Path) -> dict:
     losses = {}
     for label, toml in (("ours", TOML), ("musubi", "musubi.toml")):
         out = work / f"roundtrip_{label}"
-        argv = ["--config_file", str(ROOT / "configs/tiny_demo.toml"), "--dit", "models/tiny_dit.safetensors",
-                "--dataset_config", toml, "--output_dir", str(out), "--sample_prompts", "", "--max_train_steps",
-                "1", "--save_state"]  # fmt: skip
+        argv = [
+            "--config_file",
+            str(ROOT / "configs/tiny_demo.toml"),
+            "--dit",
+            "models/tiny_dit.safetensors",
+            "--dataset_config",
+            toml,
+            "--output_dir",
+            str(out),
+            "--sample_prompts",
+            "",
+            "--max_train_steps",
+            "1",
+            "--save_state",
+        ]
         assert hv_train_network.main(argv) == 0
         state = torch.load(out / "tiny_lora-step00000001-state/train_state.pt", weights_only=True)
         losses[label] = state["extra"]["losses"][0]

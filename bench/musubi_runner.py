@@ -28,8 +28,14 @@ import types
 from pathlib import Path
 
 ITEMS = 8
-TINY = {"mm_double_blocks_depth": 1, "mm_single_blocks_depth": 1, "rope_dim_list": [8, 28, 28],
-        "hidden_size": 128, "heads_num": 2, "mlp_width_ratio": 4}  # fmt: skip
+TINY = {
+    "mm_double_blocks_depth": 1,
+    "mm_single_blocks_depth": 1,
+    "rope_dim_list": [8, 28, 28],
+    "hidden_size": 128,
+    "heads_num": 2,
+    "mlp_width_ratio": 4,
+}
 TEXT_DIMS = (64, 32)  # LLM states width, CLIP pooled width
 
 
@@ -60,8 +66,13 @@ def write_cache(folder: Path) -> None:
         latents = torch.randn(16, 2, 32, 32, generator=g)
         llm, pooled = torch.randn(32, 64, generator=g), torch.randn(32, generator=g)
         # a video item's key and cache name as musubi's cache_latents.py makes them: frames 0..4 at 256x256
-        item = ItemInfo(f"clip{i}", "a gray square", (256, 256), frame_count=5,
-                        latent_cache_path=str(folder / f"clip{i}_00000-005_0256x0256_hv.safetensors"))  # fmt: skip
+        item = ItemInfo(
+            f"clip{i}",
+            "a gray square",
+            (256, 256),
+            frame_count=5,
+            latent_cache_path=str(folder / f"clip{i}_00000-005_0256x0256_hv.safetensors"),
+        )
         item.text_encoder_output_cache_path = str(folder / f"clip{i}_hv_te.safetensors")
         save_latent_cache(item, latents)
         save_text_encoder_output_cache(item, llm, torch.ones(32, dtype=torch.bool), is_llm=True)

@@ -63,8 +63,16 @@ def main() -> None:
         return {p: frozenset(n for n in names if rx.fullmatch(n)) for p, rx in compiled}
 
     def create() -> None:
-        create_network(1.0, 4, 1.0, model, target_block_classes=TARGET_BLOCK_CLASSES,
-                       default_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS, network_args=ORDINARY, device="meta")  # fmt: skip
+        create_network(
+            1.0,
+            4,
+            1.0,
+            model,
+            target_block_classes=TARGET_BLOCK_CLASSES,
+            default_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS,
+            network_args=ORDINARY,
+            device="meta",
+        )
 
     assert plain() == match_sets(keyed, names)  # the same answer, and warm caches for both
     re_s, guard_s = [], []

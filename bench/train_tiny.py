@@ -107,9 +107,15 @@ def make_dit(
 ) -> tuple[Path, DiTConfig]:
     """bench/vs_musubi.py asks for musubi-tuner's fixed refiner depth (2) and the rope split both load."""
     cfg = DiTConfig(
-        hidden_size=128, heads_num=2, mm_double_blocks_depth=1, mm_single_blocks_depth=1,
-        rope_dim_list=rope, text_states_dim=64, text_states_dim_2=32, refiner_depth=refiner_depth,
-    )  # fmt: skip
+        hidden_size=128,
+        heads_num=2,
+        mm_double_blocks_depth=1,
+        mm_single_blocks_depth=1,
+        rope_dim_list=rope,
+        text_states_dim=64,
+        text_states_dim_2=32,
+        refiner_depth=refiner_depth,
+    )
     torch.manual_seed(0)
     model = build_dit(cfg, device="cpu")  # PyTorch's default init, seeded
     path = folder / "tiny_dit.safetensors"
@@ -167,13 +173,41 @@ def time_import() -> float:
 def trainer_command(dit: Path, dataset_config: Path, output_dir: Path, steps: int) -> list[str]:
     """The job's command line, as a musubi-tuner user writes it."""
     return [
-        "hv_train_network.py", "--dit", str(dit), "--dataset_config", str(dataset_config),
-        "--output_dir", str(output_dir), "--output_name", "tiny", "--sdpa", "--mixed_precision", "no",
-        "--network_module", "networks.lora", "--network_dim", str(RANK), "--network_alpha", str(ALPHA),
-        "--network_args", *NETWORK_ARGS, "--optimizer_type", "AdamW", "--learning_rate", str(LR),
-        "--timestep_sampling", "shift", "--discrete_flow_shift", str(SHIFT),
-        "--max_train_steps", str(steps), "--max_data_loader_n_workers", "2", "--seed", "0",
-    ]  # fmt: skip
+        "hv_train_network.py",
+        "--dit",
+        str(dit),
+        "--dataset_config",
+        str(dataset_config),
+        "--output_dir",
+        str(output_dir),
+        "--output_name",
+        "tiny",
+        "--sdpa",
+        "--mixed_precision",
+        "no",
+        "--network_module",
+        "networks.lora",
+        "--network_dim",
+        str(RANK),
+        "--network_alpha",
+        str(ALPHA),
+        "--network_args",
+        *NETWORK_ARGS,
+        "--optimizer_type",
+        "AdamW",
+        "--learning_rate",
+        str(LR),
+        "--timestep_sampling",
+        "shift",
+        "--discrete_flow_shift",
+        str(SHIFT),
+        "--max_train_steps",
+        str(steps),
+        "--max_data_loader_n_workers",
+        "2",
+        "--seed",
+        "0",
+    ]
 
 
 def _read_lines(stream, sink: list[tuple[float, str]]) -> None:
@@ -192,9 +226,14 @@ SAVED = r"saved \S*tiny\.safetensors"
 
 
 def run_trainer(
-    cmd: list[str], steps: int, python_prefix: tuple[str, ...] = (), *, python: str = sys.executable,
-    last_line: str = SAVED, env: dict[str, str] | None = None,
-) -> dict:  # fmt: skip
+    cmd: list[str],
+    steps: int,
+    python_prefix: tuple[str, ...] = (),
+    *,
+    python: str = sys.executable,
+    last_line: str = SAVED,
+    env: dict[str, str] | None = None,
+) -> dict:
     """last_line: the stderr line (a regex) that closes the timed steps (bench/vs_musubi.py times musubi-tuner's own
     hv_train_network.py with its python and its own markers)."""
     lines: list[tuple[float, str]] = []
@@ -230,9 +269,15 @@ def run_floor(dit: Path, batches: list[dict[str, torch.Tensor]], steps: int) -> 
     torch.manual_seed(0)
     model = load_dit(dit, dtype=torch.float32, device="cpu")
     model.requires_grad_(False)
-    network = create_network(1.0, RANK, ALPHA, model, target_block_classes=TARGET_BLOCK_CLASSES,
-                             default_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS,
-                             network_args=NETWORK_ARGS)  # fmt: skip
+    network = create_network(
+        1.0,
+        RANK,
+        ALPHA,
+        model,
+        target_block_classes=TARGET_BLOCK_CLASSES,
+        default_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS,
+        network_args=NETWORK_ARGS,
+    )
     network.apply_to(model)
     network.train()
     optimizer = torch.optim.AdamW(network.prepare_optimizer_params(LR), lr=LR)

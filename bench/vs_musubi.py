@@ -142,8 +142,13 @@ def main() -> None:
                         res = tiny.run_trainer(cmd, args.steps)
                     else:
                         cmd = musubi_command(dit, musubi_config, out, args.steps)
-                        res = tiny.run_trainer(cmd, args.steps, python=args.musubi_python,
-                                               last_line="last optimizer step done", env=env)  # fmt: skip
+                        res = tiny.run_trainer(
+                            cmd,
+                            args.steps,
+                            python=args.musubi_python,
+                            last_line="last optimizer step done",
+                            env=env,
+                        )
                 runs[name].append(res)
                 busy[name].append(noise.cores)
                 tiny.log(

@@ -84,10 +84,13 @@ def _encode_and_write(
             bucket=f"{w}x{h}x{f}", start_frame=str(record.start_frame), source_path=str(record.source_path)
         )
         write_latent_cache(
-            dataset.cache_directory / record.latent_cache_name, latent,
+            dataset.cache_directory / record.latent_cache_name,
+            latent,
             name_size(record.is_video, record.original_size, record.bucket[:2]),
-            f if record.is_video else None, meta, what=f"{record.source_path} (frames from {record.start_frame})",
-        )  # fmt: skip
+            f if record.is_video else None,
+            meta,
+            what=f"{record.source_path} (frames from {record.start_frame})",
+        )
 
 
 def _load_vae(options: LatentEncodeOptions):

@@ -22,8 +22,12 @@ logger = logging.getLogger(__name__)
 
 def _expected(record: CaptionRecord, encoders_id: str) -> dict[str, str]:
     """Ours: same caption and encoders. musubi-tuner's files (no provenance keys): same caption1, valid."""
-    return {"item_key": record.item_key, "caption": text_digest(record.caption), "encoders": encoders_id,
-            "caption1": record.caption}  # fmt: skip
+    return {
+        "item_key": record.item_key,
+        "caption": text_digest(record.caption),
+        "encoders": encoders_id,
+        "caption1": record.caption,
+    }
 
 
 def _remove_stale(blueprint, keep_cache: bool) -> None:

@@ -36,8 +36,19 @@ from .cache_format import (
 )
 from .cache_names import LatentCacheName
 
-__all__ = ["CacheFileError", "file_identity", "is_current", "load_latents", "load_text", "read_metadata",
-           "text_digest", "write_latent_cache", "write_text_cache", "check_latent_file", "check_text_file"]  # fmt: skip
+__all__ = [
+    "CacheFileError",
+    "file_identity",
+    "is_current",
+    "load_latents",
+    "load_text",
+    "read_metadata",
+    "text_digest",
+    "write_latent_cache",
+    "write_text_cache",
+    "check_latent_file",
+    "check_text_file",
+]
 
 LATENT_COMMAND, TEXT_COMMAND = "cache_latents.py", "cache_text_encoder_outputs.py"
 
@@ -78,23 +89,39 @@ def _write(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[st
 
 
 def write_latent_cache(
-    path: Path, latent: torch.Tensor, original_size: tuple[int, int], frame_count: int | None,
-    extra: Mapping[str, str], what: str = "",
-) -> None:  # fmt: skip
+    path: Path,
+    latent: torch.Tensor,
+    original_size: tuple[int, int],
+    frame_count: int | None,
+    extra: Mapping[str, str],
+    what: str = "",
+) -> None:
     """latent (C, F, H, W); original_size (width, height) of the source; frame_count for a video window."""
     _, f, h, w = latent.shape
-    meta = {"architecture": ARCHITECTURE_FULL, "width": str(original_size[0]), "height": str(original_size[1]),
-            "format_version": FORMAT_VERSION, **({"frame_count": str(frame_count)} if frame_count else {})}  # fmt: skip
+    meta = {
+        "architecture": ARCHITECTURE_FULL,
+        "width": str(original_size[0]),
+        "height": str(original_size[1]),
+        "format_version": FORMAT_VERSION,
+        **({"frame_count": str(frame_count)} if frame_count else {}),
+    }
     _write(path, {f"latents_{f}x{h}x{w}_{_dtype_name(latent)}": latent}, {**extra, **meta}, what or str(path))
 
 
 def write_text_cache(
-    path: Path, llm: torch.Tensor, llm_mask: torch.Tensor, clip_pooled: torch.Tensor, caption: str,
+    path: Path,
+    llm: torch.Tensor,
+    llm_mask: torch.Tensor,
+    clip_pooled: torch.Tensor,
+    caption: str,
     extra: Mapping[str, str],
-) -> None:  # fmt: skip
+) -> None:
     """llm (256, D) padded as the encoder returned it, llm_mask (256,), clip_pooled (D2,): musubi-tuner's keys."""
-    tensors = {f"llm_{_dtype_name(llm)}": llm, "llm_mask": llm_mask.to(torch.int64),
-               f"clipL_{_dtype_name(clip_pooled)}": clip_pooled}  # fmt: skip
+    tensors = {
+        f"llm_{_dtype_name(llm)}": llm,
+        "llm_mask": llm_mask.to(torch.int64),
+        f"clipL_{_dtype_name(clip_pooled)}": clip_pooled,
+    }
     meta = {"architecture": ARCHITECTURE_FULL, "caption1": caption, "format_version": FORMAT_VERSION}
     _write(path, tensors, {**extra, **meta}, str(path))
 
@@ -136,8 +163,10 @@ def check_latent_file(
     fhw, dtype = tuple(int(match[i]) for i in (1, 2, 3)), match[4]
     info = header.tensors[key]
     if len(info.shape) != 4 or info.shape[1:] != fhw or info.dtype != dtype:
-        raise CacheFileError(f"{path}: tensor {key} is {info.dtype} {list(info.shape)}, not what its key says; "
-                             f"the file is damaged; rerun {LATENT_COMMAND}")  # fmt: skip
+        raise CacheFileError(
+            f"{path}: tensor {key} is {info.dtype} {list(info.shape)}, not what its key says; "
+            f"the file is damaged; rerun {LATENT_COMMAND}"
+        )
     if bucket is not None and fhw != expected_latent_shape(*bucket):
         w, h, frames = bucket
         raise CacheFileError(
@@ -159,8 +188,10 @@ def _check_name_promise(path: Path, header: CacheHeader, name: LatentCacheName) 
         said["item_key"] = name.item_key
     wrong = [f"{k} {meta.get(k)} (the name says {v})" for k, v in said.items() if k in meta and meta[k] != v]
     if wrong:
-        raise CacheFileError(f"{path} was made for another item: its metadata has {', '.join(wrong)} "
-                             f"(copied over another file?); rerun {LATENT_COMMAND}")  # fmt: skip
+        raise CacheFileError(
+            f"{path} was made for another item: its metadata has {', '.join(wrong)} "
+            f"(copied over another file?); rerun {LATENT_COMMAND}"
+        )
 
 
 def check_text_file(path: Path) -> tuple[int, ...]:
@@ -193,8 +224,10 @@ def _read_tensors(path: Path, command: str) -> dict[str, torch.Tensor]:
 def _finite(path: Path, key: str, t: torch.Tensor, command: str) -> torch.Tensor:
     if not bool(torch.isfinite(t).all()):
         bad = int((~torch.isfinite(t)).sum())
-        raise CacheFileError(f"{path}: {bad} of the {t.numel()} values of {key} are NaN or infinite; the file is "
-                             f"damaged; rerun {command} for it (delete it first)")  # fmt: skip
+        raise CacheFileError(
+            f"{path}: {bad} of the {t.numel()} values of {key} are NaN or infinite; the file is "
+            f"damaged; rerun {command} for it (delete it first)"
+        )
     return t
 
 

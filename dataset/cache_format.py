@@ -33,10 +33,18 @@ LATENT_KEY = re.compile(r"^latents_(\d+)x(\d+)x(\d+)_(\w+)$")
 MAX_HEADER_BYTES = 100 << 20
 
 # musubi-tuner's long architecture names (dataset/architectures.py), for naming a file of another model
-MUSUBI_ARCHITECTURES = {"hunyuan_video": "HunyuanVideo", "wan": "Wan", "framepack": "FramePack",
-                        "flux_kontext": "FLUX.1 Kontext", "flux_2_dev": "FLUX.2 dev", "qwen_image": "Qwen-Image",
-                        "qwen_image_edit": "Qwen-Image-Edit", "kandinsky5": "Kandinsky 5",
-                        "hunyuan_video_1_5": "HunyuanVideo 1.5", "z_image": "Z-Image"}  # fmt: skip
+MUSUBI_ARCHITECTURES = {
+    "hunyuan_video": "HunyuanVideo",
+    "wan": "Wan",
+    "framepack": "FramePack",
+    "flux_kontext": "FLUX.1 Kontext",
+    "flux_2_dev": "FLUX.2 dev",
+    "qwen_image": "Qwen-Image",
+    "qwen_image_edit": "Qwen-Image-Edit",
+    "kandinsky5": "Kandinsky 5",
+    "hunyuan_video_1_5": "HunyuanVideo 1.5",
+    "z_image": "Z-Image",
+}
 
 # latent shape rules of the HunyuanVideo VAE: 8x spatial, 4x temporal (plus the first frame)
 SPATIAL_FACTOR, TEMPORAL_FACTOR = 8, 4

@@ -35,8 +35,12 @@ def index_cache(cache_directory: Path, dataset=None) -> list[CachedItem]:
         items = _planned(dataset)
     else:
         if dataset is not None:
-            logger.warning("%s: its media is not there; training every cache file in %s (the items the TOML "
-                           "describes cannot be listed)", dataset.origin.where(), cache_directory)  # fmt: skip
+            logger.warning(
+                "%s: its media is not there; training every cache file in %s (the items the TOML "
+                "describes cannot be listed)",
+                dataset.origin.where(),
+                cache_directory,
+            )
         items = _every_file(cache_directory, None if dataset is None else dataset.is_video)
     if not items:
         raise CacheFileError(f"no cached latents in {cache_directory}: run cache_latents.py first")
@@ -58,8 +62,10 @@ def _planned(dataset) -> list[CachedItem]:
             name = plan.latent_cache_name(window)
             latent = folder / name
             if not latent.is_file():
-                raise CacheFileError(f"no latent cache {latent} for {plan.source_path} (the dataset TOML "
-                                     "describes it): run cache_latents.py")  # fmt: skip
+                raise CacheFileError(
+                    f"no latent cache {latent} for {plan.source_path} (the dataset TOML "
+                    "describes it): run cache_latents.py"
+                )
             if not text.is_file():
                 raise CacheFileError(
                     f"no text cache {text} for {plan.source_path}: run cache_text_encoder_outputs.py"
@@ -73,9 +79,13 @@ def _planned(dataset) -> list[CachedItem]:
     used = {item.latent_path.name for item in items} | {p.name for p in texts}
     unused = unused_files(folder, LATENT_GLOB, used) + unused_files(folder, TEXT_GLOB, used)
     if unused:
-        logger.info("%s: %d cache file(s) belong to no item of the dataset TOML and are not trained (e.g. %s); "
-                    "the cache commands delete such files unless --keep_cache", folder, len(unused),
-                    unused[0].name)  # fmt: skip
+        logger.info(
+            "%s: %d cache file(s) belong to no item of the dataset TOML and are not trained (e.g. %s); "
+            "the cache commands delete such files unless --keep_cache",
+            folder,
+            len(unused),
+            unused[0].name,
+        )
     return items
 
 
@@ -86,8 +96,10 @@ def _every_file(folder: Path, is_video: bool | None) -> list[CachedItem]:
     for latent in sorted(folder.glob(LATENT_GLOB)):
         parsed = next((n for k in kinds if (n := parse_latent_cache_name(latent.name, is_video=k))), None)
         if parsed is None:
-            raise CacheFileError(f"{latent}: not a cache file name of the form KEY_WIDTHxHEIGHT_hv.safetensors "
-                                 "(or KEY_START-FRAMES_WIDTHxHEIGHT_hv.safetensors); move it out of the folder")  # fmt: skip
+            raise CacheFileError(
+                f"{latent}: not a cache file name of the form KEY_WIDTHxHEIGHT_hv.safetensors "
+                "(or KEY_START-FRAMES_WIDTHxHEIGHT_hv.safetensors); move it out of the folder"
+            )
         shape = check_latent_file(latent, parsed)
         text = folder / parsed.text_cache_name
         if not text.is_file():

@@ -283,7 +283,9 @@ def _parse_dataset(
     return config
 
 
-def _paths(values: dict[str, Any], source_key: str, origin: DatasetOrigin, check_media: bool) -> dict[str, Path]:
+def _paths(
+    values: dict[str, Any], source_key: str, origin: DatasetOrigin, check_media: bool
+) -> dict[str, Path]:
     """Take the path keys out of `values`, resolved; cache_directory gets its default. The source must exist
     when the media is to be read; the trainer (check_media=False) may run on a folder of caches copied alone."""
     paths = {k: resolve_path(values.pop(k), origin.base_dir) for k in schema.PATH_KEYS if k in values}

@@ -29,8 +29,15 @@ from torch.utils.data import Dataset
 from .cache_files import load_latents, load_text, text_length
 from .cache_index import CachedItem, index_cache
 
-__all__ = ["CachedBatches", "CachedDatasetSpec", "CachedItem", "EpochSpanningSampler", "collate",
-           "discover_cached_items", "sample_seed"]  # fmt: skip
+__all__ = [
+    "CachedBatches",
+    "CachedDatasetSpec",
+    "CachedItem",
+    "EpochSpanningSampler",
+    "collate",
+    "discover_cached_items",
+    "sample_seed",
+]
 
 
 @dataclass(frozen=True)
@@ -138,8 +145,10 @@ class CachedBatches(Dataset):
         """The item's tensors; a file's values are checked finite the first time this process reads it (a check
         on every read would cost more than the read itself)."""
         checked = self._checked
-        out = {"latents": load_latents(item.latent_path, check=item.latent_path not in checked),
-               **load_text(item.text_path, check=item.text_path not in checked)}  # fmt: skip
+        out = {
+            "latents": load_latents(item.latent_path, check=item.latent_path not in checked),
+            **load_text(item.text_path, check=item.text_path not in checked),
+        }
         checked.update((item.latent_path, item.text_path))
         return out
 

@@ -126,9 +126,14 @@ class PreviewSampler:
     ) -> PreviewSampler:
         prompts = load_prompts(prompts_file, defaults)  # a bad file fails before the encoders load
         prepared = encode_prompts(
-            prompts, text_encoder1, text_encoder2,
-            device=device, dtype=dtype, tokenizer1=tokenizer1, tokenizer2=tokenizer2,
-        )  # fmt: skip
+            prompts,
+            text_encoder1,
+            text_encoder2,
+            device=device,
+            dtype=dtype,
+            tokenizer1=tokenizer1,
+            tokenizer2=tokenizer2,
+        )
         return cls(prepared, output_name)
 
     def file_stem(self, label: str, prompt: SamplePrompt) -> str:
@@ -175,7 +180,18 @@ class PreviewSampler:
     ) -> torch.Tensor:
         p = item.prompt
         return sample_latents(
-            model, item.embeddings, height=p.height, width=p.width, frames=p.frames, steps=p.steps,
-            embedded_guidance_scale=p.guidance, flow_shift=p.flow_shift, seed=p.seed, device=device, dtype=dtype,
-            cfg_scale=p.cfg_scale if p.uses_cfg else None, negative=item.negative, progress=progress,
-        )  # fmt: skip
+            model,
+            item.embeddings,
+            height=p.height,
+            width=p.width,
+            frames=p.frames,
+            steps=p.steps,
+            embedded_guidance_scale=p.guidance,
+            flow_shift=p.flow_shift,
+            seed=p.seed,
+            device=device,
+            dtype=dtype,
+            cfg_scale=p.cfg_scale if p.uses_cfg else None,
+            negative=item.negative,
+            progress=progress,
+        )

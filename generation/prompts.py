@@ -101,10 +101,22 @@ _OPTIONS: dict[str, tuple[str, _Parser, str]] = {
 }
 # musubi-tuner's key names in TOML / JSON prompt tables, and ours.
 _TABLE_KEYS: dict[str, str] = {
-    "width": "w", "height": "h", "frame_count": "f", "frames": "f", "seed": "d", "sample_steps": "s",
-    "steps": "s", "guidance_scale": "g", "guidance": "g", "discrete_flow_shift": "fs", "flow_shift": "fs",
-    "cfg_scale": "l", "negative_prompt": "n", "negative": "n", **{k: k for k in _OPTIONS},
-}  # fmt: skip
+    "width": "w",
+    "height": "h",
+    "frame_count": "f",
+    "frames": "f",
+    "seed": "d",
+    "sample_steps": "s",
+    "steps": "s",
+    "guidance_scale": "g",
+    "guidance": "g",
+    "discrete_flow_shift": "fs",
+    "flow_shift": "fs",
+    "cfg_scale": "l",
+    "negative_prompt": "n",
+    "negative": "n",
+    **{k: k for k in _OPTIONS},
+}
 
 
 def _short(text: str, limit: int = 80) -> str:

@@ -147,8 +147,10 @@ class BlockSwapper:
         self._slots = {
             i: _block_slots(blocks[i], self.device, pin=cuda) for i in range(self.first, self.total)
         }
-        self._bytes = {i: sum(s.master.numel() * s.master.element_size() for s in slots)
-                       for i, slots in self._slots.items()}  # fmt: skip
+        self._bytes = {
+            i: sum(s.master.numel() * s.master.element_size() for s in slots)
+            for i, slots in self._slots.items()
+        }
         self._resident: dict[int, _Resident] = {}
         self._end_queued = False
         self.stats = SwapStats()

@@ -367,8 +367,9 @@ def load_dit(
     if upcast:
         logger.info(
             "%s: %d float8 tensors upcast to the compute dtype (scales applied); --fp8_base / --fp8 keep them",
-            source, upcast,
-        )  # fmt: skip
+            source,
+            upcast,
+        )
     model.load_state_dict(sd, strict=True, assign=True)
     if derived_config:
         log_if_derived(config.head_dim, stated, source)

@@ -89,13 +89,20 @@ class HYVideoDiffusionTransformer(nn.Module):
         return self._block_swap
 
     def compile_blocks(
-        self, backend: str = "inductor", mode: str | None = None, dynamic: bool | None = None,
+        self,
+        backend: str = "inductor",
+        mode: str | None = None,
+        dynamic: bool | None = None,
         fullgraph: bool = False,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """torch.compile each block in place (nn.Module.compile): module names and state-dict keys stay."""
         for block in self.blocks():
-            block.compile(backend=backend, mode=None if mode == "default" else mode, dynamic=dynamic,
-                          fullgraph=fullgraph)  # fmt: skip
+            block.compile(
+                backend=backend,
+                mode=None if mode == "default" else mode,
+                dynamic=dynamic,
+                fullgraph=fullgraph,
+            )
 
     def _run(self, index: int, block: nn.Module, *args):
         swap = self._block_swap

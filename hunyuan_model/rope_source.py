@@ -89,5 +89,9 @@ def log_if_derived(head_dim: int, stated: tuple[int, int, int] | None, source: s
     logger.info(
         "%s states no RoPE split: using %s for head width %d (HunyuanVideo's rule; a file says its own with "
         "%s in config.json or %s in its metadata)",
-        source, list(rope_dims_for(head_dim)), head_dim, DIFFUSERS_ROPE_KEY, ROPE_METADATA_KEY,
-    )  # fmt: skip
+        source,
+        list(rope_dims_for(head_dim)),
+        head_dim,
+        DIFFUSERS_ROPE_KEY,
+        ROPE_METADATA_KEY,
+    )

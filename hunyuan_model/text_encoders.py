@@ -58,13 +58,17 @@ class _Encoder:
 
 HUNYUAN_REPO = "hunyuanvideo-community/HunyuanVideo"
 _LLM = _Encoder(
-    "LLM text encoder", "--tokenizer1", "ckpts/text_encoder",
+    "LLM text encoder",
+    "--tokenizer1",
+    "ckpts/text_encoder",
     ((HUNYUAN_REPO, "text_encoder", "tokenizer"), ("xtuner/llava-llama-3-8b-v1_1-transformers", "", "")),
-)  # fmt: skip
+)
 _CLIP = _Encoder(
-    "CLIP text encoder", "--tokenizer2", "ckpts/text_encoder_2",
+    "CLIP text encoder",
+    "--tokenizer2",
+    "ckpts/text_encoder_2",
     ((HUNYUAN_REPO, "text_encoder_2", "tokenizer_2"), ("openai/clip-vit-large-patch14", "", "")),
-)  # fmt: skip
+)
 
 
 def _hf_cache_dir() -> str:

@@ -61,10 +61,17 @@ def write_tiny_llm(out_dir: Path, seed: int = 0, hidden: int = 32) -> Path:
 
     tokenizer = _bpe_tokenizer(LLM_SPECIALS, bos="<|begin_of_text|>", eos=None, pad="<|end_of_text|>")
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=4,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.pad_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     _seeded(seed)
     model = LlamaModel(config)
     with atomic_dir(out_dir) as tmp:  # a killed run never leaves a half-written model folder
@@ -78,10 +85,17 @@ def write_tiny_clip(out_dir: Path, seed: int = 0, hidden: int = 32) -> Path:
 
     tokenizer = _bpe_tokenizer(CLIP_SPECIALS, bos="<|startoftext|>", eos="<|endoftext|>", pad="<|endoftext|>")
     config = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=77, projection_dim=hidden,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        projection_dim=hidden,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     _seeded(seed)
     model = CLIPTextModel(config)
     with atomic_dir(out_dir) as tmp:

@@ -60,8 +60,9 @@ def apply_on_the_fly(
         for name, f in lora.weights.items():
             linear = _linear(model, name)
             device = linear.weight.device
-            module = LoRAModule(lora_name_for(name), linear, multiplier, lora_dim=f.rank, alpha=f.alpha,
-                                device=device)  # fmt: skip
+            module = LoRAModule(
+                lora_name_for(name), linear, multiplier, lora_dim=f.rank, alpha=f.alpha, device=device
+            )
             with torch.no_grad():
                 module.lora_down.weight.copy_(f.down)
                 module.lora_up.weight.copy_(f.up)

@@ -84,11 +84,15 @@ def check_lora_tensors(path: str | os.PathLike[str], tensors: Mapping[str, torch
 
 
 def save_network(
-    network, path: str | os.PathLike[str], dtype: torch.dtype | None = None,
+    network,
+    path: str | os.PathLike[str],
+    dtype: torch.dtype | None = None,
     metadata: Mapping[str, str] | None = None,
 ) -> None:
     """A network's state dict as a LoRA file (optionally cast to `dtype`), written atomically."""
-    tensors = {k: v.detach() if dtype is None else v.detach().to(dtype) for k, v in network.state_dict().items()}
+    tensors = {
+        k: v.detach() if dtype is None else v.detach().to(dtype) for k, v in network.state_dict().items()
+    }
     save_lora_file(path, tensors, metadata)
 
 
@@ -154,8 +158,9 @@ def multipliers(files: Sequence[str], given: Sequence[float] | None) -> list[flo
     return list(given)
 
 
-def load_checked(files: Sequence[str], mults: list[float], shapes: Mapping[str, tuple[int, int]],
-               dit: str) -> list[tuple[LoadedLoRA, float]]:  # fmt: skip
+def load_checked(
+    files: Sequence[str], mults: list[float], shapes: Mapping[str, tuple[int, int]], dit: str
+) -> list[tuple[LoadedLoRA, float]]:
     """Read every LoRA and check it fits the DiT: all errors come before any work."""
     widths = {name: out for name, (out, _) in shapes.items()}
     loras = []

@@ -117,11 +117,21 @@ def detect_layout(keys: Iterable[str], source: str = "LoRA file") -> str:
     raise _first_key_error(source, key)
 
 
-def _grouped(sd: Mapping[str, torch.Tensor], pattern: re.Pattern[str], lookup: Mapping[str, _Module],
-             layout: str, source: str) -> dict[_Module, dict[str, torch.Tensor]]:  # fmt: skip
+def _grouped(
+    sd: Mapping[str, torch.Tensor],
+    pattern: re.Pattern[str],
+    lookup: Mapping[str, _Module],
+    layout: str,
+    source: str,
+) -> dict[_Module, dict[str, torch.Tensor]]:
     """{module: {"down"|"up"|"alpha": tensor}} for every key, or an error naming the first stray key."""
-    roles = {"lora_down.weight": "down", "lora_A.weight": "down", "lora_up.weight": "up",
-             "lora_B.weight": "up", "alpha": "alpha"}  # fmt: skip
+    roles = {
+        "lora_down.weight": "down",
+        "lora_A.weight": "down",
+        "lora_up.weight": "up",
+        "lora_B.weight": "up",
+        "alpha": "alpha",
+    }
     out: dict[_Module, dict[str, torch.Tensor]] = {}
     for key in sorted(sd):
         m = pattern.fullmatch(key)
@@ -249,8 +259,14 @@ def _fuse(m: ModuleMap, parts: dict[int, Factors], widths: Mapping[str, int] | N
     return Factors(down, up.to(dtype), float(down.shape[0]))
 
 
-def _part_width(m: ModuleMap, i: int, parts: dict[int, Factors], hidden: int,
-                widths: Mapping[str, int] | None, source: str) -> int:  # fmt: skip
+def _part_width(
+    m: ModuleMap,
+    i: int,
+    parts: dict[int, Factors],
+    hidden: int,
+    widths: Mapping[str, int] | None,
+    source: str,
+) -> int:
     if i in parts:
         return parts[i].up.shape[0]
     if not m.theirs[i].endswith("proj_mlp"):

@@ -92,8 +92,12 @@ def run(options: MergeOptions) -> int:
 
         specs = [(k, dtype_of(meta[k]), tuple(meta[k].shape)) for k in sorted(meta)]
         if any(meta[k].dtype in FLOAT8_DTYPES for k in meta):
-            logger.info("%s: float8 weights are written as %s, scales applied (load the merged file with "
-                        "--fp8_scaled to store them in fp8 again)", dit_path, save_dtype or DENSE_DTYPE)  # fmt: skip
+            logger.info(
+                "%s: float8 weights are written as %s, scales applied (load the merged file with "
+                "--fp8_scaled to store them in fp8 again)",
+                dit_path,
+                save_dtype or DENSE_DTYPE,
+            )
         bar = tqdm(total=len(specs), desc="merging", leave=False)
 
         def produce(key: str) -> torch.Tensor:

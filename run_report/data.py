@@ -71,8 +71,15 @@ def datasets(summary: list[dict]) -> list[DatasetInfo]:
             groups[key].append(name.item_key + window)
             media[key].add(name.item_key)
         buckets = [Bucket(w, h, f, groups[(w, h, f)], len(media[(w, h, f)])) for w, h, f in sorted(groups)]
-        out.append(DatasetInfo(str(folder), int(entry.get("batch_size", 1)), int(entry.get("num_repeats", 1)),
-                               len(files), buckets))  # fmt: skip
+        out.append(
+            DatasetInfo(
+                str(folder),
+                int(entry.get("batch_size", 1)),
+                int(entry.get("num_repeats", 1)),
+                len(files),
+                buckets,
+            )
+        )
     return out
 
 
@@ -83,8 +90,15 @@ def lora_targets(network) -> list[tuple[str, int, int, int, float]]:
     rows = []
     for name, lora in zip(names, loras, strict=False):
         alpha = getattr(lora, "alpha", float("nan"))
-        rows.append((name, int(getattr(lora, "in_features", 0)), int(getattr(lora, "out_features", 0)),
-                     int(getattr(lora, "lora_dim", 0)), float(alpha)))  # fmt: skip
+        rows.append(
+            (
+                name,
+                int(getattr(lora, "in_features", 0)),
+                int(getattr(lora, "out_features", 0)),
+                int(getattr(lora, "lora_dim", 0)),
+                float(alpha),
+            )
+        )
     return rows
 
 
@@ -105,9 +119,11 @@ def step_times(seconds: list[float]) -> list[tuple[str, str]]:
     rest = seconds[1:]
     if rest:
         median = statistics.median(rest)
-        rows += [("time per step (median)", f"{median:.3f} s ({1 / median:.2f} steps/s)" if median > 0 else "0 s"),
-                 ("time per step (mean, with saves and previews)", f"{statistics.fmean(rest):.3f} s"),
-                 ("slowest step", f"{max(rest):.3f} s")]  # fmt: skip
+        rows += [
+            ("time per step (median)", f"{median:.3f} s ({1 / median:.2f} steps/s)" if median > 0 else "0 s"),
+            ("time per step (mean, with saves and previews)", f"{statistics.fmean(rest):.3f} s"),
+            ("slowest step", f"{max(rest):.3f} s"),
+        ]
     return rows
 
 

@@ -109,22 +109,31 @@ class RunReport:
         parts = [
             f"<h1>{e(run.config.saving.output_name)}</h1>",
             f'<p class="status" id="status">{e(status)}: step {step} of {run.max_steps}; updated {e(updated)}</p>',
-            "<h2>Run</h2>", _table(("", ""), self._summary_rows()),
-            "<h2>Curves</h2>", self._plot(png),
-            "<h2>Previews</h2>", self._previews(),
-            "<h2>Dataset</h2>", self._datasets(),
-            "<h2>LoRA</h2>", self._lora(),
-            "<h2>Files</h2>", self._files(),
-            "<h2>Command line and options</h2>", self._options(),
-        ]  # fmt: skip
+            "<h2>Run</h2>",
+            _table(("", ""), self._summary_rows()),
+            "<h2>Curves</h2>",
+            self._plot(png),
+            "<h2>Previews</h2>",
+            self._previews(),
+            "<h2>Dataset</h2>",
+            self._datasets(),
+            "<h2>LoRA</h2>",
+            self._lora(),
+            "<h2>Files</h2>",
+            self._files(),
+            "<h2>Command line and options</h2>",
+            self._options(),
+        ]
         return "\n".join(parts)
 
     def _summary_rows(self) -> list[tuple[str, str]]:
         run = self.run
         finite = [x for x in run.losses if math.isfinite(x)]
-        rows = [("device", f"{run.accelerator.device} x {run.accelerator.num_processes} process(es)"),
-                ("running for (since this process started training)", f"{time.time() - self.started:.0f} s"),
-                ("last loss", f"{finite[-1]:.5f}" if finite else "-")]  # fmt: skip
+        rows = [
+            ("device", f"{run.accelerator.device} x {run.accelerator.num_processes} process(es)"),
+            ("running for (since this process started training)", f"{time.time() - self.started:.0f} s"),
+            ("last loss", f"{finite[-1]:.5f}" if finite else "-"),
+        ]
         if run.validations:
             rows.append(("last validation loss", f"{run.validations[-1]['loss/validation']:.5f}"))
         return [
@@ -136,8 +145,10 @@ class RunReport:
         if png is None:
             return '<p class="note">Plot skipped: matplotlib is not installed (pip install matplotlib).</p>'
         name = plot_path(self.run.output_dir, self.run.config.saving.output_name).name
-        return (f'<p><img class="plot" id="plot" alt="loss and learning-rate curves" src="{_data_uri(png, "png")}">'
-                f'</p><p class="note">Also written as <a href="{_href(name)}">{e(name)}</a>.</p>')  # fmt: skip
+        return (
+            f'<p><img class="plot" id="plot" alt="loss and learning-rate curves" src="{_data_uri(png, "png")}">'
+            f'</p><p class="note">Also written as <a href="{_href(name)}">{e(name)}</a>.</p>'
+        )
 
     def _previews(self) -> str:
         previews = find_previews(self.run.output_dir / "sample", self.run.config.saving.output_name)
@@ -152,8 +163,10 @@ class RunReport:
         for label in labels:
             row = "".join(f"<td>{self._preview_cell(cells.get((label, i)))}</td>" for i in indices)
             rows.append(f"<tr><th>{e(label_text(label))}</th>{row}</tr>")
-        return (f'<table class="previews"><tr><th>saved at</th>{head}</tr>{"".join(rows)}</table>'
-                '<p class="note">A few frames of each preview; click one to open its file.</p>')  # fmt: skip
+        return (
+            f'<table class="previews"><tr><th>saved at</th>{head}</tr>{"".join(rows)}</table>'
+            '<p class="note">A few frames of each preview; click one to open its file.</p>'
+        )
 
     def _preview_cell(self, preview: Preview | None) -> str:
         if preview is None:
@@ -164,8 +177,10 @@ class RunReport:
         except Exception as exc:  # a torn or unreadable file must not stop the run: say so in its cell
             logger.warning("report: cannot read preview %s: %s", preview.path, exc)
             return f'<a href="{_href(rel)}">{e(preview.path.name)}</a> (unreadable)'
-        return (f'<a href="{_href(rel)}"><img alt="{e(preview.path.name)}" src="{uri}"></a>'
-                f'<span class="note">seed {preview.seed}</span>')  # fmt: skip
+        return (
+            f'<a href="{_href(rel)}"><img alt="{e(preview.path.name)}" src="{uri}"></a>'
+            f'<span class="note">seed {preview.seed}</span>'
+        )
 
     def _thumbnail(self, path: Path) -> str:
         stat = path.stat()
@@ -189,13 +204,17 @@ class RunReport:
                 rows.append(
                     (f"{b.width}x{b.height}", str(b.frames), str(len(b.windows)), str(b.media), e(shown))
                 )
-            parts.append(f"<p><code>{e(d.cache_directory)}</code>: {d.latent_files} cached items, batch size "
-                         f"{d.batch_size}, {d.num_repeats} repeat(s)</p>"
-                         + _table(("bucket (W x H)", "frames", "items", "media files", "frame windows"), rows))  # fmt: skip
+            parts.append(
+                f"<p><code>{e(d.cache_directory)}</code>: {d.latent_files} cached items, batch size "
+                f"{d.batch_size}, {d.num_repeats} repeat(s)</p>"
+                + _table(("bucket (W x H)", "frames", "items", "media files", "frame windows"), rows)
+            )
         validator = self.run.validator
         if validator is not None:
-            parts.append(f"<p>Validation: {len(validator.batches)} batch(es), timesteps "
-                         f"{e(', '.join(f'{t * 1000:.0f}' for t in validator.timesteps.tolist()))}</p>")  # fmt: skip
+            parts.append(
+                f"<p>Validation: {len(validator.batches)} batch(es), timesteps "
+                f"{e(', '.join(f'{t * 1000:.0f}' for t in validator.timesteps.tolist()))}</p>"
+            )
         return "\n".join(parts) or '<p class="note">No dataset summary.</p>'
 
     def _lora(self) -> str:
@@ -203,11 +222,14 @@ class RunReport:
         groups = [(e(k), f"{lr:.3g}", str(n), f"{p:,}") for k, lr, n, p in data.param_groups(run.optimizer)]
         targets = data.lora_targets(run.network)
         rows = [(e(name), str(i), str(o), str(r), f"{al:g}") for name, i, o, r, al in targets]
-        return (f"<p><code>{e(a.network_module)}</code>, dim {e(a.network_dim)}, alpha {e(a.network_alpha)}, "
-                f"network_args <code>{e(' '.join(a.network_args) or '-')}</code>; {len(targets)} modules wrapped</p>"
-                + _table(("parameter group", "lr now", "tensors", "parameters"), groups)
-                + f"<details><summary>The {len(targets)} wrapped modules</summary>"
-                + _table(("module", "in", "out", "rank", "alpha"), rows) + "</details>")  # fmt: skip
+        return (
+            f"<p><code>{e(a.network_module)}</code>, dim {e(a.network_dim)}, alpha {e(a.network_alpha)}, "
+            f"network_args <code>{e(' '.join(a.network_args) or '-')}</code>; {len(targets)} modules wrapped</p>"
+            + _table(("parameter group", "lr now", "tensors", "parameters"), groups)
+            + f"<details><summary>The {len(targets)} wrapped modules</summary>"
+            + _table(("module", "in", "out", "rank", "alpha"), rows)
+            + "</details>"
+        )
 
     def _files(self) -> str:
         run = self.run
@@ -219,8 +241,9 @@ class RunReport:
             rows.append(
                 (f'<a href="{_href(Path(rel).as_posix())}">{e(rel)}</a>', e(kind), data.size_text(size))
             )
-        return (f"<p>Output folder: <code>{e(run.output_dir.resolve())}</code></p>"
-                + _table(("file", "what", "size"), rows))  # fmt: skip
+        return f"<p>Output folder: <code>{e(run.output_dir.resolve())}</code></p>" + _table(
+            ("file", "what", "size"), rows
+        )
 
     def _options(self) -> str:
         rows = []
@@ -230,9 +253,11 @@ class RunReport:
             f'<tr class="{"set" if c == "set" else "default"}"><td><code>{n}</code></td><td><code>{v}</code></td></tr>'
             for n, v, c in rows
         )
-        return (f"<pre>{e(' '.join(self.command))}</pre>"
-                "<details open><summary>Resolved options (config file and command line; grey: the default)</summary>"
-                f"<table><tr><th>option</th><th>value</th></tr>{body}</table></details>")  # fmt: skip
+        return (
+            f"<pre>{e(' '.join(self.command))}</pre>"
+            "<details open><summary>Resolved options (config file and command line; grey: the default)</summary>"
+            f"<table><tr><th>option</th><th>value</th></tr>{body}</table></details>"
+        )
 
 
 def start_report(run) -> RunReport | None:

@@ -33,8 +33,15 @@ cache_directory = "{cache}"
 
 
 def _text_args(*extra: str) -> list[str]:
-    return ["--dataset_config", DEMO_CONFIG, "--text_encoder1", "models/text_encoder",
-            "--text_encoder2", "models/text_encoder_2", *extra]  # fmt: skip
+    return [
+        "--dataset_config",
+        DEMO_CONFIG,
+        "--text_encoder1",
+        "models/text_encoder",
+        "--text_encoder2",
+        "models/text_encoder_2",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -105,11 +112,33 @@ def reported_run(cached_demo, tmp_path_factory) -> dict:
     )
     tensorboard = importlib.util.find_spec("tensorboard") is not None
     logs = ["--log_with", "tensorboard", "--logging_dir", str(work / "logs")] if tensorboard else []
-    argv = ["--config_file", str(ROOT / "configs" / "tiny_demo.toml"), "--dit", "models/tiny_dit.safetensors",
-            "--vae", "models/vae", "--text_encoder1", "models/text_encoder", "--text_encoder2", "models/text_encoder_2",
-            "--dataset_config", str(work / "dataset.toml"), "--output_dir", str(work / "out"),
-            "--sample_prompts", str(work / "prompts.txt"), "--max_train_steps", "8", "--save_every_n_steps", "4",
-            "--sample_every_n_steps", "4", "--validate_every_n_steps", "4", *logs]  # fmt: skip
+    argv = [
+        "--config_file",
+        str(ROOT / "configs" / "tiny_demo.toml"),
+        "--dit",
+        "models/tiny_dit.safetensors",
+        "--vae",
+        "models/vae",
+        "--text_encoder1",
+        "models/text_encoder",
+        "--text_encoder2",
+        "models/text_encoder_2",
+        "--dataset_config",
+        str(work / "dataset.toml"),
+        "--output_dir",
+        str(work / "out"),
+        "--sample_prompts",
+        str(work / "prompts.txt"),
+        "--max_train_steps",
+        "8",
+        "--save_every_n_steps",
+        "4",
+        "--sample_every_n_steps",
+        "4",
+        "--validate_every_n_steps",
+        "4",
+        *logs,
+    ]
     from run_report.page import RunReport
 
     snapshots = []  # (step, status, the page as written): what a run killed after that write would leave
@@ -132,5 +161,9 @@ def reported_run(cached_demo, tmp_path_factory) -> dict:
         root.setLevel(level)
         root.handlers[:] = handlers
         logging.captureWarnings(False)
-    return {"out": work / "out", "logs": work / "logs" if tensorboard else None, "name": "tiny_lora",
-            "snapshots": snapshots}  # fmt: skip
+    return {
+        "out": work / "out",
+        "logs": work / "logs" if tensorboard else None,
+        "name": "tiny_lora",
+        "snapshots": snapshots,
+    }

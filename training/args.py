@@ -19,10 +19,21 @@ from training.options import LR_SCHEDULERS, TrainConfig  # noqa: F401 (LR_SCHEDU
 
 # The `--help` sections, in order ("": the parser's own list of options).
 HELP_SECTIONS = (
-    "model", "attention", "data", "LoRA network", "optimizer", "learning-rate schedule", "training",
-    "timesteps and loss", "saving and resuming", "metadata of the LoRA file", "logging", "sample previews",
-    "validation", "",
-)  # fmt: skip
+    "model",
+    "attention",
+    "data",
+    "LoRA network",
+    "optimizer",
+    "learning-rate schedule",
+    "training",
+    "timesteps and loss",
+    "saving and resuming",
+    "metadata of the LoRA file",
+    "logging",
+    "sample previews",
+    "validation",
+    "",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,8 +22,10 @@ def show_batches(config: TrainConfig, limit: int = 8) -> int:
         items = batches._plan[index]
         batch = batches[index]
         tokens = batch["llm_mask"].sum(1).tolist()
-        print(f"  batch {index}: latents {tuple(batch['latents'].shape)}, LLM states "
-              f"{tuple(batch['llm'].shape)} (valid tokens {tokens}), CLIP {tuple(batch['clip_pooled'].shape)}")  # fmt: skip
+        print(
+            f"  batch {index}: latents {tuple(batch['latents'].shape)}, LLM states "
+            f"{tuple(batch['llm'].shape)} (valid tokens {tokens}), CLIP {tuple(batch['clip_pooled'].shape)}"
+        )
         for item in items:
             print(f"    {item.latent_path.name}")
     return 0

@@ -85,7 +85,9 @@ def workload_from_config(config: TrainConfig) -> Workload:
     if override:
         return Workload(*override)
     if not config.data.dataset_config:
-        raise UserError("--estimate_memory needs --dataset_config or --estimate_resolution W H FRAMES [BATCH]")
+        raise UserError(
+            "--estimate_memory needs --dataset_config or --estimate_resolution W H FRAMES [BATCH]"
+        )
     return workload_from_dataset_config(config.data.dataset_config)
 
 
@@ -141,8 +143,10 @@ def format_estimate(est: MemoryEstimate, i: Inputs, budget_gb: float | None = No
     if budget_gb is not None:
         lines.append(_fits_line(i, budget_gb))
     else:
-        lines.append("  smallest --blocks_to_swap by card (estimate): " + ", ".join(
-            f"{gb} GB: {_swap_text(i, gb)}" for gb in COMMON_CARDS_GB))  # fmt: skip
+        lines.append(
+            "  smallest --blocks_to_swap by card (estimate): "
+            + ", ".join(f"{gb} GB: {_swap_text(i, gb)}" for gb in COMMON_CARDS_GB)
+        )
     return "\n".join(lines)
 
 
@@ -156,13 +160,23 @@ def _fits_line(i: Inputs, budget_gb: float) -> str:
     if n is not None:
         return f"fits in {budget_gb:g} GB with --blocks_to_swap {n} (estimate)"
     s = i.settings
-    tips = [t for t, off in (("--fp8_base", not (s.fp8_base or s.fp8_scaled)),
-                             ("--gradient_checkpointing", not s.gradient_checkpointing),
-                             ("--gradient_checkpointing_cpu_offload", s.gradient_checkpointing
-                              and not s.checkpoint_cpu_offload)) if off]  # fmt: skip
+    tips = [
+        t
+        for t, off in (
+            ("--fp8_base", not (s.fp8_base or s.fp8_scaled)),
+            ("--gradient_checkpointing", not s.gradient_checkpointing),
+            (
+                "--gradient_checkpointing_cpu_offload",
+                s.gradient_checkpointing and not s.checkpoint_cpu_offload,
+            ),
+        )
+        if off
+    ]
     tips.append("fewer frames or a smaller resolution/batch")
-    return f"does not fit in {budget_gb:g} GB even with --blocks_to_swap {max_blocks_to_swap(i.config)} " \
-        f"(estimate); try {', '.join(tips)}"  # fmt: skip
+    return (
+        f"does not fit in {budget_gb:g} GB even with --blocks_to_swap {max_blocks_to_swap(i.config)} "
+        f"(estimate); try {', '.join(tips)}"
+    )
 
 
 def render(config: TrainConfig) -> str:

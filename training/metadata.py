@@ -52,5 +52,9 @@ def training_metadata(
 
 def minimal_metadata(network: LoRANetwork) -> dict[str, str]:
     """--no_metadata: only what a loader needs to use the file."""
-    return {"ss_network_module": "networks.lora", "ss_network_dim": str(network.spec.dim),
-            "ss_network_alpha": str(network.spec.alpha), "ss_architecture": "hunyuan-video"}  # fmt: skip
+    return {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(network.spec.dim),
+        "ss_network_alpha": str(network.spec.alpha),
+        "ss_architecture": "hunyuan-video",
+    }

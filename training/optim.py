@@ -72,8 +72,16 @@ def build_optimizer(name: str, groups: list[dict], lr: float, extra: Sequence[st
         raise UserError(f"--optimizer_args for {cls.__name__}: {e}") from None
 
 
-def lr_lambda(name: str, warmup: int, total: int, cycles: float = 1.0, power: float = 1.0, min_ratio: float = 0.0,
-              decay: int = 0, timescale: int | None = None):  # fmt: skip
+def lr_lambda(
+    name: str,
+    warmup: int,
+    total: int,
+    cycles: float = 1.0,
+    power: float = 1.0,
+    min_ratio: float = 0.0,
+    decay: int = 0,
+    timescale: int | None = None,
+):
     """A factor on the base lr per optimizer step, as transformers' schedules of the same names compute it."""
     if name not in SCHEDULERS:
         raise UserError(f"--lr_scheduler {name}: use one of {', '.join(SCHEDULERS)}")
@@ -104,9 +112,17 @@ def lr_lambda(name: str, warmup: int, total: int, cycles: float = 1.0, power: fl
     return factor
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, name: str, warmup: int, total: int, cycles: float = 1.0,
-                    power: float = 1.0, min_ratio: float = 0.0, decay: int = 0,
-                    timescale: int | None = None) -> torch.optim.lr_scheduler.LambdaLR:  # fmt: skip
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    name: str,
+    warmup: int,
+    total: int,
+    cycles: float = 1.0,
+    power: float = 1.0,
+    min_ratio: float = 0.0,
+    decay: int = 0,
+    timescale: int | None = None,
+) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(name, warmup, total, cycles, power, min_ratio, decay, timescale)
     )

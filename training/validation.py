@@ -54,8 +54,14 @@ class Validator:
                 for k, t_value in enumerate(self.timesteps.tolist()):
                     t = torch.full((bsz,), t_value)
                     x_t, target = noisy_input(latents, noise, t.to(device))
-                    pred = model(x_t.to(dtype), (t * 1000.0).to(device), batch["llm"].to(device, dtype),
-                                 batch["llm_mask"].to(device), batch["clip_pooled"].to(device, dtype), guidance)  # fmt: skip
+                    pred = model(
+                        x_t.to(dtype),
+                        (t * 1000.0).to(device),
+                        batch["llm"].to(device, dtype),
+                        batch["llm_mask"].to(device),
+                        batch["clip_pooled"].to(device, dtype),
+                        guidance,
+                    )
                     per_t[k] += flow_loss(pred, target, None).item()
         finally:
             network.train(was_training)

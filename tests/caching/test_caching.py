@@ -27,7 +27,11 @@ def test_latent_files_have_the_bucket_shapes(workdir):
     meta = read_metadata(f)
     assert meta["item_key"] == "red_square" and meta["bucket"] == "160x96x17" and meta["start_frame"] == "0"
     assert (meta["architecture"], meta["width"], meta["height"], meta["frame_count"]) == (
-        "hunyuan_video", "160", "96", "17")  # fmt: skip
+        "hunyuan_video",
+        "160",
+        "96",
+        "17",
+    )
     from safetensors.torch import load_file
 
     latents = load_file(str(f))["latents_5x12x20_float32"]
@@ -62,8 +66,10 @@ def test_text_files_hold_musubi_tuners_padded_states(workdir):
 
 
 def test_batches_read_back(workdir):
-    specs = [CachedDatasetSpec(workdir / "demo/cache/images", batch_size=2, num_repeats=2),
-             CachedDatasetSpec(workdir / "demo/cache/videos", batch_size=2)]  # fmt: skip
+    specs = [
+        CachedDatasetSpec(workdir / "demo/cache/images", batch_size=2, num_repeats=2),
+        CachedDatasetSpec(workdir / "demo/cache/videos", batch_size=2),
+    ]
     batches = CachedBatches(specs, seed=1)
     # images: 3 buckets x 2 repeats -> 3 batches of 2; videos: 8 windows, each its own (size, length) bucket
     assert len(batches) == 3 + 8
@@ -120,11 +126,14 @@ def test_corrupt_cache_file_is_named(workdir, tmp_path):
     ("toml_text", "fragment"),
     [
         ('[general]\nresolution = [64, 64]\ncaption_extention = ".txt"\n', "did you mean"),
-        ('[[datasets]]\nimage_directory = "missing_dir"\ncaption_extension = ".txt"\nresolution = [64, 64]\n'
-         'cache_directory = "c"\n', "missing_dir"),
+        (
+            '[[datasets]]\nimage_directory = "missing_dir"\ncaption_extension = ".txt"\nresolution = [64, 64]\n'
+            'cache_directory = "c"\n',
+            "missing_dir",
+        ),
         ("[general\nresolution = 3\n", "line 1"),
     ],
-)  # fmt: skip
+)
 def test_broken_config_is_one_line_exit_2(workdir, tmp_path, monkeypatch, capsys, toml_text, fragment):
     monkeypatch.chdir(workdir)
     bad = tmp_path / "bad.toml"
@@ -148,8 +157,14 @@ def test_killed_cache_run_leaves_no_torn_file(workdir, tmp_path):
     (run_dir / "models").symlink_to(workdir / "models")
     # Stopped inside the third cache file's write, by construction (never a race against the machine's speed).
     script = Path(__file__).resolve().parents[1] / "helpers" / "kill_in_cache_write.py"
-    proc = subprocess.run([sys.executable, str(script), "3", "--dataset_config", CONFIG, "--vae", "models/vae"],
-                          cwd=run_dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(script), "3", "--dataset_config", CONFIG, "--vae", "models/vae"],
+        cwd=run_dir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == -signal.SIGXFSZ, f"not stopped in the third write: {proc.stderr[-2000:]}"
     cache = run_dir / "demo/cache"
     written = list(cache.rglob("*_hv.safetensors"))

@@ -41,8 +41,19 @@ def _batches(toml: Path) -> CachedBatches:
 
 
 def _train(out: Path, toml: Path, *extra: str) -> int:
-    argv = ["--config_file", str(ROOT / "configs/tiny_demo.toml"), "--dit", "models/tiny_dit.safetensors",
-            "--dataset_config", str(toml), "--output_dir", str(out), "--sample_prompts", "", *extra]  # fmt: skip
+    argv = [
+        "--config_file",
+        str(ROOT / "configs/tiny_demo.toml"),
+        "--dit",
+        "models/tiny_dit.safetensors",
+        "--dataset_config",
+        str(toml),
+        "--output_dir",
+        str(out),
+        "--sample_prompts",
+        "",
+        *extra,
+    ]
     return hv_train_network.main(argv)
 
 
@@ -67,8 +78,11 @@ def test_a_same_shape_copy_is_refused_by_its_metadata(images):
     cache, _ = images
     shutil.copy(cache / "checker_0128x0128_hv.safetensors", cache / "other_0128x0128_hv.safetensors")
     shutil.copy(cache / "checker_hv_te.safetensors", cache / "other_hv_te.safetensors")
-    with pytest.raises(CacheFileError, match=r"other_0128x0128_hv.safetensors was made for another item: .*item_key "
-                                             r"checker \(the name says other\)"):  # fmt: skip
+    with pytest.raises(
+        CacheFileError,
+        match=r"other_0128x0128_hv.safetensors was made for another item: .*item_key "
+        r"checker \(the name says other\)",
+    ):
         discover_cached_items(cache)  # every file of the folder, musubi-tuner's way: the same check
 
 

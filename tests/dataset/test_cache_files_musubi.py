@@ -25,8 +25,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _train(out: Path, dataset_config: Path, *extra: str) -> int:
-    argv = ["--config_file", str(ROOT / "configs/tiny_demo.toml"), "--dit", "models/tiny_dit.safetensors",
-            "--dataset_config", str(dataset_config), "--output_dir", str(out), "--sample_prompts", "", *extra]  # fmt: skip
+    argv = [
+        "--config_file",
+        str(ROOT / "configs/tiny_demo.toml"),
+        "--dit",
+        "models/tiny_dit.safetensors",
+        "--dataset_config",
+        str(dataset_config),
+        "--output_dir",
+        str(out),
+        "--sample_prompts",
+        "",
+        *extra,
+    ]
     return hv_train_network.main(argv)
 
 
@@ -46,8 +57,15 @@ def _as_musubi(ours: Path, folder: Path, seed: int = 0) -> None:
             mask.bool()[:, None], sd["llm_float32"], torch.randn(sd["llm_float32"].shape, generator=g)
         )
         clip_mask = (torch.arange(77) < 9).long()
-        write_text(folder, text.name.removesuffix("_hv_te.safetensors"), meta["caption1"], llm, mask,
-                   sd["clipL_float32"], clip_mask)  # fmt: skip
+        write_text(
+            folder,
+            text.name.removesuffix("_hv_te.safetensors"),
+            meta["caption1"],
+            llm,
+            mask,
+            sd["clipL_float32"],
+            clip_mask,
+        )
 
 
 def test_musubi_caches_train_with_our_first_step_loss(cached_demo, tmp_path, monkeypatch, restore_logging):
@@ -115,8 +133,16 @@ def test_every_musubi_format_version_and_dtype_reads(tmp_path, version):
     lat = write_latent(tmp_path, "clip", (48, 32), latent, (0, 9), version)
     llm = torch.randn(256, 8, dtype=torch.float16)
     mask = (torch.arange(256) < 5).long()
-    write_text(tmp_path, "clip", "a caption", llm, mask, torch.randn(12).half(), torch.ones(77, dtype=torch.long),
-               version)  # fmt: skip
+    write_text(
+        tmp_path,
+        "clip",
+        "a caption",
+        llm,
+        mask,
+        torch.randn(12).half(),
+        torch.ones(77, dtype=torch.long),
+        version,
+    )
     [item] = discover_cached_items(tmp_path)
     assert item.latent_path == lat and item.bucket == (16, 3, 4, 6)
     assert torch.equal(load_latents(lat), latent)
@@ -128,28 +154,38 @@ def test_other_formats_are_named_not_called_corrupt(tmp_path):
     folder = tmp_path / "c"
     folder.mkdir()
     name = latent_name("x", (64, 64))
-    save_file({"latents": torch.zeros(16, 1, 8, 8)}, str(folder / name),
-              metadata={"format_version": "hv_latents_v1", "item_key": "x"})  # fmt: skip
+    save_file(
+        {"latents": torch.zeros(16, 1, 8, 8)},
+        str(folder / name),
+        metadata={"format_version": "hv_latents_v1", "item_key": "x"},
+    )
     with pytest.raises(CacheFileError, match=r"old hv_latents_v1 format.*rerun cache_latents.py") as e:
         discover_cached_items(folder)
     assert "corrupt" not in str(e.value)
     # a musubi-tuner Wan latent cache (save_latent_cache_wan's keys), renamed into the folder
-    save_file({"latents_1x8x8_float32": torch.zeros(16, 1, 8, 8), "clip_float32": torch.zeros(257, 1280)},
-              str(folder / name), metadata={"architecture": "wan", "format_version": "1.0.1", "width": "64",
-                                           "height": "64"})  # fmt: skip
+    save_file(
+        {"latents_1x8x8_float32": torch.zeros(16, 1, 8, 8), "clip_float32": torch.zeros(257, 1280)},
+        str(folder / name),
+        metadata={"architecture": "wan", "format_version": "1.0.1", "width": "64", "height": "64"},
+    )
     with pytest.raises(CacheFileError, match=r"musubi-tuner Wan latent cache \(architecture 'wan'") as e:
         discover_cached_items(folder)
     assert "corrupt" not in str(e.value)
     write_latent(folder, "x", (64, 64), torch.zeros(16, 1, 8, 8))
     # a FramePack text-encoder cache where a HunyuanVideo one belongs
-    save_file({"llama_vec_float16": torch.zeros(512, 8).half(), "llama_attention_mask": torch.ones(512).long()},
-              str(folder / "x_hv_te.safetensors"), metadata={"architecture": "framepack", "caption1": "c",
-                                                             "format_version": "1.0.1"})  # fmt: skip
+    save_file(
+        {"llama_vec_float16": torch.zeros(512, 8).half(), "llama_attention_mask": torch.ones(512).long()},
+        str(folder / "x_hv_te.safetensors"),
+        metadata={"architecture": "framepack", "caption1": "c", "format_version": "1.0.1"},
+    )
     with pytest.raises(CacheFileError, match="musubi-tuner FramePack text-encoder cache") as e:
         discover_cached_items(folder)
     assert "corrupt" not in str(e.value)
-    save_file({"llm": torch.zeros(3, 8), "clip_pooled": torch.zeros(8)}, str(folder / "x_hv_te.safetensors"),
-              metadata={"format_version": "hv_text_v1"})  # fmt: skip
+    save_file(
+        {"llm": torch.zeros(3, 8), "clip_pooled": torch.zeros(8)},
+        str(folder / "x_hv_te.safetensors"),
+        metadata={"format_version": "hv_text_v1"},
+    )
     with pytest.raises(CacheFileError, match="old hv_text_v1 format.*rerun cache_text_encoder_outputs.py"):
         discover_cached_items(folder)
 
@@ -167,8 +203,10 @@ def test_stale_files_are_removed_or_kept_and_never_trained(
     work = _copy_work(cached_demo, tmp_path / "run")
     monkeypatch.chdir(work)
     images, videos = work / "demo/cache/images", work / "demo/cache/videos"
-    shutil.copy(videos / "red_square_00000-017_0160x0096_hv.safetensors",
-                videos / "red_square_00000-025_0160x0096_hv.safetensors")  # fmt: skip
+    shutil.copy(
+        videos / "red_square_00000-017_0160x0096_hv.safetensors",
+        videos / "red_square_00000-025_0160x0096_hv.safetensors",
+    )
     write_latent(images, "gone", (64, 64), torch.zeros(16, 1, 8, 8))  # a removed image's files
     shutil.copy(images / "checker_hv_te.safetensors", images / "gone_hv_te.safetensors")
     (images / "gone_0064x0064_wan.safetensors").write_bytes(b"another architecture's file")
@@ -206,8 +244,10 @@ def test_stale_files_are_removed_or_kept_and_never_trained(
     toml.write_text(toml.read_text().replace("target_frames = [1, 9, 17]", "target_frames = [1]"))
     assert cache_latents.main(latent_args) == 0
     assert sorted(p.name for p in videos.glob("*_hv.safetensors")) == [
-        "blue_ball_00000-001_0112x0144_hv.safetensors", "green_orbit_00000-001_0128x0128_hv.safetensors",
-        "red_square_00000-001_0160x0096_hv.safetensors"]  # fmt: skip
+        "blue_ball_00000-001_0112x0144_hv.safetensors",
+        "green_orbit_00000-001_0128x0128_hv.safetensors",
+        "red_square_00000-001_0160x0096_hv.safetensors",
+    ]
     video_set = load_dataset_config(DEMO_CONFIG, check_media=False).datasets[1]
     assert len(CachedBatches([CachedDatasetSpec.of(video_set)])) == 3
 
@@ -229,8 +269,11 @@ def test_a_cache_folder_copied_without_its_media_trains_every_file_with_a_warnin
     file of the folder), said once; a load that reads the media still names the missing folder."""
     monkeypatch.chdir(cached_demo)
     toml = tmp_path / "caches_only.toml"
-    toml.write_text(IMAGES_TOML.replace("demo/data/images", str(tmp_path / "gone")).format(
-        cache=cached_demo / "demo/cache/images"))  # fmt: skip
+    toml.write_text(
+        IMAGES_TOML.replace("demo/data/images", str(tmp_path / "gone")).format(
+            cache=cached_demo / "demo/cache/images"
+        )
+    )
     with pytest.raises(Exception, match="directory not found"):
         load_dataset_config(toml)
     caplog.set_level(logging.WARNING, logger="dataset.cache_index")

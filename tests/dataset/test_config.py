@@ -130,15 +130,26 @@ def test_musubi_sample_parses_to_the_expected_items(media):
     blueprint = load_dataset_config(_write(media, _place(MUSUBI_SAMPLE, media)))
     images, videos = blueprint.datasets
     assert images == ImageDatasetConfig(
-        origin=images.origin, resolution=(960, 544), caption_extension=".txt", batch_size=1, num_repeats=1,
-        enable_bucket=True, bucket_no_upscale=False, cache_directory=media / "cache_directory",
+        origin=images.origin,
+        resolution=(960, 544),
+        caption_extension=".txt",
+        batch_size=1,
+        num_repeats=1,
+        enable_bucket=True,
+        bucket_no_upscale=False,
+        cache_directory=media / "cache_directory",
         image_directory=media / "image_dir",
-    )  # fmt: skip
+    )
     assert videos == VideoDatasetConfig(
-        origin=videos.origin, resolution=(960, 544), caption_extension=".txt", enable_bucket=True,
-        cache_directory=media / "cache_directory_video", video_directory=media / "video_dir",
-        target_frames=(1, 25, 45), frame_extraction="head",
-    )  # fmt: skip
+        origin=videos.origin,
+        resolution=(960, 544),
+        caption_extension=".txt",
+        enable_bucket=True,
+        cache_directory=media / "cache_directory_video",
+        video_directory=media / "video_dir",
+        target_frames=(1, 25, 45),
+        frame_extraction="head",
+    )
     assert (
         videos.frame_stride == 1 and videos.frame_sample == 1 and videos.max_frames == 129
     )  # musubi's defaults
@@ -250,38 +261,85 @@ IMAGES = '[[datasets]]\nimage_directory = "{root}/image_dir"\ncaption_extension 
 VIDEOS = '[[datasets]]\nvideo_directory = "{root}/video_dir"\ncaption_extension = ".txt"\n'
 
 BROKEN = {
-    "misspelt key": (IMAGES + "batch_sise = 2\n", ["datasets[0].batch_sise", "unknown key", "did you mean 'batch_size'"]),
-    "misspelt general key": ("[general]\nenable_buckets = true\n" + IMAGES, ["general.enable_buckets", "'enable_bucket'"]),
-    "misspelt section": ("[[dataset]]\nimage_directory = 'x'\n", ["dataset: unknown top-level key", "'datasets'"]),
+    "misspelt key": (
+        IMAGES + "batch_sise = 2\n",
+        ["datasets[0].batch_sise", "unknown key", "did you mean 'batch_size'"],
+    ),
+    "misspelt general key": (
+        "[general]\nenable_buckets = true\n" + IMAGES,
+        ["general.enable_buckets", "'enable_bucket'"],
+    ),
+    "misspelt section": (
+        "[[dataset]]\nimage_directory = 'x'\n",
+        ["dataset: unknown top-level key", "'datasets'"],
+    ),
     "key outside a table": ("resolution = [960, 544]\n" + IMAGES, ["resolution: put it under [general]"]),
     "single brackets": ('[datasets]\nimage_directory = "x"\n', ["datasets: write [[datasets]]"]),
-    "no datasets": ('[general]\nbatch_size = 1\n', ["no [[datasets]]"]),
-    "missing directory": (IMAGES.replace("/image_dir", "/nope"), ["datasets[0].image_directory", "directory not found", "/nope"]),
-    "file as directory": (IMAGES.replace("/image_dir", "/metadata.jsonl"), ["image_directory: not a directory"]),
+    "no datasets": ("[general]\nbatch_size = 1\n", ["no [[datasets]]"]),
+    "missing directory": (
+        IMAGES.replace("/image_dir", "/nope"),
+        ["datasets[0].image_directory", "directory not found", "/nope"],
+    ),
+    "file as directory": (
+        IMAGES.replace("/image_dir", "/metadata.jsonl"),
+        ["image_directory: not a directory"],
+    ),
     "syntax error": (IMAGES + "batch_size = = 2\n", ["line 4", "TOML syntax error"]),
     "unclosed string": ('[general]\ncaption_extension = ".txt\n' + IMAGES, ["line 2", "TOML syntax error"]),
-    "string for int": (IMAGES + 'batch_size = "4"\n', ["datasets[0].batch_size", "expected an integer >= 1, got a string '4'"]),
+    "string for int": (
+        IMAGES + 'batch_size = "4"\n',
+        ["datasets[0].batch_size", "expected an integer >= 1, got a string '4'"],
+    ),
     "int for bool": (IMAGES + "enable_bucket = 1\n", ["datasets[0].enable_bucket", "expected true or false"]),
     "bool for int": (IMAGES + "num_repeats = true\n", ["datasets[0].num_repeats", "expected an integer"]),
     "zero batch": (IMAGES + "batch_size = 0\n", ["datasets[0].batch_size", "got 0"]),
-    "one-number resolution list": (IMAGES + "resolution = [960]\n", ["datasets[0].resolution", "[width, height]"]),
+    "one-number resolution list": (
+        IMAGES + "resolution = [960]\n",
+        ["datasets[0].resolution", "[width, height]"],
+    ),
     "tiny resolution": (IMAGES + "resolution = [8, 8]\n", ["datasets[0].resolution", "at least 16"]),
-    "resolution not /16": (IMAGES + "resolution = [960, 540]\n", ["datasets[0].resolution", "multiples of 16"]),
+    "resolution not /16": (
+        IMAGES + "resolution = [960, 540]\n",
+        ["datasets[0].resolution", "multiples of 16"],
+    ),
     "target_frames int": (VIDEOS + "target_frames = 25\n", ["datasets[0].target_frames", "list of integers"]),
     "target_frames zero": (VIDEOS + "target_frames = [0, 25]\n", ["datasets[0].target_frames", ">= 1"]),
-    "bad mode": (VIDEOS + 'frame_extraction = "slid"\n', ["datasets[0].frame_extraction", "did you mean 'slide'"]),
+    "bad mode": (
+        VIDEOS + 'frame_extraction = "slid"\n',
+        ["datasets[0].frame_extraction", "did you mean 'slide'"],
+    ),
     "bad fps": (VIDEOS + "source_fps = -30\n", ["datasets[0].source_fps", "positive"]),
-    "video key on images": (IMAGES + "target_frames = [1]\n", ["datasets[0].target_frames", "video datasets only"]),
-    "path in general": ('[general]\ncache_directory = "c"\n' + IMAGES, ["general.cache_directory", "[[datasets]]"]),
-    "both sources": (IMAGES + 'video_directory = "{root}/video_dir"\n', ["datasets[0]:", "both image_directory and video_directory"]),
+    "video key on images": (
+        IMAGES + "target_frames = [1]\n",
+        ["datasets[0].target_frames", "video datasets only"],
+    ),
+    "path in general": (
+        '[general]\ncache_directory = "c"\n' + IMAGES,
+        ["general.cache_directory", "[[datasets]]"],
+    ),
+    "both sources": (
+        IMAGES + 'video_directory = "{root}/video_dir"\n',
+        ["datasets[0]:", "both image_directory and video_directory"],
+    ),
     "no source": ('[[datasets]]\ncaption_extension = ".txt"\n', ["datasets[0]:", "found none"]),
-    "no caption extension": ('[[datasets]]\nimage_directory = "{root}/image_dir"\n', ["datasets[0].caption_extension", "required"]),
-    "jsonl without cache": ('[[datasets]]\nimage_jsonl_file = "{root}/metadata.jsonl"\n', ["datasets[0].cache_directory", "required"]),
-    "missing jsonl": ('[[datasets]]\nimage_jsonl_file = "{root}/no.jsonl"\ncache_directory = "c"\n', ["image_jsonl_file: file not found"]),
-    "shared cache": (IMAGES + 'cache_directory = "{root}/c"\n' + VIDEOS + 'cache_directory = "{root}/c"\n',
-                     ["datasets[1].cache_directory", "also the cache directory of datasets[0]"]),
+    "no caption extension": (
+        '[[datasets]]\nimage_directory = "{root}/image_dir"\n',
+        ["datasets[0].caption_extension", "required"],
+    ),
+    "jsonl without cache": (
+        '[[datasets]]\nimage_jsonl_file = "{root}/metadata.jsonl"\n',
+        ["datasets[0].cache_directory", "required"],
+    ),
+    "missing jsonl": (
+        '[[datasets]]\nimage_jsonl_file = "{root}/no.jsonl"\ncache_directory = "c"\n',
+        ["image_jsonl_file: file not found"],
+    ),
+    "shared cache": (
+        IMAGES + 'cache_directory = "{root}/c"\n' + VIDEOS + 'cache_directory = "{root}/c"\n',
+        ["datasets[1].cache_directory", "also the cache directory of datasets[0]"],
+    ),
     "shared default cache": (IMAGES + IMAGES, ["datasets[1].cache_directory", "datasets[0]"]),
-}  # fmt: skip
+}
 
 
 def _assert_one_line(error: DatasetConfigError, config: Path, fragments: list[str]) -> None:

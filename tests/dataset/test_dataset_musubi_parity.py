@@ -260,7 +260,9 @@ def test_the_table_covers_every_documented_key():
     for mode in ("head", "chunk", "slide", "uniform", "full"):
         assert f'"{mode}"' in text
     # resolution, enable_bucket, bucket_no_upscale, batch_size, num_repeats: every combination of the two flags
-    assert {(s[1], s[2]) for s in IMAGE_SETTINGS} == {(s[1], s[2]) for s in VIDEO_BUCKETS} == {
-        (False, False), (True, False), (True, True), (False, True)
-    }  # fmt: skip
+    assert (
+        {(s[1], s[2]) for s in IMAGE_SETTINGS}
+        == {(s[1], s[2]) for s in VIDEO_BUCKETS}
+        == {(False, False), (True, False), (True, True), (False, True)}
+    )
     assert {s[3] for s in IMAGE_SETTINGS} > {1} and {s[4] for s in IMAGE_SETTINGS} > {1}

@@ -26,8 +26,10 @@ MAX_ABS_DIFF = 1e-6
 
 
 def _demo_specs(root: Path, batch_size: int) -> list[CachedDatasetSpec]:
-    return [CachedDatasetSpec(root / "demo/cache/images", batch_size, num_repeats=2),
-            CachedDatasetSpec(root / "demo/cache/videos", batch_size)]  # fmt: skip
+    return [
+        CachedDatasetSpec(root / "demo/cache/images", batch_size, num_repeats=2),
+        CachedDatasetSpec(root / "demo/cache/videos", batch_size),
+    ]
 
 
 def test_demo_global_batches_divide_evenly_where_buckets_allow(cached_demo):
@@ -82,15 +84,30 @@ def test_scaled_shares_of_a_loss_average_to_the_global_mean():
     whole = flow_loss(pred, target, None)
     # 3 real items over 2 processes (2 + 1 and a pad): scale P / n for real items, 0 for the pad
     first = flow_loss(pred[:2], target[:2], None, torch.tensor([2 / 3, 2 / 3]))
-    second = flow_loss(torch.cat([pred[2:], pred[:1]]), torch.cat([target[2:], target[:1]]), None,
-                       torch.tensor([2 / 3, 0.0]))  # fmt: skip
+    second = flow_loss(
+        torch.cat([pred[2:], pred[:1]]), torch.cat([target[2:], target[:1]]), None, torch.tensor([2 / 3, 0.0])
+    )
     assert torch.allclose((first + second) / 2, whole)
 
 
 def _common(out: Path, dataset: str) -> list[str]:
-    return ["--config_file", DEMO_TOML, "--dit", "models/tiny_dit.safetensors", "--dataset_config", dataset,
-            "--output_dir", str(out), "--sample_prompts", "", "--max_train_steps", "12", "--save_every_n_steps",
-            "5", "--save_state"]  # fmt: skip
+    return [
+        "--config_file",
+        DEMO_TOML,
+        "--dit",
+        "models/tiny_dit.safetensors",
+        "--dataset_config",
+        dataset,
+        "--output_dir",
+        str(out),
+        "--sample_prompts",
+        "",
+        "--max_train_steps",
+        "12",
+        "--save_every_n_steps",
+        "5",
+        "--save_state",
+    ]
 
 
 @pytest.mark.slow
@@ -105,9 +122,22 @@ def test_two_processes_equal_one_process_at_twice_the_batch(cached_demo, tmp_pat
     # `accelerate launch --cpu` starts 2 processes only under MPI; torchrun's launcher (--multi_gpu) with
     # ACCELERATE_USE_CPU gives 2 CPU processes on gloo, GPU or not.
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(ROOT / "hv_train_network.py"), *_common(two, "demo/dataset.toml")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(ROOT / "hv_train_network.py"),
+        *_common(two, "demo/dataset.toml"),
+    ]
     proc = subprocess.run(cmd, cwd=cached_demo, env=env, capture_output=True, text=True, timeout=1200)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
@@ -134,11 +164,20 @@ def test_two_processes_equal_one_process_at_twice_the_batch(cached_demo, tmp_pat
 
     # Only the main process writes: each file once, whole, nothing left half-written.
     names = sorted(p.name for p in two.iterdir())
-    assert names == sorted(p.name for p in one.iterdir()) == [
-        "tiny_lora-step00000005-state", "tiny_lora-step00000005.safetensors", "tiny_lora-step00000010-state",
-        "tiny_lora-step00000010.safetensors", "tiny_lora-step00000012-state", "tiny_lora.safetensors",
-        "tiny_lora_loss.png", "tiny_lora_report.html",
-    ]  # fmt: skip
+    assert (
+        names
+        == sorted(p.name for p in one.iterdir())
+        == [
+            "tiny_lora-step00000005-state",
+            "tiny_lora-step00000005.safetensors",
+            "tiny_lora-step00000010-state",
+            "tiny_lora-step00000010.safetensors",
+            "tiny_lora-step00000012-state",
+            "tiny_lora.safetensors",
+            "tiny_lora_loss.png",
+            "tiny_lora_report.html",
+        ]
+    )
     for step, name in ((5, "tiny_lora-step00000005.safetensors"), (12, "tiny_lora.safetensors")):
         with safe_open(str(two / name), "pt") as f:
             assert f.metadata()["ss_steps"] == str(step)
@@ -159,8 +198,9 @@ def test_two_processes_equal_one_process_at_twice_the_batch(cached_demo, tmp_pat
     resumed.mkdir()
     shutil.copytree(two / "tiny_lora-step00000005-state", resumed / "tiny_lora-step00000005-state")
     cmd = [*cmd[: cmd.index("--output_dir") + 1], str(resumed), *cmd[cmd.index("--output_dir") + 2 :]]
-    proc = subprocess.run([*cmd, "--resume", "auto"], cwd=cached_demo, env=env, capture_output=True, text=True,
-                          timeout=1200)  # fmt: skip
+    proc = subprocess.run(
+        [*cmd, "--resume", "auto"], cwd=cached_demo, env=env, capture_output=True, text=True, timeout=1200
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     c = load_file(str(resumed / "tiny_lora.safetensors"))
     assert all(torch.equal(b[k], c[k]) for k in b)

@@ -82,9 +82,24 @@ class FullAfter:
 
 
 def _train(out: Path, *extra: str) -> int:
-    argv = ["--config_file", DEMO_TOML, "--dit", "models/tiny_dit.safetensors", "--dataset_config",
-            "demo/dataset.toml", "--output_dir", str(out), "--sample_prompts", "", "--max_train_steps", "6",
-            "--save_every_n_steps", "2", "--save_state", *extra]  # fmt: skip
+    argv = [
+        "--config_file",
+        DEMO_TOML,
+        "--dit",
+        "models/tiny_dit.safetensors",
+        "--dataset_config",
+        "demo/dataset.toml",
+        "--output_dir",
+        str(out),
+        "--sample_prompts",
+        "",
+        "--max_train_steps",
+        "6",
+        "--save_every_n_steps",
+        "2",
+        "--save_state",
+        *extra,
+    ]
     return hv_train_network.main(argv)
 
 
@@ -110,9 +125,13 @@ def test_full_disk_during_a_lora_save_mid_training(
     assert line.startswith(ENOSPC_LINE + str(out / "tiny_lora-step00000004.safetensors")), line
     assert "intact" in line
     assert calls[-1] == "tiny_lora-step00000004.safetensors"
-    assert sorted(before) == ["tiny_lora-step00000002-state/lora.safetensors",
-                              "tiny_lora-step00000002-state/train_state.pt", "tiny_lora-step00000002.safetensors",
-                              "tiny_lora_loss.png", "tiny_lora_report.html"]  # fmt: skip
+    assert sorted(before) == [
+        "tiny_lora-step00000002-state/lora.safetensors",
+        "tiny_lora-step00000002-state/train_state.pt",
+        "tiny_lora-step00000002.safetensors",
+        "tiny_lora_loss.png",
+        "tiny_lora_report.html",
+    ]
     assert _files(out) == before and _temps(out) == []
 
 
@@ -222,8 +241,16 @@ def test_a_real_file_size_limit_through_safetensors(cached_demo, tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    cmd = [sys.executable, str(Path(convert_lora.__file__).resolve()), "--input", str(lora), "--output", str(out),
-           "--target", "other"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(Path(convert_lora.__file__).resolve()),
+        "--input",
+        str(lora),
+        "--output",
+        str(out),
+        "--target",
+        "other",
+    ]
     proc = subprocess.run(cmd, preexec_fn=small_files, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 2, proc.stderr
     line = _error_line(proc.stderr)

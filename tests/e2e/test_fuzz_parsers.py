@@ -75,13 +75,14 @@ DATASET_TABLES = st.dictionaries(st.sampled_from(DATASET_KEY_NAMES), VALUES, max
 DATASET_DOCS = st.fixed_dictionaries(
     {},
     optional={
-        "general": st.dictionaries(st.sampled_from(sorted(schema.GENERAL_KEYS) + ["image_directory"]), VALUES,
-                                   max_size=4),
+        "general": st.dictionaries(
+            st.sampled_from(sorted(schema.GENERAL_KEYS) + ["image_directory"]), VALUES, max_size=4
+        ),
         "datasets": st.lists(DATASET_TABLES, max_size=3) | VALUES,
         "validation_datasets": st.lists(DATASET_TABLES, max_size=2),
         "extra": VALUES,
     },
-)  # fmt: skip
+)
 TOML_NOISE = st.text(alphabet="[]{}=.\"'#\n ,abcT01-+:e_\\ut", max_size=40)
 
 
@@ -137,9 +138,25 @@ def test_config_toml_parses_or_is_a_user_error(work, doc, noise):
 
 ITEM_VALUES = st.one_of(
     st.text(max_size=20),
-    st.sampled_from(["True", "4", "0.5", "[r'.*']", "{r'.*': 4}", "[r'(.*)*x']", "[r'(']", "1e999", "-1",
-                     "__import__('os')", "[" * 40, "{'a': 1, 'a': 2}", "b'x'", "9**99"]),
-)  # fmt: skip
+    st.sampled_from(
+        [
+            "True",
+            "4",
+            "0.5",
+            "[r'.*']",
+            "{r'.*': 4}",
+            "[r'(.*)*x']",
+            "[r'(']",
+            "1e999",
+            "-1",
+            "__import__('os')",
+            "[" * 40,
+            "{'a': 1, 'a': 2}",
+            "b'x'",
+            "9**99",
+        ]
+    ),
+)
 ITEMS = st.builds(
     lambda k, v: f"{k}={v}", st.sampled_from([*KNOWN_KEYS, "verbos", ""]), ITEM_VALUES
 ) | st.text(max_size=20)
@@ -180,10 +197,14 @@ def test_prompt_lines_parse_or_are_a_user_error(line):
 
 
 PROMPT_TABLES = st.lists(
-    st.dictionaries(st.sampled_from(["prompt", "width", "seed", "steps", "guidance_scale", "negative", "x"]),
-                    VALUES, max_size=4) | VALUES,
+    st.dictionaries(
+        st.sampled_from(["prompt", "width", "seed", "steps", "guidance_scale", "negative", "x"]),
+        VALUES,
+        max_size=4,
+    )
+    | VALUES,
     max_size=3,
-)  # fmt: skip
+)
 
 
 @FUZZ

@@ -69,21 +69,42 @@ def broken_safetensors(folder: Path, name: str = "w") -> dict[str, tuple[Path, s
     folder.mkdir(parents=True, exist_ok=True)
     f32 = _tensor("F32", [2], 0, 8)
     cases = {
-        "header longer than the file": (_raw_safetensors(folder / "long.safetensors", {name: f32}, b"\0" * 8, 10**6),
-                                        "invalid header length"),
-        "header length 2**63": (_raw_safetensors(folder / "huge.safetensors", {}, b"", 2**63), "header too large"),
-        "offsets past the end": (_raw_safetensors(folder / "past.safetensors", {name: f32}, b"\0" * 4), "not fully covered"),
-        "overlapping offsets": (_raw_safetensors(folder / "overlap.safetensors",
-                                                 {name: f32, "x": _tensor("F32", [2], 4, 12)}, b"\0" * 12), "invalid offset"),
-        "unknown dtype": (_raw_safetensors(folder / "dtype.safetensors", {name: _tensor("F33", [2], 0, 8)}, b"\0" * 8), "F33"),
-        "shape vs byte range": (_raw_safetensors(folder / "shape.safetensors", {name: _tensor("F32", [3], 0, 8)}, b"\0" * 8),
-                                "invalid shape"),
-        "2**80 elements": (_raw_safetensors(folder / "big.safetensors", {name: _tensor("F32", [2**40, 2**40], 0, 8)}, b"\0" * 8),
-                           "overflow"),
+        "header longer than the file": (
+            _raw_safetensors(folder / "long.safetensors", {name: f32}, b"\0" * 8, 10**6),
+            "invalid header length",
+        ),
+        "header length 2**63": (
+            _raw_safetensors(folder / "huge.safetensors", {}, b"", 2**63),
+            "header too large",
+        ),
+        "offsets past the end": (
+            _raw_safetensors(folder / "past.safetensors", {name: f32}, b"\0" * 4),
+            "not fully covered",
+        ),
+        "overlapping offsets": (
+            _raw_safetensors(
+                folder / "overlap.safetensors", {name: f32, "x": _tensor("F32", [2], 4, 12)}, b"\0" * 12
+            ),
+            "invalid offset",
+        ),
+        "unknown dtype": (
+            _raw_safetensors(folder / "dtype.safetensors", {name: _tensor("F33", [2], 0, 8)}, b"\0" * 8),
+            "F33",
+        ),
+        "shape vs byte range": (
+            _raw_safetensors(folder / "shape.safetensors", {name: _tensor("F32", [3], 0, 8)}, b"\0" * 8),
+            "invalid shape",
+        ),
+        "2**80 elements": (
+            _raw_safetensors(
+                folder / "big.safetensors", {name: _tensor("F32", [2**40, 2**40], 0, 8)}, b"\0" * 8
+            ),
+            "overflow",
+        ),
         "header is a list": (_raw_safetensors(folder / "list.safetensors", [1, 2]), "invalid JSON"),
         "zero bytes": ((folder / "zero.safetensors"), "header too small"),
         "truncated": ((folder / "torn.safetensors"), "safetensors"),
-    }  # fmt: skip
+    }
     (folder / "zero.safetensors").write_bytes(b"")
     good = folder / "good.safetensors"
     save_file({name: torch.ones(64, 64)}, str(good))
@@ -95,8 +116,11 @@ def broken_safetensors(folder: Path, name: str = "w") -> dict[str, tuple[Path, s
 
 
 def _lora(path: Path, **over: torch.Tensor) -> Path:
-    sd = {f"{LORA_KEY}.lora_down.weight": torch.randn(4, 64) * 0.01,
-          f"{LORA_KEY}.lora_up.weight": torch.randn(64, 4) * 0.01, f"{LORA_KEY}.alpha": torch.tensor(2.0)}  # fmt: skip
+    sd = {
+        f"{LORA_KEY}.lora_down.weight": torch.randn(4, 64) * 0.01,
+        f"{LORA_KEY}.lora_up.weight": torch.randn(64, 4) * 0.01,
+        f"{LORA_KEY}.alpha": torch.tensor(2.0),
+    }
     sd.update({f"{LORA_KEY}.{k.replace('__', '.')}": v for k, v in over.items()})
     save_file(sd, str(path))
     return path
@@ -108,22 +132,37 @@ def bad_loras(folder: Path) -> dict[str, tuple[Path, str]]:
     cases["a directory"] = (folder / "dir.safetensors", "is a directory")
     (folder / "dir.safetensors").mkdir()
     cases["missing"] = (folder / "nope.safetensors", "not found")
-    cases["int weights"] = (_lora(folder / "int.safetensors", lora_down__weight=torch.ones(4, 64, dtype=torch.int32)),
-                            f"{LORA_KEY}.lora_down.weight is torch.int32")  # fmt: skip
-    cases["NaN weights"] = (_lora(folder / "nan.safetensors", lora_up__weight=torch.full((64, 4), float("nan"))),
-                            f"{LORA_KEY}.lora_up.weight holds NaN or Inf")  # fmt: skip
-    cases["Inf alpha"] = (_lora(folder / "inf.safetensors", alpha=torch.tensor(float("inf"))),
-                          f"{LORA_KEY}.alpha holds NaN or Inf")  # fmt: skip
+    cases["int weights"] = (
+        _lora(folder / "int.safetensors", lora_down__weight=torch.ones(4, 64, dtype=torch.int32)),
+        f"{LORA_KEY}.lora_down.weight is torch.int32",
+    )
+    cases["NaN weights"] = (
+        _lora(folder / "nan.safetensors", lora_up__weight=torch.full((64, 4), float("nan"))),
+        f"{LORA_KEY}.lora_up.weight holds NaN or Inf",
+    )
+    cases["Inf alpha"] = (
+        _lora(folder / "inf.safetensors", alpha=torch.tensor(float("inf"))),
+        f"{LORA_KEY}.alpha holds NaN or Inf",
+    )
     cases["alpha not one number"] = (
         _lora(folder / "alpha3.safetensors", alpha=torch.ones(3)),
         "must be one number",
     )
-    cases["rank 0"] = (_lora(folder / "rank0.safetensors", lora_down__weight=torch.zeros(0, 64),
-                             lora_up__weight=torch.zeros(64, 0)), "is empty")  # fmt: skip
-    for name, config in {"regex bomb in alpha_pattern": {"alpha_pattern": {"(.*)*x": 4}},
-                         "runaway alpha_pattern": {"alpha_pattern": {"(.|.)*Z": 4}},
-                         "invalid regex in alpha_pattern": {"alpha_pattern": {"(": 4}},
-                         "text lora_alpha": {"lora_alpha": "abc"}, "NaN lora_alpha": {"lora_alpha": float("nan")}}.items():  # fmt: skip
+    cases["rank 0"] = (
+        _lora(
+            folder / "rank0.safetensors",
+            lora_down__weight=torch.zeros(0, 64),
+            lora_up__weight=torch.zeros(64, 0),
+        ),
+        "is empty",
+    )
+    for name, config in {
+        "regex bomb in alpha_pattern": {"alpha_pattern": {"(.*)*x": 4}},
+        "runaway alpha_pattern": {"alpha_pattern": {"(.|.)*Z": 4}},
+        "invalid regex in alpha_pattern": {"alpha_pattern": {"(": 4}},
+        "text lora_alpha": {"lora_alpha": "abc"},
+        "NaN lora_alpha": {"lora_alpha": float("nan")},
+    }.items():
         path = folder / f"{name.replace(' ', '_')}.safetensors"
         _diffusers_lora(path, {"lora_adapter_metadata": json.dumps(config)})
         cases[f"PEFT header: {name}"] = (path, "in the header")
@@ -168,9 +207,29 @@ def test_merge_lora_refuses_each_bad_lora(lora_corpus, tiny_dit, tmp_path, capsy
 def test_generate_refuses_each_bad_lora_before_any_model_loads(lora_corpus, tiny_dit, tmp_path, capsys):
     save = tmp_path / "videos"
     for path, fragment in lora_corpus.values():
-        argv = ["--dit", str(tiny_dit), "--prompt", "a cat", "--text_encoder1", str(tmp_path),
-                "--text_encoder2", str(tmp_path), "--output_type", "latent", "--save_path", str(save),
-                "--video_size", "64", "64", "--video_length", "5", "--infer_steps", "1", "--lora_weight", str(path)]  # fmt: skip
+        argv = [
+            "--dit",
+            str(tiny_dit),
+            "--prompt",
+            "a cat",
+            "--text_encoder1",
+            str(tmp_path),
+            "--text_encoder2",
+            str(tmp_path),
+            "--output_type",
+            "latent",
+            "--save_path",
+            str(save),
+            "--video_size",
+            "64",
+            "64",
+            "--video_length",
+            "5",
+            "--infer_steps",
+            "1",
+            "--lora_weight",
+            str(path),
+        ]
         _refused(capsys, hv_generate_video.main(argv), fragment)
     assert _files_under(save) == []
 
@@ -254,21 +313,50 @@ def test_generate_refuses_bad_dits(cached_demo, dit_corpus, tmp_path, monkeypatc
     save = tmp_path / "videos"
     for name in ("NaN weight", "int weights", "pickle payload (.pt)", "shape vs byte range"):
         path, fragment = dit_corpus[name]
-        argv = ["--dit", str(path), "--prompt", "a cat", "--text_encoder1", "models/text_encoder",
-                "--text_encoder2", "models/text_encoder_2", "--output_type", "latent", "--save_path", str(save),
-                "--video_size", "64", "64", "--video_length", "5", "--infer_steps", "1"]  # fmt: skip
+        argv = [
+            "--dit",
+            str(path),
+            "--prompt",
+            "a cat",
+            "--text_encoder1",
+            "models/text_encoder",
+            "--text_encoder2",
+            "models/text_encoder_2",
+            "--output_type",
+            "latent",
+            "--save_path",
+            str(save),
+            "--video_size",
+            "64",
+            "64",
+            "--video_length",
+            "5",
+            "--infer_steps",
+            "1",
+        ]
         _refused(capsys, hv_generate_video.main(argv), fragment, logs=True)
     assert _files_under(save) == []
     assert not _Payload.marker.exists()
 
 
-def test_trainer_refuses_bad_dit_and_network_weights(cached_demo, dit_corpus, lora_corpus, tmp_path, monkeypatch,
-                                                     capsys):  # fmt: skip
+def test_trainer_refuses_bad_dit_and_network_weights(
+    cached_demo, dit_corpus, lora_corpus, tmp_path, monkeypatch, capsys
+):
     """hv_train_network.py --dit / --network_weights: a few of each (every case costs a run setup)."""
     monkeypatch.chdir(cached_demo)
     out = tmp_path / "out"
-    base = ["--config_file", DEMO_TOML, "--dataset_config", "demo/dataset.toml", "--output_dir", str(out),
-            "--sample_prompts", "", "--max_train_steps", "1"]  # fmt: skip
+    base = [
+        "--config_file",
+        DEMO_TOML,
+        "--dataset_config",
+        "demo/dataset.toml",
+        "--output_dir",
+        str(out),
+        "--sample_prompts",
+        "",
+        "--max_train_steps",
+        "1",
+    ]
     for name in ("pickle payload (.pt)", "overlapping offsets", "NaN weight", "int weights"):
         path, fragment = dit_corpus[name]
         _refused(capsys, hv_train_network.main([*base, "--dit", str(path)]), fragment, logs=True)
@@ -284,10 +372,20 @@ def test_pickle_payload_in_a_real_process_runs_nothing(dit_corpus, tmp_path):
     path, fragment = dit_corpus["pickle payload (.pt)"]
     out = tmp_path / "merged.safetensors"
     proc = subprocess.run(
-        [sys.executable, "merge_lora.py", "--dit", str(path), "--lora_weight", str(_lora(tmp_path / "l.safetensors")),
-         "--save_merged_model", str(out)],
-        capture_output=True, text=True, cwd=ROOT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "merge_lora.py",
+            "--dit",
+            str(path),
+            "--lora_weight",
+            str(_lora(tmp_path / "l.safetensors")),
+            "--save_merged_model",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2 and proc.stdout == "", proc.stderr
     assert proc.stderr.count("\n") == 1 and fragment in proc.stderr and "Traceback" not in proc.stderr
     assert not _Payload.marker.exists() and not out.exists()
@@ -345,8 +443,13 @@ RUNAWAY_PATTERNS = {
 
 
 def _run_trainer(argv: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "hv_train_network.py"), *argv], capture_output=True,
-                          text=True, cwd=cwd, timeout=900)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(ROOT / "hv_train_network.py"), *argv],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=900,
+    )
 
 
 def _refused_process(proc: subprocess.CompletedProcess, *fragments: str, logs: bool = False) -> str:
@@ -378,9 +481,22 @@ def test_runaway_pattern_stops_training_before_the_model_loads(cached_demo, dit_
     """The DiT has NaN weights, which loading it would report: the pattern is refused first (from headers)."""
     out = tmp_path / "out"
     nan_dit, _ = dit_corpus["NaN weight"]
-    argv = ["--config_file", DEMO_TOML, "--dataset_config", "demo/dataset.toml", "--output_dir", str(out),
-            "--sample_prompts", "", "--max_train_steps", "1", "--dit", str(nan_dit),
-            "--network_args", RUNAWAY_PATTERNS["(.|.)*Z"][0]]  # fmt: skip
+    argv = [
+        "--config_file",
+        DEMO_TOML,
+        "--dataset_config",
+        "demo/dataset.toml",
+        "--output_dir",
+        str(out),
+        "--sample_prompts",
+        "",
+        "--max_train_steps",
+        "1",
+        "--dit",
+        str(nan_dit),
+        "--network_args",
+        RUNAWAY_PATTERNS["(.|.)*Z"][0],
+    ]
     _refused_process(_run_trainer(argv, cwd=cached_demo), "did not finish matching", logs=True)
     assert not out.exists()
 
@@ -409,16 +525,29 @@ def test_largest_seed_is_accepted():
     assert parse_args(["--seed", str(2**64 - 1)]).training.seed == 2**64 - 1
 
 
-def test_output_dir_that_is_a_file_is_refused_before_the_model_loads(cached_demo, dit_corpus, tmp_path,
-                                                                     monkeypatch, capsys):  # fmt: skip
+def test_output_dir_that_is_a_file_is_refused_before_the_model_loads(
+    cached_demo, dit_corpus, tmp_path, monkeypatch, capsys
+):
     """With a NaN DiT, which loading would report: the output folder is refused first."""
     monkeypatch.chdir(cached_demo)
     taken = tmp_path / "taken.txt"
     taken.write_text("keep me")
     nan_dit, _ = dit_corpus["NaN weight"]
     for out, fragment in [(taken, "is a file, not a folder"), (taken / "sub", "is inside")]:
-        argv = ["--config_file", DEMO_TOML, "--dataset_config", "demo/dataset.toml", "--output_dir", str(out),
-                "--sample_prompts", "", "--max_train_steps", "1", "--dit", str(nan_dit)]  # fmt: skip
+        argv = [
+            "--config_file",
+            DEMO_TOML,
+            "--dataset_config",
+            "demo/dataset.toml",
+            "--output_dir",
+            str(out),
+            "--sample_prompts",
+            "",
+            "--max_train_steps",
+            "1",
+            "--dit",
+            str(nan_dit),
+        ]
         _refused(capsys, hv_train_network.main(argv), "--output_dir", fragment, logs=True)
     assert taken.read_text() == "keep me"
 
@@ -429,8 +558,14 @@ def test_closed_stdout_ends_quietly(mode):
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before the first byte: every write fails (EPIPE)
     try:
-        proc = subprocess.run([sys.executable, str(ROOT / "hv_train_network.py"), "--list_lora_targets", mode],
-                              stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=900)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "hv_train_network.py"), "--list_lora_targets", mode],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            timeout=900,
+        )
     finally:
         os.close(write_end)
     assert proc.returncode == 141 and proc.stderr == "", proc.stderr[-2000:]
@@ -508,7 +643,7 @@ CONFIG_TOML: dict[str, tuple[str | bytes, str]] = {
     "network_args injection": (
         "network_args = [\"verbose=__import__('os').system('touch {marker}')\"]\n",
         "not a Python literal",
-    ),  # fmt: skip
+    ),
     "nested sections": ("[a.b]\nc = 1\n", "sections nest one level only"),
     "huge seed": ("seed = 18446744073709551616\n", "seed: expected an integer >= 0 and <= 2**64 - 1"),
     "non-UTF-8": (b'output_dir = "\xff"\n', "cannot read the config file"),
@@ -580,9 +715,25 @@ def test_trainer_refuses_a_bad_prompt_file_before_writing(cached_demo, tmp_path,
         body, fragment = PROMPTS[name]
         prompts = tmp_path / name.split()[0]
         prompts.write_text(body)
-        argv = ["--config_file", DEMO_TOML, "--dit", "models/tiny_dit.safetensors", "--dataset_config",
-                "demo/dataset.toml", "--output_dir", str(out), "--sample_prompts", str(prompts), "--vae",
-                "models/vae", "--text_encoder1", "models/text_encoder", "--text_encoder2", "models/text_encoder_2",
-                "--max_train_steps", "1"]  # fmt: skip
+        argv = [
+            "--config_file",
+            DEMO_TOML,
+            "--dit",
+            "models/tiny_dit.safetensors",
+            "--dataset_config",
+            "demo/dataset.toml",
+            "--output_dir",
+            str(out),
+            "--sample_prompts",
+            str(prompts),
+            "--vae",
+            "models/vae",
+            "--text_encoder1",
+            "models/text_encoder",
+            "--text_encoder2",
+            "models/text_encoder_2",
+            "--max_train_steps",
+            "1",
+        ]
         _refused(capsys, hv_train_network.main(argv), fragment, logs=True)
     assert not out.exists()  # not even an empty output folder

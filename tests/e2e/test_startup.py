@@ -56,9 +56,23 @@ def test_compile_still_trains(cached_demo, tmp_path, monkeypatch):
     import hv_train_network
 
     monkeypatch.chdir(cached_demo)
-    argv = ["--config_file", DEMO_TOML, "--dit", "models/tiny_dit.safetensors", "--dataset_config",
-            "demo/dataset.toml", "--output_dir", str(tmp_path), "--sample_prompts", "", "--max_train_steps", "2",
-            "--compile", "--compile_backend", "eager"]  # fmt: skip
+    argv = [
+        "--config_file",
+        DEMO_TOML,
+        "--dit",
+        "models/tiny_dit.safetensors",
+        "--dataset_config",
+        "demo/dataset.toml",
+        "--output_dir",
+        str(tmp_path),
+        "--sample_prompts",
+        "",
+        "--max_train_steps",
+        "2",
+        "--compile",
+        "--compile_backend",
+        "eager",
+    ]
     assert hv_train_network.main(argv) == 0
     assert (tmp_path / "tiny_lora.safetensors").exists()
     assert "torch._dynamo" in sys.modules

@@ -20,9 +20,25 @@ DEMO_TOML = str(ROOT / "configs" / "tiny_demo.toml")
 
 
 def _train(out: Path, *extra: str) -> int:
-    argv = ["--config_file", DEMO_TOML, "--dit", "models/tiny_dit.safetensors", "--vae", "models/vae",
-            "--text_encoder1", "models/text_encoder", "--text_encoder2", "models/text_encoder_2",
-            "--dataset_config", "demo/dataset.toml", "--output_dir", str(out), "--sample_prompts", "", *extra]  # fmt: skip
+    argv = [
+        "--config_file",
+        DEMO_TOML,
+        "--dit",
+        "models/tiny_dit.safetensors",
+        "--vae",
+        "models/vae",
+        "--text_encoder1",
+        "models/text_encoder",
+        "--text_encoder2",
+        "models/text_encoder_2",
+        "--dataset_config",
+        "demo/dataset.toml",
+        "--output_dir",
+        str(out),
+        "--sample_prompts",
+        "",
+        *extra,
+    ]
     return hv_train_network.main(argv)
 
 
@@ -55,8 +71,14 @@ def test_the_24gb_recipes_memory_options_train_together(cached_demo, tmp_path, m
     recipe combines them: the run finishes, every LoRA factor trains, and the loss is that of the plain run's
     arithmetic within fp8's rounding (the first step's, before the paths diverge)."""
     monkeypatch.chdir(cached_demo)
-    memory = ["--fp8_scaled", "--gradient_checkpointing", "--gradient_checkpointing_cpu_offload", "--split_attn",
-              "--blocks_to_swap", "2"]  # fmt: skip
+    memory = [
+        "--fp8_scaled",
+        "--gradient_checkpointing",
+        "--gradient_checkpointing_cpu_offload",
+        "--split_attn",
+        "--blocks_to_swap",
+        "2",
+    ]
     runs = {}
     for name, extra in (("plain", []), ("memory", memory)):
         out = tmp_path / name
@@ -88,9 +110,22 @@ def test_loraplus_group_lr_during_training(cached_demo, tmp_path, monkeypatch):
     from training.step import training_step
 
     monkeypatch.chdir(cached_demo)
-    args = parse_args(["--config_file", DEMO_TOML, "--dit", "models/tiny_dit.safetensors",
-                       "--dataset_config", "demo/dataset.toml", "--output_dir", str(tmp_path),
-                       "--lr_scheduler", "constant", "--learning_rate", "2e-4"])  # fmt: skip
+    args = parse_args(
+        [
+            "--config_file",
+            DEMO_TOML,
+            "--dit",
+            "models/tiny_dit.safetensors",
+            "--dataset_config",
+            "demo/dataset.toml",
+            "--output_dir",
+            str(tmp_path),
+            "--lr_scheduler",
+            "constant",
+            "--learning_rate",
+            "2e-4",
+        ]
+    )
     run = build_run(args)
     before = {g["kind"]: [p.detach().clone() for p in g["params"]] for g in run.optimizer.param_groups}
     training_step(run, run.batches[0])
@@ -111,8 +146,18 @@ def test_loraplus_group_lr_during_training(cached_demo, tmp_path, monkeypatch):
 
 def test_sigkill_then_resume_auto_is_bit_identical(cached_demo, tmp_path, monkeypatch):
     monkeypatch.chdir(cached_demo)
-    common = ["--max_train_steps", "40", "--save_every_n_steps", "5", "--save_state", "--network_dropout", "0.1",
-              "--network_args", "loraplus_lr_ratio=4", "rank_dropout=0.1"]  # fmt: skip
+    common = [
+        "--max_train_steps",
+        "40",
+        "--save_every_n_steps",
+        "5",
+        "--save_state",
+        "--network_dropout",
+        "0.1",
+        "--network_args",
+        "loraplus_lr_ratio=4",
+        "rank_dropout=0.1",
+    ]
     straight = tmp_path / "straight"
     assert _train(straight, *common) == 0
 
@@ -120,11 +165,25 @@ def test_sigkill_then_resume_auto_is_bit_identical(cached_demo, tmp_path, monkey
     # Killed right after a seeded step (its state, if due, not yet saved): always mid-run, by construction.
     kill_step = random.Random(8).randint(6, 39)
     kill_script = ROOT / "tests" / "helpers" / "kill_at_step.py"
-    cmd = [sys.executable, str(kill_script), str(kill_step), "--config_file", DEMO_TOML,
-           "--dit", "models/tiny_dit.safetensors", "--dataset_config", "demo/dataset.toml",
-           "--output_dir", str(killed), "--sample_prompts", "", *common]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=cached_demo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                          timeout=600)  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(kill_script),
+        str(kill_step),
+        "--config_file",
+        DEMO_TOML,
+        "--dit",
+        "models/tiny_dit.safetensors",
+        "--dataset_config",
+        "demo/dataset.toml",
+        "--output_dir",
+        str(killed),
+        "--sample_prompts",
+        "",
+        *common,
+    ]
+    proc = subprocess.run(
+        cmd, cwd=cached_demo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600
+    )
     assert proc.returncode == -signal.SIGKILL, f"not killed at step {kill_step}: {proc.stderr[-2000:]}"
     saved = sorted(p.name for p in killed.glob("tiny_lora-step*-state"))
     assert saved[-1] == f"tiny_lora-step{5 * ((kill_step - 1) // 5):08d}-state", saved
@@ -208,9 +267,20 @@ def test_validation_is_fixed_and_leaves_training_untouched(cached_demo, tmp_path
     assert [h["step"] for h in history] == [5, 10]
     assert all(math.isfinite(h["loss/validation"]) and len(h) == 2 + len(QUANTILES) for h in history)
 
-    args = parse_args(["--config_file", DEMO_TOML, "--dit", "models/tiny_dit.safetensors",
-                       "--dataset_config", str(tmp_path / "split.toml"), "--output_dir", str(tmp_path / "x"),
-                       "--validate_every_n_steps", "1"])  # fmt: skip
+    args = parse_args(
+        [
+            "--config_file",
+            DEMO_TOML,
+            "--dit",
+            "models/tiny_dit.safetensors",
+            "--dataset_config",
+            str(tmp_path / "split.toml"),
+            "--output_dir",
+            str(tmp_path / "x"),
+            "--validate_every_n_steps",
+            "1",
+        ]
+    )
     run = build_run(args)
     validator = build_validator(args, run.flow)
     assert torch.all(validator.timesteps[1:] > validator.timesteps[:-1])  # 9 increasing quantiles
@@ -237,8 +307,17 @@ def test_tensorboard_logs_or_a_clear_error(cached_demo, tmp_path, monkeypatch, c
 def test_epoch_schedule_saves_and_prunes(cached_demo, tmp_path, monkeypatch):
     monkeypatch.chdir(cached_demo)
     out = tmp_path / "out"
-    args = ["--max_train_epochs", "3", "--save_every_n_epochs", "1", "--save_last_n_epochs", "1",
-            "--save_every_n_steps", "1000", "--save_state"]  # fmt: skip
+    args = [
+        "--max_train_epochs",
+        "3",
+        "--save_every_n_epochs",
+        "1",
+        "--save_last_n_epochs",
+        "1",
+        "--save_every_n_steps",
+        "1000",
+        "--save_state",
+    ]
     assert _train(out, *args) == 0
     names = sorted(p.name for p in out.iterdir())
     # epoch 1 was pruned by epoch 2; epoch 3 is the end of training, saved as the final file

@@ -23,8 +23,12 @@ def models(tmp_path_factory) -> dict[str, Path]:
     from hunyuan_model.tiny_encoders import write_tiny_clip, write_tiny_llm, write_tiny_vae
 
     root = tmp_path_factory.mktemp("generate")
-    paths = {"dit": write_tiny_dit(root), "vae": write_tiny_vae(root / "vae"),
-             "te1": write_tiny_llm(root / "text_encoder"), "te2": write_tiny_clip(root / "text_encoder_2")}  # fmt: skip
+    paths = {
+        "dit": write_tiny_dit(root),
+        "vae": write_tiny_vae(root / "vae"),
+        "te1": write_tiny_llm(root / "text_encoder"),
+        "te2": write_tiny_clip(root / "text_encoder_2"),
+    }
     network = tiny_network(load_dit(paths["dit"]), dim=4, alpha=2.0)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -36,10 +40,28 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 def _argv(models: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return ["--dit", str(models["dit"]), "--vae", str(models["vae"]), "--text_encoder1", str(models["te1"]),
-            "--text_encoder2", str(models["te2"]), "--prompt", "a red ball rolls across a blue floor",
-            "--video_size", "32", "48", "--video_length", "5", "--infer_steps", "3", "--save_path", str(out),
-            *extra]  # fmt: skip
+    return [
+        "--dit",
+        str(models["dit"]),
+        "--vae",
+        str(models["vae"]),
+        "--text_encoder1",
+        str(models["te1"]),
+        "--text_encoder2",
+        str(models["te2"]),
+        "--prompt",
+        "a red ball rolls across a blue floor",
+        "--video_size",
+        "32",
+        "48",
+        "--video_length",
+        "5",
+        "--infer_steps",
+        "3",
+        "--save_path",
+        str(out),
+        *extra,
+    ]
 
 
 def _latent(out: Path, name: str) -> torch.Tensor:
@@ -89,8 +111,13 @@ def test_several_loras_each_with_its_multiplier(models, tmp_path):
 
 
 def _bad_lora(path: Path) -> Path:
-    save_file({"lora_unet_double_blocks_0_img_attn_proj.lora_down.weight": torch.zeros(4, 3072),
-               "lora_unet_double_blocks_0_img_attn_proj.lora_up.weight": torch.zeros(3072, 4)}, path)  # fmt: skip
+    save_file(
+        {
+            "lora_unet_double_blocks_0_img_attn_proj.lora_down.weight": torch.zeros(4, 3072),
+            "lora_unet_double_blocks_0_img_attn_proj.lora_up.weight": torch.zeros(3072, 4),
+        },
+        path,
+    )
     return path
 
 
@@ -116,8 +143,12 @@ def _foreign_lora(path: Path) -> Path:
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(models, tmp_path, capsys, extra, expected):
-    names = {"tmp": tmp_path, "bad": _bad_lora(tmp_path / "bad.safetensors"),
-             "foreign": _foreign_lora(tmp_path / "foreign.safetensors"), "lora": models["lora"]}  # fmt: skip
+    names = {
+        "tmp": tmp_path,
+        "bad": _bad_lora(tmp_path / "bad.safetensors"),
+        "foreign": _foreign_lora(tmp_path / "foreign.safetensors"),
+        "lora": models["lora"],
+    }
     out = tmp_path / "out"
     extra = [e.format(**names) for e in extra]
     assert hv_generate_video.main(_argv(models, out, "--seed", "1", *extra)) == 2

@@ -25,10 +25,17 @@ CONFIG = DiTConfig(
 
 # The same architecture as CONFIG, in diffusers' terms.
 DIFFUSERS_CONFIG = dict(
-    in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=32, num_layers=2,
-    num_single_layers=2, num_refiner_layers=2, text_embed_dim=24, pooled_projection_dim=20,
+    in_channels=4,
+    out_channels=4,
+    num_attention_heads=2,
+    attention_head_dim=32,
+    num_layers=2,
+    num_single_layers=2,
+    num_refiner_layers=2,
+    text_embed_dim=24,
+    pooled_projection_dim=20,
     rope_axes_dim=(4, 14, 14),
-)  # fmt: skip
+)
 
 
 def diffusers_model() -> torch.nn.Module:

@@ -37,8 +37,14 @@ from lora_files.io import save_network
 ROOT = Path(__file__).resolve().parents[2]
 HOOKED = {"os": ("chmod", "fsync", "replace"), "shutil": ("rmtree",)}  # the steps of hv_common.atomic
 
-TARGETS = {"lora": "net.safetensors", "state": "net-step00000001-state", "cache": "item_0096x0096_hv.safetensors",
-           "stream": "merged.safetensors", "plot": "loss.png", "video": "preview.mp4"}  # fmt: skip
+TARGETS = {
+    "lora": "net.safetensors",
+    "state": "net-step00000001-state",
+    "cache": "item_0096x0096_hv.safetensors",
+    "stream": "merged.safetensors",
+    "plot": "loss.png",
+    "video": "preview.mp4",
+}
 
 
 # ----------------------------------------------------------------------------- the writers, two versions each

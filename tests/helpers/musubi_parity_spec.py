@@ -17,9 +17,20 @@ from PIL import Image
 
 # (width, height) of the images: landscape, portrait, square, tiny, huge aspect ratios, odd sizes
 IMAGE_SIZES = [
-    (1920, 1080), (1080, 1920), (640, 480), (300, 200), (512, 512), (960, 544), (1000, 1000),
-    (2000, 500), (50, 400), (333, 777), (1280, 720), (100, 100), (17, 33),
-]  # fmt: skip
+    (1920, 1080),
+    (1080, 1920),
+    (640, 480),
+    (300, 200),
+    (512, 512),
+    (960, 544),
+    (1000, 1000),
+    (2000, 500),
+    (50, 400),
+    (333, 777),
+    (1280, 720),
+    (100, 100),
+    (17, 33),
+]
 # name: (width, height, frames); frame i is flat gray 4 + 5i, so a decoded frame tells its index (even sizes: H.264)
 CLIPS = {
     "tall": (112, 144, 17),

@@ -29,14 +29,22 @@ def latent_name(stem: str, original_size: tuple[int, int], window: tuple[int, in
 
 
 def write_latent(
-    folder: Path, stem: str, original_size: tuple[int, int], latent: torch.Tensor,
-    window: tuple[int, int] | None = None, version: str = "1.0.1",
-) -> Path:  # fmt: skip
+    folder: Path,
+    stem: str,
+    original_size: tuple[int, int],
+    latent: torch.Tensor,
+    window: tuple[int, int] | None = None,
+    version: str = "1.0.1",
+) -> Path:
     """latent (C, F, H, W); window (start, frames) for a video."""
     _, f, h, w = latent.shape
     sd = {f"latents_{f}x{h}x{w}_{_dtype_str(latent)}": latent.detach().cpu()}
-    meta = {"architecture": "hunyuan_video", "width": f"{original_size[0]}", "height": f"{original_size[1]}",
-            "format_version": version}  # fmt: skip
+    meta = {
+        "architecture": "hunyuan_video",
+        "width": f"{original_size[0]}",
+        "height": f"{original_size[1]}",
+        "format_version": version,
+    }
     if window is not None:
         meta["frame_count"] = f"{window[1]}"
     path = folder / latent_name(stem, original_size, window)
@@ -46,9 +54,15 @@ def write_latent(
 
 
 def write_text(
-    folder: Path, stem: str, caption: str, llm: torch.Tensor, llm_mask: torch.Tensor, clip: torch.Tensor,
-    clip_mask: torch.Tensor, version: str = "1.0.1",
-) -> Path:  # fmt: skip
+    folder: Path,
+    stem: str,
+    caption: str,
+    llm: torch.Tensor,
+    llm_mask: torch.Tensor,
+    clip: torch.Tensor,
+    clip_mask: torch.Tensor,
+    version: str = "1.0.1",
+) -> Path:
     """llm (256, D) with the states at padded positions, llm_mask (256,) int64, clip (768,), clip_mask (77,)."""
     path = folder / f"{stem}_hv_te.safetensors"
     meta = {"architecture": "hunyuan_video", "caption1": caption, "format_version": version}

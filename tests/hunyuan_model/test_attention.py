@@ -24,11 +24,24 @@ from hunyuan_model.model import build_dit
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_TOML = str(ROOT / "configs" / "tiny_demo.toml")
-GENERATE_REQUIRED = ["--dit", "x", "--text_encoder1", "t1", "--text_encoder2", "t2", "--prompt", "p",
-                     "--save_path", "out"]  # fmt: skip
+GENERATE_REQUIRED = [
+    "--dit",
+    "x",
+    "--text_encoder1",
+    "t1",
+    "--text_encoder2",
+    "t2",
+    "--prompt",
+    "p",
+    "--save_path",
+    "out",
+]
 IMG = 12  # image tokens at the front of every random sequence, always valid
-KERNEL_MODULES = {"flash_attn": ("flash_attn",), "sage_attn": ("sageattention",),
-                  "xformers": ("xformers", "xformers.ops")}  # fmt: skip
+KERNEL_MODULES = {
+    "flash_attn": ("flash_attn",),
+    "sage_attn": ("sageattention",),
+    "xformers": ("xformers", "xformers.ops"),
+}
 
 
 def _qkv(batch: int = 3, length: int = 20, heads: int = 2, dim: int = 8, dtype=torch.float32, seed: int = 0):
@@ -127,22 +140,48 @@ class Calls(list):
 
 def _math(q, k, v):
     """(B, L, H, D) attention in float32, returned in q's dtype: the kernels' contract, in plain math."""
-    out = F.scaled_dot_product_attention(q.float().transpose(1, 2), k.float().transpose(1, 2),
-                                         v.float().transpose(1, 2))  # fmt: skip
+    out = F.scaled_dot_product_attention(
+        q.float().transpose(1, 2), k.float().transpose(1, 2), v.float().transpose(1, 2)
+    )
     return out.transpose(1, 2).to(q.dtype)
 
 
 def _fake_flash(calls: Calls) -> types.ModuleType:
-    def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
-                        softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):  # fmt: skip
+    def flash_attn_func(
+        q,
+        k,
+        v,
+        dropout_p=0.0,
+        softmax_scale=None,
+        causal=False,
+        window_size=(-1, -1),
+        softcap=0.0,
+        alibi_slopes=None,
+        deterministic=False,
+        return_attn_probs=False,
+    ):
         assert q.dim() == 4 and q.dtype in (torch.float16, torch.bfloat16) and not causal and dropout_p == 0.0
         calls.append(("dense", tuple(q.shape)))
         return _math(q, k, v)
 
-    def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
-                               softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                               alibi_slopes=None, deterministic=False, return_attn_probs=False,
-                               block_table=None):  # fmt: skip
+    def flash_attn_varlen_func(
+        q,
+        k,
+        v,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q,
+        max_seqlen_k,
+        dropout_p=0.0,
+        softmax_scale=None,
+        causal=False,
+        window_size=(-1, -1),
+        softcap=0.0,
+        alibi_slopes=None,
+        deterministic=False,
+        return_attn_probs=False,
+        block_table=None,
+    ):
         assert q.dim() == k.dim() == v.dim() == 3  # (total, H, D): packed, no batch axis
         assert q.dtype in (torch.float16, torch.bfloat16) and not causal and dropout_p == 0.0
         assert cu_seqlens_q.dtype == cu_seqlens_k.dtype == torch.int32
@@ -172,8 +211,9 @@ def _fake_sage(calls: Calls) -> types.ModuleType:
 
 
 def _fake_xformers(calls: Calls) -> tuple[types.ModuleType, types.ModuleType]:
-    def memory_efficient_attention(query, key, value, attn_bias=None, p=0.0, scale=None, *, op=None,
-                                   output_dtype=None):  # fmt: skip
+    def memory_efficient_attention(
+        query, key, value, attn_bias=None, p=0.0, scale=None, *, op=None, output_dtype=None
+    ):
         assert attn_bias is None and p == 0.0 and query.dim() == 4  # [B, M, H, K]
         calls.append(("xformers", tuple(query.shape)))
         return _math(query, key, value)
@@ -340,9 +380,21 @@ def test_flash_dtype_check_at_start_up(monkeypatch):
 def _train(*extra: str) -> int:
     import hv_train_network
 
-    return hv_train_network.main(["--config_file", DEMO_TOML, "--dit", "models/tiny_dit.safetensors",
-                                  "--dataset_config", "demo/dataset.toml", "--output_dir", "out",
-                                  "--sample_prompts", "", *extra])  # fmt: skip
+    return hv_train_network.main(
+        [
+            "--config_file",
+            DEMO_TOML,
+            "--dit",
+            "models/tiny_dit.safetensors",
+            "--dataset_config",
+            "demo/dataset.toml",
+            "--output_dir",
+            "out",
+            "--sample_prompts",
+            "",
+            *extra,
+        ]
+    )
 
 
 def _one_error_line(capsys) -> str:
@@ -403,7 +455,9 @@ def test_flags_choose_the_backend():
 
     assert parse_args([]).memory.attention_backend == "sdpa"
     assert parse_args(["--sdpa"]).memory.attention_backend == "sdpa"
-    assert parse_args(["--sdpa", "--split_attn"]).memory.attention_backend == "split_attn"  # musubi users: both
+    assert (
+        parse_args(["--sdpa", "--split_attn"]).memory.attention_backend == "split_attn"
+    )  # musubi users: both
     assert parse_args(["--xformers"]).memory.attention_backend == "xformers"
 
 
@@ -413,8 +467,19 @@ def test_training_with_split_attn_sets_every_block_and_steps(cached_demo, monkey
     from training.step import training_step
 
     monkeypatch.chdir(cached_demo)
-    args = parse_args(["--config_file", DEMO_TOML, "--dit", "models/tiny_dit.safetensors", "--split_attn",
-                       "--dataset_config", "demo/dataset.toml", "--output_dir", "out"])  # fmt: skip
+    args = parse_args(
+        [
+            "--config_file",
+            DEMO_TOML,
+            "--dit",
+            "models/tiny_dit.safetensors",
+            "--split_attn",
+            "--dataset_config",
+            "demo/dataset.toml",
+            "--output_dir",
+            "out",
+        ]
+    )
     run = build_run(args)
     backends = {m.attn_backend for m in run.model.modules() if hasattr(m, "attn_backend")}
     assert backends == {"split_attn"}

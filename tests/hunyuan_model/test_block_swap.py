@@ -126,10 +126,14 @@ def test_backward_reads_the_weights_resident_at_backward_time(ckpt):
     loss.backward()
     grads = {n: p.grad for n, p in net.named_parameters()}
     assert torch.equal(loss, ref[1])
-    assert not torch.equal(grads["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"],
-                           ref[2]["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"])  # fmt: skip
-    assert torch.equal(grads["lora_unet_single_blocks_3_linear2.lora_up.weight"],
-                       ref[2]["lora_unet_single_blocks_3_linear2.lora_up.weight"])  # fmt: skip
+    assert not torch.equal(
+        grads["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"],
+        ref[2]["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"],
+    )
+    assert torch.equal(
+        grads["lora_unet_single_blocks_3_linear2.lora_up.weight"],
+        ref[2]["lora_unet_single_blocks_3_linear2.lora_up.weight"],
+    )
     assert swapper.stats.loads == 5
 
 
@@ -189,14 +193,29 @@ ROOT = Path(__file__).resolve().parents[2]
 def _train(out: Path, *extra: str) -> int:
     import hv_train_network
 
-    argv = ["--config_file", str(ROOT / "configs" / "tiny_demo.toml"), "--dit", "models/tiny_dit.safetensors",
-            "--dataset_config", "demo/dataset.toml", "--output_dir", str(out), "--sample_prompts", "",
-            "--max_train_steps", "3", "--max_data_loader_n_workers", "0", *extra]  # fmt: skip
+    argv = [
+        "--config_file",
+        str(ROOT / "configs" / "tiny_demo.toml"),
+        "--dit",
+        "models/tiny_dit.safetensors",
+        "--dataset_config",
+        "demo/dataset.toml",
+        "--output_dir",
+        str(out),
+        "--sample_prompts",
+        "",
+        "--max_train_steps",
+        "3",
+        "--max_data_loader_n_workers",
+        "0",
+        *extra,
+    ]
     return hv_train_network.main(argv)
 
 
-def test_trainer_on_cpu_logs_a_note_and_writes_the_same_lora(cached_demo, tmp_path, monkeypatch, caplog,
-                                                             restore_logging):  # fmt: skip
+def test_trainer_on_cpu_logs_a_note_and_writes_the_same_lora(
+    cached_demo, tmp_path, monkeypatch, caplog, restore_logging
+):
     monkeypatch.chdir(cached_demo)
     assert _train(tmp_path / "plain") == 0
     with caplog.at_level(logging.INFO):

@@ -77,9 +77,17 @@ def test_config_is_derived_from_shapes_not_presets(tmp_path):
     from hunyuan_model.config import DiTConfig, rope_dims_for
     from hunyuan_model.model import build_dit
 
-    odd = DiTConfig(hidden_size=96, heads_num=2, mm_double_blocks_depth=1, mm_single_blocks_depth=3,
-                    rope_dim_list=rope_dims_for(48), text_states_dim=40, text_states_dim_2=12, refiner_depth=1,
-                    guidance_embed=False)  # fmt: skip
+    odd = DiTConfig(
+        hidden_size=96,
+        heads_num=2,
+        mm_double_blocks_depth=1,
+        mm_single_blocks_depth=3,
+        rope_dim_list=rope_dims_for(48),
+        text_states_dim=40,
+        text_states_dim_2=12,
+        refiner_depth=1,
+        guidance_embed=False,
+    )
     sd = {k: v.contiguous() for k, v in build_dit(odd, device="cpu").state_dict().items()}
     path = tmp_path / "odd.safetensors"
     save_file(sd, str(path))

@@ -19,9 +19,14 @@ def test_same_output_as_diffusers():
     with torch.no_grad():
         a = ours(**inp)
         b = theirs(
-            inp["x"], inp["t"], inp["text_states"], inp["text_mask"], inp["text_states_2"], inp["guidance"],
+            inp["x"],
+            inp["t"],
+            inp["text_states"],
+            inp["text_mask"],
+            inp["text_states_2"],
+            inp["guidance"],
             return_dict=False,
-        )[0]  # fmt: skip
+        )[0]
     assert a.shape == inp["x"].shape
     assert a.abs().mean() > 0.05  # a real signal, not two zeros
     assert (a - b).abs().max().item() <= 1e-5

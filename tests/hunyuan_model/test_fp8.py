@@ -253,9 +253,23 @@ def test_training_cli_with_fp8_writes_a_lora(cached_demo, tmp_path, monkeypatch,
 
     monkeypatch.chdir(cached_demo)
     out = tmp_path / "out"
-    argv = ["--config_file", DEMO_TOML, "--dit", "models/tiny_dit.safetensors", "--dataset_config",
-            "demo/dataset.toml", "--output_dir", str(out), "--sample_prompts", "", flag,
-            "--max_train_steps", "4", "--save_every_n_steps", "1000"]  # fmt: skip
+    argv = [
+        "--config_file",
+        DEMO_TOML,
+        "--dit",
+        "models/tiny_dit.safetensors",
+        "--dataset_config",
+        "demo/dataset.toml",
+        "--output_dir",
+        str(out),
+        "--sample_prompts",
+        "",
+        flag,
+        "--max_train_steps",
+        "4",
+        "--save_every_n_steps",
+        "1000",
+    ]
     model = build_run(parse_args(argv)).model  # the flag reaches load_dit
     fp8 = [n for n, m in model.named_modules() if isinstance(m, Fp8Linear) and m.weight.dtype == FP8_DTYPE]
     assert len(fp8) == TINY_FP8_WEIGHTS
@@ -280,10 +294,31 @@ def test_generation_with_fp8_stays_close_and_refuses_lora_merge(
         for lora in network.loras:
             lora.lora_up.weight.normal_(0, 0.2, generator=torch.Generator().manual_seed(0))
     save_network(network, str(tmp_path / "lora.safetensors"))
-    base = ["--dit", str(dit), "--text_encoder1", "models/text_encoder", "--text_encoder2", "models/text_encoder_2",
-            "--prompt", "a red ball", "--video_size", "32", "48", "--video_length", "5", "--infer_steps", "3",
-            "--save_path", str(tmp_path), "--seed", "7", "--output_type", "latent",
-            "--lora_weight", str(tmp_path / "lora.safetensors")]  # fmt: skip
+    base = [
+        "--dit",
+        str(dit),
+        "--text_encoder1",
+        "models/text_encoder",
+        "--text_encoder2",
+        "models/text_encoder_2",
+        "--prompt",
+        "a red ball",
+        "--video_size",
+        "32",
+        "48",
+        "--video_length",
+        "5",
+        "--infer_steps",
+        "3",
+        "--save_path",
+        str(tmp_path),
+        "--seed",
+        "7",
+        "--output_type",
+        "latent",
+        "--lora_weight",
+        str(tmp_path / "lora.safetensors"),
+    ]
     latents = {}
     for name, extra in (("ref", []), ("fp8", ["--fp8"]), ("scaled", ["--fp8_scaled"])):
         assert hv_generate_video.main([*base, "--output_name", name, *extra]) == 0

@@ -169,8 +169,18 @@ def test_inductor_with_block_swap_equals_inductor_without(fresh_dynamo):
 def test_compile_options_parse_and_reach_the_model(monkeypatch):
     from training.run import swap_and_compile
 
-    args = parse_args(["--compile", "--compile_backend", "eager", "--compile_mode", "max-autotune-no-cudagraphs",
-                       "--compile_dynamic", "FALSE", "--compile_fullgraph"])  # fmt: skip
+    args = parse_args(
+        [
+            "--compile",
+            "--compile_backend",
+            "eager",
+            "--compile_mode",
+            "max-autotune-no-cudagraphs",
+            "--compile_dynamic",
+            "FALSE",
+            "--compile_fullgraph",
+        ]
+    )
     seen = []
     model, _ = _model()
     monkeypatch.setattr(model, "compile_blocks", lambda *a: seen.append(a))
@@ -184,13 +194,19 @@ def test_unknown_backend_is_one_line():
 
     model, _ = _model()
     with pytest.raises(UserError, match="^--compile_backend nope: unknown; known: .*inductor"):
-        swap_and_compile(parse_args(["--compile", "--compile_backend", "nope"]).memory, model, torch.device("cpu"))
+        swap_and_compile(
+            parse_args(["--compile", "--compile_backend", "nope"]).memory, model, torch.device("cpu")
+        )
 
 
 @pytest.mark.parametrize(
-    "extra", [["--compile_mode", "reduce-overhead"], ["--compile_mode", "max-autotune"],
-              ["--compile_backend", "cudagraphs"]],
-)  # fmt: skip
+    "extra",
+    [
+        ["--compile_mode", "reduce-overhead"],
+        ["--compile_mode", "max-autotune"],
+        ["--compile_backend", "cudagraphs"],
+    ],
+)
 def test_cuda_graphs_and_block_swap_are_refused(extra):
     with pytest.raises(UserError, match="--blocks_to_swap") as info:
         parse_args(["--compile", "--blocks_to_swap", "10", *extra])

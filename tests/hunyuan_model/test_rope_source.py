@@ -25,13 +25,30 @@ from hunyuan_model.tiny import tiny_dit_state_dict, write_tiny_dit
 diffusers = pytest.importorskip("diffusers")
 
 STATED = (8, 12, 12)  # head width 32; the rule derives (4, 14, 14)
-CONFIG = DiTConfig(in_channels=4, out_channels=4, hidden_size=64, heads_num=2, mm_double_blocks_depth=1,
-                   mm_single_blocks_depth=1, rope_dim_list=STATED, text_states_dim=24, text_states_dim_2=20,
-                   refiner_depth=1)  # fmt: skip
+CONFIG = DiTConfig(
+    in_channels=4,
+    out_channels=4,
+    hidden_size=64,
+    heads_num=2,
+    mm_double_blocks_depth=1,
+    mm_single_blocks_depth=1,
+    rope_dim_list=STATED,
+    text_states_dim=24,
+    text_states_dim_2=20,
+    refiner_depth=1,
+)
 DIFFUSERS_CONFIG = dict(
-    in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=32, num_layers=1,
-    num_single_layers=1, num_refiner_layers=1, text_embed_dim=24, pooled_projection_dim=20, rope_axes_dim=STATED,
-)  # fmt: skip
+    in_channels=4,
+    out_channels=4,
+    num_attention_heads=2,
+    attention_head_dim=32,
+    num_layers=1,
+    num_single_layers=1,
+    num_refiner_layers=1,
+    text_embed_dim=24,
+    pooled_projection_dim=20,
+    rope_axes_dim=STATED,
+)
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +125,10 @@ def test_merged_dit_carries_the_split_of_its_base(diffusers_folder, tmp_path):
     down, up = torch.randn(2, 64) * 0.1, torch.randn(192, 2) * 0.1
     lora = tmp_path / "lora.safetensors"
     key = "lora_unet_double_blocks_0_img_attn_qkv"
-    save_file({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(2.0)},
-              str(lora))  # fmt: skip
+    save_file(
+        {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(2.0)},
+        str(lora),
+    )
     out = tmp_path / "merged.safetensors"
     argv = ["--dit", str(diffusers_folder), "--lora_weight", str(lora), "--save_merged_model", str(out)]
     assert merge_lora.main(argv) == 0
@@ -119,9 +138,13 @@ def test_merged_dit_carries_the_split_of_its_base(diffusers_folder, tmp_path):
 
 @pytest.mark.parametrize(
     ("value", "fragment"),
-    [([8, 12, 10], "sums to 30, not the head width 32"), ([8, 24], "three positive even integers"),
-     ("big", "three positive even integers"), ([7, 13, 12], "three positive even integers")],
-)  # fmt: skip
+    [
+        ([8, 12, 10], "sums to 30, not the head width 32"),
+        ([8, 24], "three positive even integers"),
+        ("big", "three positive even integers"),
+        ([7, 13, 12], "three positive even integers"),
+    ],
+)
 def test_a_bad_stated_split_is_one_line(diffusers_folder, tmp_path, value, fragment):
     folder = tmp_path / "transformer"
     folder.mkdir()

@@ -49,9 +49,17 @@ class ZeroVelocity(nn.Module):
 
 def run(model, **overrides):
     kwargs = dict(
-        height=32, width=48, frames=5, steps=2, embedded_guidance_scale=6.0, flow_shift=3.0, seed=0,
-        device="cpu", dtype=torch.float32, progress=False,
-    )  # fmt: skip
+        height=32,
+        width=48,
+        frames=5,
+        steps=2,
+        embedded_guidance_scale=6.0,
+        flow_shift=3.0,
+        seed=0,
+        device="cpu",
+        dtype=torch.float32,
+        progress=False,
+    )
     kwargs.update(overrides)
     emb = kwargs.pop("embeddings", embeddings())
     return sample_latents(model, emb, **kwargs)
@@ -144,8 +152,17 @@ def tiny_dit(tmp_path_factory):
 def test_tiny_dit_shape_determinism_and_global_rng(tiny_dit):
     emb = TextEmbeddings(torch.randn(1, 8, 32), torch.ones(1, 8, dtype=torch.bool), torch.randn(1, 32))
     before = torch.random.get_rng_state()
-    kwargs = dict(height=64, width=48, frames=5, steps=3, embedded_guidance_scale=6.0, flow_shift=7.0,
-                  device="cpu", dtype=torch.float32, progress=False)  # fmt: skip
+    kwargs = dict(
+        height=64,
+        width=48,
+        frames=5,
+        steps=3,
+        embedded_guidance_scale=6.0,
+        flow_shift=7.0,
+        device="cpu",
+        dtype=torch.float32,
+        progress=False,
+    )
     a = sample_latents(tiny_dit, emb, seed=1, **kwargs)
     b = sample_latents(tiny_dit, emb, seed=1, **kwargs)
     c = sample_latents(tiny_dit, emb, seed=2, **kwargs)
@@ -160,7 +177,19 @@ def test_tiny_dit_shape_determinism_and_global_rng(tiny_dit):
 def test_tiny_dit_in_bfloat16_returns_float32_latents(tiny_dit):
     model = copy.deepcopy(tiny_dit).to(torch.bfloat16)
     emb = TextEmbeddings(torch.randn(1, 8, 32), torch.ones(1, 8, dtype=torch.bool), torch.randn(1, 32))
-    out = sample_latents(model, emb, height=32, width=32, frames=1, steps=2, embedded_guidance_scale=6.0,
-                         flow_shift=7.0, seed=0, device="cpu", dtype=torch.bfloat16, progress=False)  # fmt: skip
+    out = sample_latents(
+        model,
+        emb,
+        height=32,
+        width=32,
+        frames=1,
+        steps=2,
+        embedded_guidance_scale=6.0,
+        flow_shift=7.0,
+        seed=0,
+        device="cpu",
+        dtype=torch.bfloat16,
+        progress=False,
+    )
     assert out.dtype == torch.float32 and out.shape == (1, 16, 1, 4, 4)
     assert torch.isfinite(out).all()

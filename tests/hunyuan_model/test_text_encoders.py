@@ -170,9 +170,13 @@ def test_single_files_fall_back_to_the_llava_and_openai_clip_repos(
 
     llm_dir, clip_dir = tiny_dir / "text_encoder", tiny_dir / "text_encoder_2"
     vision = CLIPVisionConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
         patch_size=16,
-    ).to_dict()  # fmt: skip
+    ).to_dict()
     llava = LlavaConfig(text_config=AutoConfig.from_pretrained(llm_dir).to_dict(), vision_config=vision)
     llava.save_pretrained(tmp_path / "llava")
     full_clip = CLIPConfig(

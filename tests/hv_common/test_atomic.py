@@ -176,10 +176,20 @@ class Writers:
     """The helper process of tests/helpers/kill_harness.py: one call, one child writing once, how it ended."""
 
     def __init__(self) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests" / "helpers")]),
-               "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
-        self.proc = subprocess.Popen([sys.executable, "-c", "import kill_harness; kill_harness.zygote_main()"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)  # fmt: skip
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests" / "helpers")]),
+            "OMP_NUM_THREADS": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import kill_harness; kill_harness.zygote_main()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
         assert self._reply() == "ready"
 
     def _reply(self) -> str:
@@ -190,8 +200,13 @@ class Writers:
     def run(
         self, kind: str, target: Path, version: int, kill: dict | None = None, record: Path | None = None
     ):
-        request = {"kind": kind, "target": str(target), "version": version, "kill": kill,
-                   "record": str(record) if record else None}  # fmt: skip
+        request = {
+            "kind": kind,
+            "target": str(target),
+            "version": version,
+            "kill": kill,
+            "record": str(record) if record else None,
+        }
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         return json.loads(self._reply())
@@ -238,8 +253,9 @@ def _visible_after(events: list[dict], done: int, old: int, new: int) -> int | N
     return old
 
 
-def _check_kill(kind: str, kill: dict, ended: dict, out: Path, found: int | None, old: int, new: int,
-                plan: list[dict]) -> None:  # fmt: skip
+def _check_kill(
+    kind: str, kill: dict, ended: dict, out: Path, found: int | None, old: int, new: int, plan: list[dict]
+) -> None:
     """What a kill at `kill`, during a write of `new` over `old`, must have left in `out`."""
     where = f"{kind}, v{new} over v{old}, killed at {kill}: "
     temps = [p.name for p in out.iterdir() if is_temp_name(p.name)]  # an emptied temporary folder counts
@@ -378,7 +394,7 @@ def _enospc() -> OSError:
                 )
             ),
             errno.ENOSPC,
-        ),  # fmt: skip
+        ),
         # torch.save into a file object: a RuntimeError whose context is the OSError
         (lambda: _raise_in_context(_enospc(), RuntimeError("unexpected pos 704 vs 598")), errno.ENOSPC),
         (lambda: _raise(OSError(errno.EDQUOT, "Disk quota exceeded")), errno.EDQUOT),

@@ -19,8 +19,15 @@ def test_every_package_error_type_is_a_user_error():
     from lora_files.errors import LoRAFileError
     from networks.network_args import NetworkArgsError
 
-    kinds = (CacheFileError, DatasetConfigError, MediaError, AttentionBackendError, CheckpointError,
-             LoRAFileError, NetworkArgsError)  # fmt: skip
+    kinds = (
+        CacheFileError,
+        DatasetConfigError,
+        MediaError,
+        AttentionBackendError,
+        CheckpointError,
+        LoRAFileError,
+        NetworkArgsError,
+    )
     assert all(issubclass(t, UserError) for t in kinds)
 
 

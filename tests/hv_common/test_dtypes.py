@@ -37,9 +37,13 @@ def test_the_option_names_keep_their_order_and_meaning():
     # the order error messages list them in ("expected one of float32, fp32, ...")
     assert OPTION_NAMES == ("float32", "fp32", "float16", "fp16", "bfloat16", "bf16")
     assert option_dtypes() == {
-        "float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-        "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    }  # fmt: skip
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
     sizes = {name: dtype.itemsize for name, dtype in option_dtypes().items()}
     assert sizes == OPTION_BYTES
 

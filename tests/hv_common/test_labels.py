@@ -59,13 +59,19 @@ def test_pruning_and_resume_find_the_trainers_names(tmp_path: Path):
     (tmp_path / state_folder_name("run", "epoch", 1)).mkdir()
     (tmp_path / lora_file_name("run")).write_bytes(b"")
     assert [p.name for p in state_folders(tmp_path, "run")] == [
-        "run-000001-state", "run-step00000002-state", "run-step00000004-state", "run-step00000006-state",
-    ]  # fmt: skip
+        "run-000001-state",
+        "run-step00000002-state",
+        "run-step00000004-state",
+        "run-step00000006-state",
+    ]
     prune(tmp_path, "run", "step", keep=1)
     prune(tmp_path, "run", "step", keep=2, state=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "run-000001-state", "run-step00000004-state", "run-step00000006-state",
-        "run-step00000006.safetensors", "run.safetensors",
-    ]  # fmt: skip
+        "run-000001-state",
+        "run-step00000004-state",
+        "run-step00000006-state",
+        "run-step00000006.safetensors",
+        "run.safetensors",
+    ]
     preview = parse_preview(tmp_path / (preview_stem("run", step_label(6), 0, 5) + ".png"), "run")
     assert preview is not None and (preview.label, preview.index, preview.seed) == ("step00000006", 0, 5)

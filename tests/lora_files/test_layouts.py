@@ -111,8 +111,20 @@ def test_merging_two_loras_sums_their_updates_and_keeps_other_tensors(tiny_files
     second = tmp_path / "second.safetensors"
     save_network(_trained(load_dit(dit), "exclude_patterns=[r'.*single_blocks.*']", seed=9), str(second))
     out = tmp_path / "merged.safetensors"
-    argv = ["--dit", str(dit), "--lora_weight", str(lora), str(second), "--lora_multiplier", "0.5", "-1.5",
-            "--save_merged_model", str(out), "--save_dtype", "bf16"]  # fmt: skip
+    argv = [
+        "--dit",
+        str(dit),
+        "--lora_weight",
+        str(lora),
+        str(second),
+        "--lora_multiplier",
+        "0.5",
+        "-1.5",
+        "--save_merged_model",
+        str(out),
+        "--save_dtype",
+        "bf16",
+    ]
     assert merge_lora.main(argv) == 0
     base, merged = read_state_dict(dit), read_state_dict(out)
     assert base.keys() == merged.keys() and all(v.dtype == torch.bfloat16 for v in merged.values())
@@ -125,8 +137,10 @@ def test_merging_two_loras_sums_their_updates_and_keeps_other_tensors(tiny_files
         assert torch.allclose(merged[key].float(), expected.to(torch.bfloat16).float(), atol=1e-2, rtol=0), (
             key
         )
-    assert not torch.equal(merged["double_blocks.0.img_attn_qkv.weight"].float(),
-                           base["double_blocks.0.img_attn_qkv.weight"].to(torch.bfloat16).float())  # fmt: skip
+    assert not torch.equal(
+        merged["double_blocks.0.img_attn_qkv.weight"].float(),
+        base["double_blocks.0.img_attn_qkv.weight"].to(torch.bfloat16).float(),
+    )
 
 
 def test_merge_streams_every_dit_layout_to_the_same_result(tiny_files, tmp_path):
@@ -152,8 +166,13 @@ def test_merge_streams_every_dit_layout_to_the_same_result(tiny_files, tmp_path)
 
 
 def test_streaming_writer_is_read_back_by_safetensors(tmp_path):
-    tensors = {"b": torch.randn(3, 5).to(torch.bfloat16), "a": torch.arange(7, dtype=torch.int64),
-               "c": torch.tensor([True, False, True]), "s": torch.tensor(2.5), "h": torch.randn(2, 2, 3).half()}  # fmt: skip
+    tensors = {
+        "b": torch.randn(3, 5).to(torch.bfloat16),
+        "a": torch.arange(7, dtype=torch.int64),
+        "c": torch.tensor([True, False, True]),
+        "s": torch.tensor(2.5),
+        "h": torch.randn(2, 2, 3).half(),
+    }
     specs = [(k, v.dtype, tuple(v.shape)) for k, v in sorted(tensors.items())]
     path = write_safetensors_streaming(tmp_path / "x.safetensors", specs, tensors.__getitem__, {"k": "v"})
     back = load_file(path)
@@ -218,8 +237,10 @@ def test_round_trip_through_diffusers_names_keeps_rank_and_update(tiny_files, tm
 def _diffusers_qkv_file(path, metadata=None) -> dict[str, Factors]:
     """Independent LoRAs on to_q / to_k / to_v of a single block (no proj_mlp), as diffusers trainers write."""
     g = torch.Generator().manual_seed(5)
-    parts = {p: Factors(torch.randn(r, 64, generator=g), torch.randn(64, r, generator=g), float(r))
-             for p, r in (("to_q", 2), ("to_k", 3), ("to_v", 4))}  # fmt: skip
+    parts = {
+        p: Factors(torch.randn(r, 64, generator=g), torch.randn(64, r, generator=g), float(r))
+        for p, r in (("to_q", 2), ("to_k", 3), ("to_v", 4))
+    }
     sd = {}
     for p, f in parts.items():
         sd[f"transformer.single_transformer_blocks.1.attn.{p}.lora_A.weight"] = f.down
@@ -237,8 +258,12 @@ def test_separate_qkv_loras_fuse_into_ours_with_the_ranks_summed(tiny_files, tmp
     # the MLP part of our fused linear1 has no LoRA: its width is only in the DiT
     assert convert_lora.main(["--input", str(src), "--output", str(out), "--target", "default"]) == 2
     assert "proj_mlp" in _one_error_line(capsys) and not out.exists()
-    assert convert_lora.main(["--input", str(src), "--output", str(out), "--target", "default",
-                              "--dit", str(dit)]) == 0  # fmt: skip
+    assert (
+        convert_lora.main(
+            ["--input", str(src), "--output", str(out), "--target", "default", "--dit", str(dit)]
+        )
+        == 0
+    )
     fused = load_lora(out).weights["single_blocks.1.linear1"]
     assert fused.rank == 2 + 3 + 4 and fused.up.shape[0] == 3 * 64 + 256
     delta = fused.delta()
@@ -278,11 +303,25 @@ def _compare_with_lora(theirs, ours, network, adapter_sd: dict[str, torch.Tensor
     network.apply_to(ours)
     with torch.no_grad():
         a = ours(**inp)
-        b = theirs(inp["x"], inp["t"], inp["text_states"], inp["text_mask"], inp["text_states_2"], inp["guidance"],
-                   return_dict=False)[0]  # fmt: skip
+        b = theirs(
+            inp["x"],
+            inp["t"],
+            inp["text_states"],
+            inp["text_mask"],
+            inp["text_states_2"],
+            inp["guidance"],
+            return_dict=False,
+        )[0]
         theirs.disable_lora()
-        base = theirs(inp["x"], inp["t"], inp["text_states"], inp["text_mask"], inp["text_states_2"],
-                      inp["guidance"], return_dict=False)[0]  # fmt: skip
+        base = theirs(
+            inp["x"],
+            inp["t"],
+            inp["text_states"],
+            inp["text_mask"],
+            inp["text_states_2"],
+            inp["guidance"],
+            return_dict=False,
+        )[0]
     assert (a - base).abs().max() > 1e-3  # the LoRA matters
     assert (a - b).abs().max() <= 1e-4
 
@@ -323,8 +362,10 @@ def test_720p_key_mapping_matches_diffusers_converter_and_model_on_meta():
     from diffusers.loaders.lora_pipeline import HunyuanVideoLoraLoaderMixin
 
     network = network_720p(dim=32, alpha=16.0)
-    weights = {n: Factors(m.lora_down.weight, m.lora_up.weight, 16.0)
-               for n, m in zip(network.module_names, network.loras, strict=True)}  # fmt: skip
+    weights = {
+        n: Factors(m.lora_down.weight, m.lora_up.weight, 16.0)
+        for n, m in zip(network.module_names, network.loras, strict=True)
+    }
     converted = HunyuanVideoLoraLoaderMixin.lora_state_dict(to_other(weights))
     with torch.device("meta"):
         model = diffusers.HunyuanVideoTransformer3DModel()
@@ -343,20 +384,35 @@ def test_720p_key_mapping_matches_diffusers_converter_and_model_on_meta():
 
 
 def _foreign_lora(path) -> None:
-    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 320),
-               "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(320, 4)}, path)  # fmt: skip
+    save_file(
+        {
+            "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 320),
+            "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(320, 4),
+        },
+        path,
+    )
 
 
 def _other_size_lora(path) -> None:
     """Our layout and names, but a 720p-wide module: the tiny DiT is 64 wide."""
-    save_file({"lora_unet_double_blocks_0_img_attn_proj.lora_down.weight": torch.zeros(4, 3072),
-               "lora_unet_double_blocks_0_img_attn_proj.lora_up.weight": torch.zeros(3072, 4)}, path)  # fmt: skip
+    save_file(
+        {
+            "lora_unet_double_blocks_0_img_attn_proj.lora_down.weight": torch.zeros(4, 3072),
+            "lora_unet_double_blocks_0_img_attn_proj.lora_up.weight": torch.zeros(3072, 4),
+        },
+        path,
+    )
 
 
 def _other_blocks_lora(path) -> None:
     """Block 7 of a model the tiny DiT (2 double blocks) does not have."""
-    save_file({"lora_unet_double_blocks_7_img_attn_proj.lora_down.weight": torch.zeros(4, 64),
-               "lora_unet_double_blocks_7_img_attn_proj.lora_up.weight": torch.zeros(64, 4)}, path)  # fmt: skip
+    save_file(
+        {
+            "lora_unet_double_blocks_7_img_attn_proj.lora_down.weight": torch.zeros(4, 64),
+            "lora_unet_double_blocks_7_img_attn_proj.lora_up.weight": torch.zeros(64, 4),
+        },
+        path,
+    )
 
 
 def test_convert_rejects_an_unknown_layout_naming_the_key(tmp_path, capsys):
@@ -368,21 +424,32 @@ def test_convert_rejects_an_unknown_layout_naming_the_key(tmp_path, capsys):
         "unknown LoRA layout" in line
         and "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight" in line
     )
-    assert convert_lora.main(["--input", str(tmp_path / "nope.safetensors"), "--output", str(out),
-                              "--target", "other"]) == 2  # fmt: skip
+    assert (
+        convert_lora.main(
+            ["--input", str(tmp_path / "nope.safetensors"), "--output", str(out), "--target", "other"]
+        )
+        == 2
+    )
     assert "not found" in _one_error_line(capsys)
     (tmp_path / "torn.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
-    assert convert_lora.main(["--input", str(tmp_path / "torn.safetensors"), "--output", str(out),
-                              "--target", "other"]) == 2  # fmt: skip
+    assert (
+        convert_lora.main(
+            ["--input", str(tmp_path / "torn.safetensors"), "--output", str(out), "--target", "other"]
+        )
+        == 2
+    )
     assert "cannot read LoRA file" in _one_error_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sdxl.safetensors", "torn.safetensors"]
 
 
 @pytest.mark.parametrize(
     ("make", "expected"),
-    [(_foreign_lora, "unknown LoRA layout"), (_other_size_lora, "3072 x 3072 in the LoRA but 64 x 64"),
-     (_other_blocks_lora, "double_blocks.7.img_attn_proj is not a Linear of the DiT")],
-)  # fmt: skip
+    [
+        (_foreign_lora, "unknown LoRA layout"),
+        (_other_size_lora, "3072 x 3072 in the LoRA but 64 x 64"),
+        (_other_blocks_lora, "double_blocks.7.img_attn_proj is not a Linear of the DiT"),
+    ],
+)
 def test_merge_rejects_loras_that_do_not_fit(tiny_files, tmp_path, capsys, make, expected):
     dit, lora = tiny_files
     bad, out = tmp_path / "bad.safetensors", tmp_path / "merged.safetensors"

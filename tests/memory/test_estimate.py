@@ -40,9 +40,14 @@ def _tiny(dtype: torch.dtype, seed: int = 0) -> nn.Module:
 
 def _network(model: nn.Module, rank: int = 4, network_args=None):
     return create_network(
-        1.0, rank, float(rank), model, target_block_classes=TARGET_BLOCK_CLASSES,
-        default_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS, network_args=network_args,
-    )  # fmt: skip
+        1.0,
+        rank,
+        float(rank),
+        model,
+        target_block_classes=TARGET_BLOCK_CLASSES,
+        default_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS,
+        network_args=network_args,
+    )
 
 
 def _bytes(tensors) -> int:
@@ -54,9 +59,14 @@ def _bytes(tensors) -> int:
 
 @pytest.mark.parametrize(
     ("dtype", "fp8", "scaled"),
-    [(torch.float32, False, False), (torch.bfloat16, False, False), (torch.bfloat16, True, False),
-     (torch.bfloat16, True, True), (torch.float16, False, True)],
-)  # fmt: skip
+    [
+        (torch.float32, False, False),
+        (torch.bfloat16, False, False),
+        (torch.bfloat16, True, False),
+        (torch.bfloat16, True, True),
+        (torch.float16, False, True),
+    ],
+)
 def test_weight_bytes_equal_the_built_model(dtype, fp8, scaled):
     model = _tiny(dtype)
     if fp8 or scaled:
@@ -125,9 +135,13 @@ def _inputs(dtype: torch.dtype):
     mask = torch.ones(1, WORK.text_tokens, dtype=torch.bool)
     mask[:, WORK.text_tokens // 2 :] = False
     return (
-        torch.randn(1, 16, *lat, dtype=dtype), torch.rand(1) * 1000, torch.randn(1, WORK.text_tokens, 32, dtype=dtype),
-        mask, torch.randn(1, 32, dtype=dtype), torch.full((1,), 1000.0, dtype=dtype),
-    )  # fmt: skip
+        torch.randn(1, 16, *lat, dtype=dtype),
+        torch.rand(1) * 1000,
+        torch.randn(1, WORK.text_tokens, 32, dtype=dtype),
+        mask,
+        torch.randn(1, 32, dtype=dtype),
+        torch.full((1,), 1000.0, dtype=dtype),
+    )
 
 
 def _measure_saved(dtype: torch.dtype, checkpointing: bool) -> tuple[int, list[int]]:
@@ -198,8 +212,9 @@ def test_activations_shrink_with_offload_and_grow_with_tokens():
     lora = me.lora_info(build_dit(TINY), _args())
     ckpt = me.Settings(gradient_checkpointing=True)
     on_gpu = me.activation_bytes(TINY, WORK, lora, ckpt)
-    offloaded = me.activation_bytes(TINY, WORK, lora, me.Settings(gradient_checkpointing=True,
-                                                                  checkpoint_cpu_offload=True))  # fmt: skip
+    offloaded = me.activation_bytes(
+        TINY, WORK, lora, me.Settings(gradient_checkpointing=True, checkpoint_cpu_offload=True)
+    )
     assert offloaded.saved < on_gpu.saved and offloaded.recompute == on_gpu.recompute
     bigger = me.Workload(128, 128, 17, 1, 12)
     assert (
@@ -302,8 +317,16 @@ def test_cli_prints_the_estimate_without_loading_weights(
     monkeypatch.setattr(hunyuan_model.checkpoint, "load_dit", refuse)
     monkeypatch.chdir(cached_demo)
     dit = _garbage_dit(tmp_path, cached_demo)
-    argv = ["--dataset_config", "demo/dataset.toml", "--dit", str(dit), "--estimate_memory",
-            "--gradient_checkpointing", "--vram_budget_gb", "2"]  # fmt: skip
+    argv = [
+        "--dataset_config",
+        "demo/dataset.toml",
+        "--dit",
+        str(dit),
+        "--estimate_memory",
+        "--gradient_checkpointing",
+        "--vram_budget_gb",
+        "2",
+    ]
     assert hv_train_network.main(argv) == 0
     out = capsys.readouterr().out
     assert "ESTIMATE" in out and "DiT weights (resident)" in out and "total (estimate)" in out

@@ -11,9 +11,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = (
-    "hv_common", "hunyuan_model", "networks", "dataset", "lora_files", "memory", "caching", "generation",
-    "run_report", "training",
-)  # fmt: skip
+    "hv_common",
+    "hunyuan_model",
+    "networks",
+    "dataset",
+    "lora_files",
+    "memory",
+    "caching",
+    "generation",
+    "run_report",
+    "training",
+)
 
 # Who may import whom (besides itself): the table in docs/architecture.md, "What may import what".
 ALLOWED: dict[str, set[str]] = {
@@ -27,9 +35,16 @@ ALLOWED: dict[str, set[str]] = {
     "generation": {"hv_common", "hunyuan_model", "networks", "lora_files"},
     "run_report": {"hv_common", "dataset"},
     "training": {
-        "hv_common", "hunyuan_model", "networks", "dataset", "lora_files", "memory", "generation", "run_report",
+        "hv_common",
+        "hunyuan_model",
+        "networks",
+        "dataset",
+        "lora_files",
+        "memory",
+        "generation",
+        "run_report",
     },
-}  # fmt: skip
+}
 
 
 def _imported_packages(path: Path) -> set[str]:
@@ -68,11 +83,14 @@ def test_the_architecture_document_names_every_package():
 def test_nothing_points_outside_the_repository():
     # A user's clone has no ../shared: docs, code and tests must stand on their own.
     files = [
-        p for p in ROOT.rglob("*")
-        if p.suffix in {".md", ".py", ".toml"} and not any(d.startswith(".") or d == "venv" for d in p.parts[len(ROOT.parts):])
+        p
+        for p in ROOT.rglob("*")
+        if p.suffix in {".md", ".py", ".toml"}
+        and not any(d.startswith(".") or d == "venv" for d in p.parts[len(ROOT.parts) :])
     ]
     pointing = [
-        str(p.relative_to(ROOT)) for p in files
+        str(p.relative_to(ROOT))
+        for p in files
         if p != Path(__file__) and any(s in p.read_text(encoding="utf-8") for s in ('"shared"', "../shared"))
     ]
     assert not pointing, f"these pages point at ../shared: {pointing}"

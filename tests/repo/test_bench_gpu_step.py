@@ -18,8 +18,26 @@ def _load_bench():
 
 def test_gpu_step_runs_every_variant_small_on_cpu(capsys):
     bench = _load_bench()
-    argv = ["--preset", "tiny", "--device", "cpu", "--width", "64", "--height", "64", "--frames", "5",
-            "--text_tokens", "16", "--steps", "1", "--warmup", "1", "--variants", "base,swap2,fp8_swap2"]  # fmt: skip
+    argv = [
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--frames",
+        "5",
+        "--text_tokens",
+        "16",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--variants",
+        "base,swap2,fp8_swap2",
+    ]
     assert bench.main(argv) == 0
     results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"]
     assert [r["variant"] for r in results] == ["base", "swap2", "fp8_swap2"]

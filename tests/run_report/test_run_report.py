@@ -57,15 +57,27 @@ def test_report_shows_the_run(reported_run):
     html = _report(reported_run)
     assert "<th>step 4</th>" in html and "<th>step 8</th>" in html  # the rows: one per preview round
     assert "finished: step 8 of 8" in text
-    for fragment in ("lora_plus", "networks.lora", "loraplus_lr_ratio=4", "demo/cache/videos", "time per step",
-                     "process RSS (peak)", "last validation loss", "double_blocks.0.img_attn_qkv"):  # fmt: skip
+    for fragment in (
+        "lora_plus",
+        "networks.lora",
+        "loraplus_lr_ratio=4",
+        "demo/cache/videos",
+        "time per step",
+        "process RSS (peak)",
+        "last validation loss",
+        "double_blocks.0.img_attn_qkv",
+    ):
         assert fragment in text, fragment
     # the video dataset's buckets: red_square (160x96) gives windows of 1, 9 and 17 frames (target_frames)
     for frames in (1, 9, 17):
         assert re.search(rf"160x96 {frames} 1 1 red_square frames 0-{frames - 1} ", text), frames
     # nothing comes from elsewhere: no external script, style or image
-    assert not [a for t, a in page.tags if t in ("script", "link", "img", "iframe") and
-                re.match(r"(https?:)?//", a.get("src", "") + a.get("href", ""))]  # fmt: skip
+    assert not [
+        a
+        for t, a in page.tags
+        if t in ("script", "link", "img", "iframe")
+        and re.match(r"(https?:)?//", a.get("src", "") + a.get("href", ""))
+    ]
 
 
 def test_user_strings_are_escaped(reported_run):
@@ -134,8 +146,10 @@ def test_without_matplotlib_the_plot_is_skipped_with_one_line(tmp_path, monkeypa
 
 
 def test_start_up_does_not_import_matplotlib():
-    code = ("import sys, hv_train_network, training.trainer, run_report.page, run_report.loss_plot;"
-            "print('matplotlib' in sys.modules)")  # fmt: skip
+    code = (
+        "import sys, hv_train_network, training.trainer, run_report.page, run_report.loss_plot;"
+        "print('matplotlib' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -146,8 +160,17 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def _chromium(tmp_path: Path, *args: str) -> str:
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", *args]  # fmt: skip
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=10000",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout
 
 
@@ -180,7 +203,9 @@ def test_a_report_bug_is_a_warning_but_a_full_disk_stops_the_run(tmp_path, monke
     from run_report.page import RunReport
 
     run = SimpleNamespace(
-        losses=[], dataset_summary=[], output_dir=tmp_path,
+        losses=[],
+        dataset_summary=[],
+        output_dir=tmp_path,
         config=SimpleNamespace(saving=SimpleNamespace(output_name="x")),
     )
     report = RunReport(run)

@@ -149,7 +149,11 @@ def test_no_arguments_give_every_default():
         1600,
         1.0,
     )
-    assert (args.flow.timestep_sampling, args.flow.weighting_scheme, args.flow.mode_scale) == ("sigma", "none", 1.29)
+    assert (args.flow.timestep_sampling, args.flow.weighting_scheme, args.flow.mode_scale) == (
+        "sigma",
+        "none",
+        1.29,
+    )
 
 
 def test_the_dataclass_defaults_are_the_parser_defaults():

@@ -63,7 +63,11 @@ def test_the_file_supplies_options(tmp_path):
         'dit = "w.safetensors"\nnetwork_dim = 8\nlearning_rate = 1e-4\ngradient_checkpointing = true\n'
         'mixed_precision = "bf16"\noptimizer_args = ["weight_decay=0.01"]\nlr_warmup_steps = 0.1\n',
     )
-    assert (args.model.dit, args.network.network_dim, args.optimizer.learning_rate) == ("w.safetensors", 8, 1e-4)
+    assert (args.model.dit, args.network.network_dim, args.optimizer.learning_rate) == (
+        "w.safetensors",
+        8,
+        1e-4,
+    )
     assert (args.memory.gradient_checkpointing, args.training.mixed_precision) == (True, "bf16")
     assert (args.optimizer.optimizer_args, args.optimizer.lr_warmup_steps) == (("weight_decay=0.01",), 0.1)
     assert args.modes.config_file == str(tmp_path / "train.toml")
@@ -103,7 +107,11 @@ def test_the_command_line_wins(tmp_path):
     args = from_file(
         tmp_path, text, "--learning_rate", "3e-4", "--network_args", "verbose=True", "--seed", "7"
     )
-    assert (args.optimizer.learning_rate, args.network.network_args, args.training.seed) == (3e-4, ("verbose=True",), 7)
+    assert (args.optimizer.learning_rate, args.network.network_args, args.training.seed) == (
+        3e-4,
+        ("verbose=True",),
+        7,
+    )
     assert args.training.mixed_precision == "bf16"  # not on the command line: the file's
 
 
@@ -127,7 +135,11 @@ def test_sections_flatten(tmp_path):
         "[optimizer]\nlearning_rate = 1e-4\n\n[network]\nnetwork_dim = 16\n\n[saving]\nsave_every_n_steps = 50\n",
     )
     assert flat == sectioned
-    assert (sectioned.optimizer.learning_rate, sectioned.network.network_dim, sectioned.saving.save_every_n_steps) == (1e-4, 16, 50)
+    assert (
+        sectioned.optimizer.learning_rate,
+        sectioned.network.network_dim,
+        sectioned.saving.save_every_n_steps,
+    ) == (1e-4, 16, 50)
 
 
 def test_top_level_keys_and_sections_mix(tmp_path):

@@ -19,8 +19,19 @@ DEMO_TOML = str(ROOT / "configs" / "tiny_demo.toml")
 
 
 def _train(out: Path, *extra: str) -> int:
-    argv = ["--config_file", DEMO_TOML, "--dit", "models/tiny_dit.safetensors", "--dataset_config",
-            "demo/dataset.toml", "--output_dir", str(out), "--sample_prompts", "", *extra]  # fmt: skip
+    argv = [
+        "--config_file",
+        DEMO_TOML,
+        "--dit",
+        "models/tiny_dit.safetensors",
+        "--dataset_config",
+        "demo/dataset.toml",
+        "--output_dir",
+        str(out),
+        "--sample_prompts",
+        "",
+        *extra,
+    ]
     return hv_train_network.main(argv)
 
 

@@ -82,11 +82,30 @@ def test_training_under_accelerates_bf16_writes_bf16_in_the_lora(cached_demo, tm
     """The real command in its own process, as `accelerate launch --mixed_precision bf16` starts it."""
     out = tmp_path / "out"
     argv = [
-        sys.executable, str(ROOT / "hv_train_network.py"), "--dit", "models/tiny_dit.safetensors",
-        "--dataset_config", "demo/dataset.toml", "--output_dir", str(out), "--output_name", "bf16",
-        "--network_module", "networks.lora", "--network_dim", "4", "--learning_rate", "1e-3",
-        "--max_train_steps", "2", "--max_data_loader_n_workers", "0", "--sdpa", "--seed", "1",
-    ]  # fmt: skip
+        sys.executable,
+        str(ROOT / "hv_train_network.py"),
+        "--dit",
+        "models/tiny_dit.safetensors",
+        "--dataset_config",
+        "demo/dataset.toml",
+        "--output_dir",
+        str(out),
+        "--output_name",
+        "bf16",
+        "--network_module",
+        "networks.lora",
+        "--network_dim",
+        "4",
+        "--learning_rate",
+        "1e-3",
+        "--max_train_steps",
+        "2",
+        "--max_data_loader_n_workers",
+        "0",
+        "--sdpa",
+        "--seed",
+        "1",
+    ]
     env = {**os.environ, "ACCELERATE_MIXED_PRECISION": "bf16", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(argv, cwd=cached_demo, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -38,19 +38,25 @@ def test_scalars_are_the_runs_losses_and_learning_rates(events, reported_run):
     assert [s for s, _ in loss] == list(range(1, 9))
     assert [v for _, v in loss] == pytest.approx(state["losses"], rel=1e-6)
     validation = _scalars(events, "loss/validation")
-    assert validation == [(v["step"], pytest.approx(v["loss/validation"], rel=1e-6)) for v in state["validations"]]
+    assert validation == [
+        (v["step"], pytest.approx(v["loss/validation"], rel=1e-6)) for v in state["validations"]
+    ]
     assert [s for s, _ in validation] == [4, 8]
     lora, plus = _scalars(events, "lr/lora"), _scalars(events, "lr/lora_plus")
     assert [s for s, _ in lora] == [s for s, _ in plus] == list(range(1, 9))
     assert lora[-1][1] == pytest.approx(1e-3)  # --learning_rate after the 5 warm-up steps
     assert lora[0][1] < lora[-1][1]  # warming up
-    assert all(p == pytest.approx(4 * v) for (_, v), (_, p) in zip(lora, plus, strict=True))  # loraplus_lr_ratio=4
+    assert all(
+        p == pytest.approx(4 * v) for (_, v), (_, p) in zip(lora, plus, strict=True)
+    )  # loraplus_lr_ratio=4
 
 
 def test_previews_are_logged_as_images(events, reported_run):
     sample = reported_run["out"] / "sample"
-    for tag, name, size in (("preview/00", "tiny_lora_step{:08d}_00_1.mp4", (262, 64)),
-                            ("preview/01", "tiny_lora_step{:08d}_01_2.png", (64, 64))):  # fmt: skip
+    for tag, name, size in (
+        ("preview/00", "tiny_lora_step{:08d}_00_1.mp4", (262, 64)),
+        ("preview/01", "tiny_lora_step{:08d}_01_2.png", (64, 64)),
+    ):
         images = events.Images(tag)
         assert [e.step for e in images] == [4, 8]
         for event in images:

@@ -188,8 +188,9 @@ def _record(raw, groups: list[dict], progress: Progress) -> None:
         raise DamagedState(f"{STATE_FILE}: {where} is {_kind(raw)}, expected a dict")
     for key in ("optimizer", "optimizer_type", "network_module", "lr_scheduler"):
         _typed(raw, key, str, f"{where}.{key}")
-    per_epoch = _count(_typed(raw, "batches_per_epoch", object, f"{where}.batches_per_epoch"),
-                       f"{where}.batches_per_epoch")  # fmt: skip
+    per_epoch = _count(
+        _typed(raw, "batches_per_epoch", object, f"{where}.batches_per_epoch"), f"{where}.batches_per_epoch"
+    )
     if progress.batch_in_epoch > per_epoch:
         raise DamagedState(
             f"{STATE_FILE}: progress.batch_in_epoch is {progress.batch_in_epoch}, past the {per_epoch} batches "

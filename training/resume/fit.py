@@ -64,8 +64,13 @@ def check_fit(state: CheckedState, run: Run) -> None:
     if record is not None:
         changes += _record_changes(record, run)
     elif state.progress.batch_in_epoch > len(run.batches):
-        changes.append((f"the state stopped at batch {state.progress.batch_in_epoch} of an epoch, this run has "
-                        f"{len(run.batches)} batches per epoch", "the dataset config, batch sizes and process count"))  # fmt: skip
+        changes.append(
+            (
+                f"the state stopped at batch {state.progress.batch_in_epoch} of an epoch, this run has "
+                f"{len(run.batches)} batches per epoch",
+                "the dataset config, batch sizes and process count",
+            )
+        )
     if changes:
         what = "; ".join(c for c, _ in changes)
         restore = " and ".join(dict.fromkeys(o for _, o in changes))
@@ -78,9 +83,11 @@ def check_fit(state: CheckedState, run: Run) -> None:
         raise StateMismatch(f"the state does not fit this run: {what}; restore {restore}, or {fresh}")
     _optimizer_tensors(state, run)
     if record is None:
-        logger.info("state %s has no run record (saved by an older version): its LoRA, optimizer groups and "
-                    "learning rates are checked; the optimizer type, lr scheduler and dataset size cannot be",
-                    state.folder)  # fmt: skip
+        logger.info(
+            "state %s has no run record (saved by an older version): its LoRA, optimizer groups and "
+            "learning rates are checked; the optimizer type, lr scheduler and dataset size cannot be",
+            state.folder,
+        )
 
 
 def _network_changes(state: CheckedState, run: Run) -> list[tuple[str, str]]:
@@ -94,8 +101,12 @@ def _network_changes(state: CheckedState, run: Run) -> list[tuple[str, str]]:
             else f"{(only_run or ['?'])[0]} only in this run"
         )
         count = len(modules[0]), len(modules[1])
-        return [(f"the LoRA wraps other modules ({count[0]} in the state, {count[1]} now; e.g. {example})",
-                 "the LoRA selection (--network_args exclude_patterns / include_patterns)")]  # fmt: skip
+        return [
+            (
+                f"the LoRA wraps other modules ({count[0]} in the state, {count[1]} now; e.g. {example})",
+                "the LoRA selection (--network_args exclude_patterns / include_patterns)",
+            )
+        ]
     out = []
     for key in sorted(saved):
         if saved[key].shape == expected[key].shape:
@@ -110,14 +121,23 @@ def _network_changes(state: CheckedState, run: Run) -> list[tuple[str, str]]:
                 )
             )
         else:  # same rank, other features: the layer itself is another size
-            out.append((f"{key} is {tuple(saved[key].shape)} in the state, {tuple(expected[key].shape)} now "
-                        "(another DiT)", "the --dit the state was trained on"))  # fmt: skip
+            out.append(
+                (
+                    f"{key} is {tuple(saved[key].shape)} in the state, {tuple(expected[key].shape)} now "
+                    "(another DiT)",
+                    "the --dit the state was trained on",
+                )
+            )
         break
     for key in sorted(saved):
         if key.endswith(".alpha") and not math.isclose(float(saved[key]), float(expected[key]), rel_tol=1e-6):
             alphas = float(saved[key]), float(expected[key])
-            out.append((f"LoRA alpha {alphas[0]:g} in the state, {alphas[1]:g} now ({key.removesuffix('.alpha')})",
-                        f"--network_alpha {alphas[0]:g} (or alpha_patterns)"))  # fmt: skip
+            out.append(
+                (
+                    f"LoRA alpha {alphas[0]:g} in the state, {alphas[1]:g} now ({key.removesuffix('.alpha')})",
+                    f"--network_alpha {alphas[0]:g} (or alpha_patterns)",
+                )
+            )
             break
     return out
 
@@ -145,15 +165,23 @@ def _group_changes(state: CheckedState, run: Run) -> list[tuple[str, str]]:
     if kinds[0] != kinds[1]:
         if "lora_plus" in kinds[0] and "lora_plus" not in kinds[1]:
             ratio = _ratio(lrs[0])
-            out.append((f"LoRA+ was on in the state (loraplus_lr_ratio={ratio:g}), it is off now",
-                        f"--network_args loraplus_lr_ratio={ratio:g}"))  # fmt: skip
+            out.append(
+                (
+                    f"LoRA+ was on in the state (loraplus_lr_ratio={ratio:g}), it is off now",
+                    f"--network_args loraplus_lr_ratio={ratio:g}",
+                )
+            )
         elif "lora_plus" in kinds[1] and "lora_plus" not in kinds[0]:
             out.append(
                 ("LoRA+ was off in the state, it is on now", "--network_args without loraplus_lr_ratio")
             )
         else:
-            out.append((f"the optimizer groups were {', '.join(kinds[0])}, now {', '.join(kinds[1])}",
-                        "--network_module and --network_args"))  # fmt: skip
+            out.append(
+                (
+                    f"the optimizer groups were {', '.join(kinds[0])}, now {', '.join(kinds[1])}",
+                    "--network_module and --network_args",
+                )
+            )
         return out
     was, now = lrs[0].get("lora", saved_lrs[0]), lrs[1].get("lora", run.scheduler.base_lrs[0])
     if not math.isclose(was, now, rel_tol=1e-9):
@@ -161,8 +189,12 @@ def _group_changes(state: CheckedState, run: Run) -> list[tuple[str, str]]:
     if "lora_plus" in lrs[0]:
         ratios = _ratio(lrs[0]), _ratio(lrs[1])
         if not math.isclose(*ratios, rel_tol=1e-9):
-            out.append((f"loraplus_lr_ratio {ratios[0]:g} in the state, {ratios[1]:g} now",
-                        f"--network_args loraplus_lr_ratio={ratios[0]:g}"))  # fmt: skip
+            out.append(
+                (
+                    f"loraplus_lr_ratio {ratios[0]:g} in the state, {ratios[1]:g} now",
+                    f"--network_args loraplus_lr_ratio={ratios[0]:g}",
+                )
+            )
     return out
 
 
@@ -191,8 +223,10 @@ def _optimizer_changes(state: CheckedState, run: Run) -> list[tuple[str, str]]:
     for old, new in zip(saved, current, strict=False):  # groups that differ are named by _group_changes
         for key in sorted(set(old) & set(new) - NOT_SETTINGS):  # one side only: another torch's new setting
             if old[key] != new[key] and key not in out:
-                out[key] = (f"optimizer setting {key} {old[key]!r} in the state, {new[key]!r} now",
-                            f"--optimizer_args {key}={old[key]!r}")  # fmt: skip
+                out[key] = (
+                    f"optimizer setting {key} {old[key]!r} in the state, {new[key]!r} now",
+                    f"--optimizer_args {key}={old[key]!r}",
+                )
     return list(out.values())
 
 
@@ -203,8 +237,13 @@ def _optimizer_kind_change(saved: list[dict], current: list[dict]) -> list[tuple
     if was - now and now - was:
         names = sorted(was - now)
         listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-        return [(f"the state's optimizer has settings ({listed}) this run's optimizer lacks "
-                 "(another --optimizer_type)", "the --optimizer_type the state was saved with")]  # fmt: skip
+        return [
+            (
+                f"the state's optimizer has settings ({listed}) this run's optimizer lacks "
+                "(another --optimizer_type)",
+                "the --optimizer_type the state was saved with",
+            )
+        ]
     return []
 
 
@@ -218,9 +257,13 @@ def _record_changes(record: dict, run: Run) -> list[tuple[str, str]]:
         was = record["lr_scheduler"]
         out.append((f"lr scheduler {was} in the state, {lr_scheduler} now", f"--lr_scheduler {was}"))
     if record["batches_per_epoch"] != len(run.batches):
-        out.append((f"{record['batches_per_epoch']} batches per epoch in the state, {len(run.batches)} now "
-                    "(another dataset, batch size or process count)",
-                    "the dataset config, batch sizes and process count"))  # fmt: skip
+        out.append(
+            (
+                f"{record['batches_per_epoch']} batches per epoch in the state, {len(run.batches)} now "
+                "(another dataset, batch size or process count)",
+                "the dataset config, batch sizes and process count",
+            )
+        )
     return out
 
 

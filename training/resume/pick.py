@@ -70,8 +70,9 @@ def _newest_usable(run: Run) -> CheckedState | None:
         except UserError as e:
             raise UserError(f"--resume auto: newest whole state {folder}: {e}") from None
         if damaged:
-            logger.warning("--resume auto: using %s (skipped %d damaged: %s)", folder, len(damaged),
-                           ", ".join(damaged))  # fmt: skip
+            logger.warning(
+                "--resume auto: using %s (skipped %d damaged: %s)", folder, len(damaged), ", ".join(damaged)
+            )
         return state
     raise UserError(
         f"--resume auto: every state in {run.output_dir} is damaged ({', '.join(damaged)}; the warnings above say "

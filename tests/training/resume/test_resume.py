@@ -31,8 +31,22 @@ num_repeats = 2
 def _train(out: Path, *extra: str) -> int:
     images = out.parent / "images.toml"
     images.write_text(IMAGES_TOML)
-    argv = ["--config_file", DEMO_TOML, "--dit", "models/tiny_dit.safetensors", "--dataset_config", str(images),
-            "--output_dir", str(out), "--sample_prompts", "", "--save_every_n_steps", "1", "--save_state", *extra]  # fmt: skip
+    argv = [
+        "--config_file",
+        DEMO_TOML,
+        "--dit",
+        "models/tiny_dit.safetensors",
+        "--dataset_config",
+        str(images),
+        "--output_dir",
+        str(out),
+        "--sample_prompts",
+        "",
+        "--save_every_n_steps",
+        "1",
+        "--save_state",
+        *extra,
+    ]
     return hv_train_network.main(argv)
 
 
@@ -79,19 +93,36 @@ def _truncate(path: Path) -> None:
 
 DAMAGE = {
     "missing key": (lambda f: _edit(f, lambda p: p.pop("scheduler")), "no 'scheduler' in it"),
-    "wrong type": (lambda f: _edit(f, lambda p: p["progress"].update(step=2.0)), "progress.step is 2.0 (float)"),
+    "wrong type": (
+        lambda f: _edit(f, lambda p: p["progress"].update(step=2.0)),
+        "progress.step is 2.0 (float)",
+    ),
     "negative step": (lambda f: _edit(f, lambda p: p["progress"].update(step=-5)), "progress.step is -5"),
-    "absurd step": (lambda f: _edit(f, lambda p: p["progress"].update(step=10**12)), "expected an integer from 0"),
-    "step not the schedule's": (lambda f: _edit(f, lambda p: p["progress"].update(step=7)), "lr schedule is at step 2"),
-    "a method's name in the scheduler": (lambda f: _edit(f, lambda p: p["scheduler"].update(step=3)),
-                                         "scheduler has the key 'step'"),
+    "absurd step": (
+        lambda f: _edit(f, lambda p: p["progress"].update(step=10**12)),
+        "expected an integer from 0",
+    ),
+    "step not the schedule's": (
+        lambda f: _edit(f, lambda p: p["progress"].update(step=7)),
+        "lr schedule is at step 2",
+    ),
+    "a method's name in the scheduler": (
+        lambda f: _edit(f, lambda p: p["scheduler"].update(step=3)),
+        "scheduler has the key 'step'",
+    ),
     "group fewer": (lambda f: _edit(f, _drop_group), "the optimizer state has 1 param group"),
-    "group fewer, no record": (lambda f: _edit(f, lambda p: _drop_group(p, record=False)), "covers 20 tensors"),
+    "group fewer, no record": (
+        lambda f: _edit(f, lambda p: _drop_group(p, record=False)),
+        "covers 20 tensors",
+    ),
     "torn state file": (lambda f: _truncate(f / "train_state.pt"), "train_state.pt is unreadable"),
-    "refused global": (lambda f: _edit(f, lambda p: p["extra"].update(args=argparse.Namespace())), "unreadable"),
+    "refused global": (
+        lambda f: _edit(f, lambda p: p["extra"].update(args=argparse.Namespace())),
+        "unreadable",
+    ),
     "unreadable LoRA": (lambda f: _truncate(f / "lora.safetensors"), "lora.safetensors is unreadable"),
     "no LoRA": (lambda f: (f / "lora.safetensors").unlink(), "no lora.safetensors in it"),
-}  # fmt: skip
+}
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -139,26 +170,55 @@ def test_auto_stops_when_every_state_is_damaged(out, capsys):
 
 
 CHANGED = {
-    "LoRA+ off": (["--network_args", "verbose=False"], ["LoRA+ was on in the state (loraplus_lr_ratio=4)",
-                  "restore --network_args loraplus_lr_ratio=4", f"--network_weights {{out}}/{STEP2}/lora.safetensors"]),
+    "LoRA+ off": (
+        ["--network_args", "verbose=False"],
+        [
+            "LoRA+ was on in the state (loraplus_lr_ratio=4)",
+            "restore --network_args loraplus_lr_ratio=4",
+            f"--network_weights {{out}}/{STEP2}/lora.safetensors",
+        ],
+    ),
     "LoRA+ ratio": (["--network_args", "loraplus_lr_ratio=8"], ["loraplus_lr_ratio 4 in the state, 8 now"]),
-    "optimizer": (["--optimizer_type", "Adafactor"], ["optimizer AdamW in the state, Adafactor now",
-                  "restore --optimizer_type AdamW"]),
-    "optimizer args": (["--optimizer_args", "weight_decay=0.1"], ["optimizer setting weight_decay 0.01 in the "
-                       "state, 0.1 now", "restore --optimizer_args weight_decay=0.01"]),
-    "learning rate": (["--learning_rate", "3e-3"], ["learning rate 0.001 in the state, 0.003 now",
-                      "restore --learning_rate 0.001"]),
-    "rank": (["--network_dim", "8"], ["LoRA rank 4 in the state, 8 now", "restore --network_dim 4",
-             "start fresh without the state"]),
+    "optimizer": (
+        ["--optimizer_type", "Adafactor"],
+        ["optimizer AdamW in the state, Adafactor now", "restore --optimizer_type AdamW"],
+    ),
+    "optimizer args": (
+        ["--optimizer_args", "weight_decay=0.1"],
+        [
+            "optimizer setting weight_decay 0.01 in the state, 0.1 now",
+            "restore --optimizer_args weight_decay=0.01",
+        ],
+    ),
+    "learning rate": (
+        ["--learning_rate", "3e-3"],
+        ["learning rate 0.001 in the state, 0.003 now", "restore --learning_rate 0.001"],
+    ),
+    "rank": (
+        ["--network_dim", "8"],
+        ["LoRA rank 4 in the state, 8 now", "restore --network_dim 4", "start fresh without the state"],
+    ),
     "alpha": (["--network_alpha", "2"], ["LoRA alpha 4 in the state, 2 now", "restore --network_alpha 4"]),
-    "modules": (["--network_args", "loraplus_lr_ratio=4", "exclude_patterns=[r'.*single_blocks.*']"],
-                ["the LoRA wraps other modules (20 in the state, 16 now", "exclude_patterns"]),
-    "network module": (["--network_module", "other_lora"], ["network module networks.lora in the state, "
-                       "other_lora now", "restore --network_module networks.lora"]),
+    "modules": (
+        ["--network_args", "loraplus_lr_ratio=4", "exclude_patterns=[r'.*single_blocks.*']"],
+        ["the LoRA wraps other modules (20 in the state, 16 now", "exclude_patterns"],
+    ),
+    "network module": (
+        ["--network_module", "other_lora"],
+        [
+            "network module networks.lora in the state, other_lora now",
+            "restore --network_module networks.lora",
+        ],
+    ),
     "dataset": (["--dataset_config", "demo/dataset.toml"], ["6 batches per epoch in the state, 14 now"]),
-    "scheduler": (["--lr_scheduler", "cosine"], ["lr scheduler constant_with_warmup in the state, cosine now",
-                  "restore --lr_scheduler constant_with_warmup"]),
-}  # fmt: skip
+    "scheduler": (
+        ["--lr_scheduler", "cosine"],
+        [
+            "lr scheduler constant_with_warmup in the state, cosine now",
+            "restore --lr_scheduler constant_with_warmup",
+        ],
+    ),
+}
 
 
 @pytest.mark.parametrize("case", CHANGED)
