@@ -7,6 +7,7 @@ functions alike: a lazy import is still an arrow), and each arrow must be one th
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,3 +95,17 @@ def test_nothing_points_outside_the_repository():
         if p != Path(__file__) and any(s in p.read_text(encoding="utf-8") for s in ('"shared"', "../shared"))
     ]
     assert not pointing, f"these pages point at ../shared: {pointing}"
+
+
+def test_the_layout_names_every_module():
+    # The layout drawing is how a newcomer finds code: each module of each package must be named in it.
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    layout = text.split("## The layout", 1)[1].split("## What may import what", 1)[0]
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", layout))
+    missing = [
+        str(path.relative_to(ROOT))
+        for package in PACKAGES
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if path.stem != "__init__" and path.stem not in words
+    ]
+    assert not missing, f"docs/architecture.md's layout does not name {missing}"
