@@ -1,6 +1,6 @@
 """One LoRA training step of the full-width HunyuanVideo DiT on a GPU: s/step, peak memory, MFU.
 
-The issue 7 benchmark, prepared to run in one go whenever a GPU machine is lent (see DEVELOPERS.md):
+The GPU benchmark, prepared to run in one go on a machine with an H100/H200 (see DEVELOPERS.md):
 the 720p-layout DiT (13 B, 20 double + 40 single blocks) with random weights (nothing to download), bf16,
 the latent of a 544x960x33 video (16 x 9 x 68 x 120, 18,360 image tokens) and 256 text tokens, LoRA rank 32
 on every default target, AdamW, gradient checkpointing, 20 steps after warm-up.

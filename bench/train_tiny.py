@@ -1,6 +1,6 @@
 """The whole trainer on musubi-tuner's measured tiny job, against the bare physics of the same job.
 
-The job (issue 5, item 7): DiT hidden 128, 2 heads, 1 double + 1 single block, head width 64, 8 cached
+The job (musubi-tuner's measured tiny job): DiT hidden 128, 2 heads, 1 double + 1 single block, head width 64, 8 cached
 items of 256x256x5 frames (latents 16x2x32x32; LLM states 32 x 64; CLIP pooled 32), LoRA rank 4 alpha 4,
 LoRA+ ratio 4, single blocks excluded, shift sampling 7.0, AdamW lr 1e-4, fp32, SDPA, batch 1, 2 loader
 workers, 200 steps.

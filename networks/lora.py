@@ -68,10 +68,10 @@ class LoRANetwork(nn.Module):
             [*user_patterns(args), *(("the default exclude_patterns", p) for p in default_exclude_patterns)],
             names,
         )
-        for key in ("exclude_patterns", "include_patterns"):
-            warn_unmatched(key, getattr(args, key), names, self._matches)
-        for key in ("rank_patterns", "alpha_patterns"):
-            warn_unmatched(key, [p for p, _ in getattr(args, key)], names, self._matches)
+        warn_unmatched("exclude_patterns", args.exclude_patterns, names, self._matches)
+        warn_unmatched("include_patterns", args.include_patterns, names, self._matches)
+        warn_unmatched("rank_patterns", [p for p, _ in args.rank_patterns], names, self._matches)
+        warn_unmatched("alpha_patterns", [p for p, _ in args.alpha_patterns], names, self._matches)
 
         self.selection: Selection = select(
             candidates,

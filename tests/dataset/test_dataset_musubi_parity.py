@@ -4,7 +4,7 @@ The expected values below are musubi-tuner's own outcomes, not ours: tests/helpe
 its dataset code (main, commit 30c658c) on the inputs of tests/helpers/musubi_parity_spec.py (the same TOML
 text, the same images and clips) in a separate virtual environment, once:
 
-    PYTHONPATH=/work/musubi/src:tests/helpers /work/musubi-venv/bin/python tests/helpers/derive_musubi_table.py > /tmp/table.py
+    PYTHONPATH=../musubi-tuner/src:tests/helpers ../musubi-venv/bin/python tests/helpers/derive_musubi_table.py > /tmp/table.py
 
 and its output is pasted below unchanged. Images: each image's bucket (width, height), then (batches per
 epoch, items per epoch) from musubi-tuner's training side. Videos, keyed (VIDEO_SETTINGS index, VIDEO_BUCKETS

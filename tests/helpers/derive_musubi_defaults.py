@@ -1,11 +1,11 @@
 """Print musubi-tuner's defaults for the options our hv_train_network.py also has (for
 tests/training/test_args_musubi_defaults.py).
 
-Not a test and not run by CI (it reads musubi-tuner's source, /work/musubi, main at commit 30c658c). It walks
+Not a test and not run by CI (it reads a musubi-tuner checkout, e.g. ../musubi-tuner at commit 30c658c). It walks
 the syntax tree of its parser (hv_train_network.py's hv_setup_parser and training/parser_common.py's
 _add_*_args): an add_argument without default= is None, a store_true flag False. Run from the repository root:
 
-    /work/main/.venv/bin/python tests/helpers/derive_musubi_defaults.py /work/musubi/src/musubi_tuner
+    python tests/helpers/derive_musubi_defaults.py ../musubi-tuner/src/musubi_tuner
 """
 
 from __future__ import annotations

@@ -4,11 +4,11 @@ tests/dataset/test_dataset_musubi_parity.py holds.
 Not a test (pytest does not collect it) and not run by CI: it needs musubi-tuner's code and dependencies,
 in a separate virtual environment, and is run once by hand when the table is (re)made:
 
-    python3 -m venv /work/musubi-venv
-    /work/musubi-venv/bin/pip install torch==2.13.0 numpy pillow opencv-python-headless av toml voluptuous safetensors
-    PYTHONPATH=/work/musubi/src:tests/helpers /work/musubi-venv/bin/python tests/helpers/derive_musubi_table.py > /tmp/table.py
+    python3 -m venv ../musubi-venv
+    ../musubi-venv/bin/pip install torch==2.13.0 numpy pillow opencv-python-headless av toml voluptuous safetensors
+    PYTHONPATH=../musubi-tuner/src:tests/helpers ../musubi-venv/bin/python tests/helpers/derive_musubi_table.py > /tmp/table.py
 
-(/work/musubi: musubi-tuner main, commit 30c658c.) The TOML files go through musubi-tuner's loader
+(../musubi-tuner: a musubi-tuner checkout, main at commit 30c658c.) The TOML files go through musubi-tuner's loader
 (config_utils.load_user_config, its schema and defaults), the media through its caching iterator
 (retrieve_latent_cache_batches: buckets, resizing, frame windows) and its training-side batching
 (prepare_for_training on cache files named as it names them).

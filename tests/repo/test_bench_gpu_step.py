@@ -1,4 +1,4 @@
-"""bench/gpu_step.py is run only when a GPU machine is lent: keep it from rotting by running it small on the CPU."""
+"""bench/gpu_step.py needs a GPU machine to measure anything: keep it from rotting by running it small on the CPU."""
 
 import importlib.util
 import json
