@@ -167,3 +167,25 @@ def reported_run(cached_demo, tmp_path_factory) -> dict:
         "name": "tiny_lora",
         "snapshots": snapshots,
     }
+
+
+# The hostile-input tests' corpora (tests/e2e/test_hostile_*.py), built once per test file in tmp_path.
+@pytest.fixture(scope="module")
+def tiny_dit(tmp_path_factory) -> Path:
+    from hunyuan_model.tiny import write_tiny_dit
+
+    return write_tiny_dit(tmp_path_factory.mktemp("dit"))
+
+
+@pytest.fixture(scope="module")
+def lora_corpus(tmp_path_factory) -> dict[str, tuple[Path, str]]:
+    from hostile_files import bad_loras
+
+    return bad_loras(tmp_path_factory.mktemp("loras"))
+
+
+@pytest.fixture(scope="module")
+def dit_corpus(tmp_path_factory) -> dict[str, tuple[Path, str]]:
+    from hostile_files import bad_dits
+
+    return bad_dits(tmp_path_factory.mktemp("dits"))
