@@ -189,3 +189,19 @@ def dit_corpus(tmp_path_factory) -> dict[str, tuple[Path, str]]:
     from hostile_files import bad_dits
 
     return bad_dits(tmp_path_factory.mktemp("dits"))
+
+
+@pytest.fixture
+def tiny_files(tmp_path):
+    """(the tiny DiT file, a LoRA file for it in our layout): the tests of lora_files/."""
+    from lora_file_testing import DIM, trained_network
+
+    from hunyuan_model.checkpoint import load_dit
+    from hunyuan_model.tiny import write_tiny_dit
+    from lora_files.io import save_network
+
+    dit = write_tiny_dit(tmp_path / "models")
+    network = trained_network(load_dit(dit))
+    lora = tmp_path / "lora.safetensors"
+    save_network(network, str(lora), metadata={"ss_network_dim": str(DIM)})
+    return dit, lora
