@@ -205,3 +205,33 @@ def tiny_files(tmp_path):
     lora = tmp_path / "lora.safetensors"
     save_network(network, str(lora), metadata={"ss_network_dim": str(DIM)})
     return dit, lora
+
+
+@pytest.fixture
+def media(tmp_path: Path) -> Path:
+    """image_dir (2 images), video_dir (one 50-frame clip), metadata.jsonl files, each item captioned: the
+    dataset config tests' media (tests/dataset/test_config.py, test_config_errors.py)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from dataset.demo import write_clip
+
+    images, videos = tmp_path / "image_dir", tmp_path / "video_dir"
+    images.mkdir()
+    videos.mkdir()
+    Image.new("RGB", (192, 108), (200, 30, 30)).save(images / "wide.png")
+    Image.new("RGB", (100, 200), (30, 30, 200)).save(images / "tall.jpg")
+    frames = [np.full((64, 112, 3), 4 * i, dtype=np.uint8) for i in range(50)]  # 1.75: the 960x544 bucket
+    write_clip(videos / "clip.mp4", frames, 24)
+    for path in [images / "wide.png", images / "tall.jpg", videos / "clip.mp4"]:
+        path.with_suffix(".txt").write_text(f"a caption for {path.stem}\n", encoding="utf-8")
+    (tmp_path / "metadata.jsonl").write_text(
+        json.dumps({"image_path": str(images / "wide.png"), "caption": "from jsonl"}) + "\n", encoding="utf-8"
+    )
+    (tmp_path / "video_metadata.jsonl").write_text(
+        json.dumps({"video_path": str(videos / "clip.mp4"), "caption": "a clip from jsonl"}) + "\n",
+        encoding="utf-8",
+    )
+    return tmp_path
