@@ -92,7 +92,7 @@ def restore_logging():
 def reported_run(cached_demo, tmp_path_factory) -> dict:
     """One short demo run with everything the run report and the trackers show: LoRA+ (two lr groups), saves,
     validation loss, previews (a video and an image; a prompt with HTML in it) and, when tensorboard is
-    installed, --log_with tensorboard. Shared by tests/run_report/test_run_report.py and
+    installed, --log_with tensorboard. Shared by tests/run_report/ (test_page.py, test_loss_plot.py) and
     tests/training/test_trainer_tensorboard.py."""
     import importlib.util
     import logging
