@@ -92,7 +92,7 @@ def restore_logging():
 def reported_run(cached_demo, tmp_path_factory) -> dict:
     """One short demo run with everything the run report and the trackers show: LoRA+ (two lr groups), saves,
     validation loss, previews (a video and an image; a prompt with HTML in it) and, when tensorboard is
-    installed, --log_with tensorboard. Shared by tests/run_report/test_run_report.py and
+    installed, --log_with tensorboard. Shared by tests/run_report/ (test_page.py, test_loss_plot.py) and
     tests/training/test_trainer_tensorboard.py."""
     import importlib.util
     import logging
@@ -167,3 +167,71 @@ def reported_run(cached_demo, tmp_path_factory) -> dict:
         "name": "tiny_lora",
         "snapshots": snapshots,
     }
+
+
+# The hostile-input tests' corpora (tests/e2e/test_hostile_*.py), built once per test file in tmp_path.
+@pytest.fixture(scope="module")
+def tiny_dit(tmp_path_factory) -> Path:
+    from hunyuan_model.tiny import write_tiny_dit
+
+    return write_tiny_dit(tmp_path_factory.mktemp("dit"))
+
+
+@pytest.fixture(scope="module")
+def lora_corpus(tmp_path_factory) -> dict[str, tuple[Path, str]]:
+    from hostile_files import bad_loras
+
+    return bad_loras(tmp_path_factory.mktemp("loras"))
+
+
+@pytest.fixture(scope="module")
+def dit_corpus(tmp_path_factory) -> dict[str, tuple[Path, str]]:
+    from hostile_files import bad_dits
+
+    return bad_dits(tmp_path_factory.mktemp("dits"))
+
+
+@pytest.fixture
+def tiny_files(tmp_path):
+    """(the tiny DiT file, a LoRA file for it in our layout): the tests of lora_files/."""
+    from lora_file_testing import DIM, trained_network
+
+    from hunyuan_model.checkpoint import load_dit
+    from hunyuan_model.tiny import write_tiny_dit
+    from lora_files.io import save_network
+
+    dit = write_tiny_dit(tmp_path / "models")
+    network = trained_network(load_dit(dit))
+    lora = tmp_path / "lora.safetensors"
+    save_network(network, str(lora), metadata={"ss_network_dim": str(DIM)})
+    return dit, lora
+
+
+@pytest.fixture
+def media(tmp_path: Path) -> Path:
+    """image_dir (2 images), video_dir (one 50-frame clip), metadata.jsonl files, each item captioned: the
+    dataset config tests' media (tests/dataset/test_config.py, test_config_errors.py)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from dataset.demo import write_clip
+
+    images, videos = tmp_path / "image_dir", tmp_path / "video_dir"
+    images.mkdir()
+    videos.mkdir()
+    Image.new("RGB", (192, 108), (200, 30, 30)).save(images / "wide.png")
+    Image.new("RGB", (100, 200), (30, 30, 200)).save(images / "tall.jpg")
+    frames = [np.full((64, 112, 3), 4 * i, dtype=np.uint8) for i in range(50)]  # 1.75: the 960x544 bucket
+    write_clip(videos / "clip.mp4", frames, 24)
+    for path in [images / "wide.png", images / "tall.jpg", videos / "clip.mp4"]:
+        path.with_suffix(".txt").write_text(f"a caption for {path.stem}\n", encoding="utf-8")
+    (tmp_path / "metadata.jsonl").write_text(
+        json.dumps({"image_path": str(images / "wide.png"), "caption": "from jsonl"}) + "\n", encoding="utf-8"
+    )
+    (tmp_path / "video_metadata.jsonl").write_text(
+        json.dumps({"video_path": str(videos / "clip.mp4"), "caption": "a clip from jsonl"}) + "\n",
+        encoding="utf-8",
+    )
+    return tmp_path

@@ -60,3 +60,12 @@ def applied_random_network(model: nn.Module, seed: int = 1) -> LoRANetwork:
                 p.normal_(0.0, 0.5)
     net.apply_to(model)
     return net
+
+
+def normal_up_network(model: nn.Module, *network_args: str, seed: int = 0) -> LoRANetwork:
+    """A tiny network on `model` (not applied) with lora_up drawn from N(0, 1): its update is not zero."""
+    torch.manual_seed(seed)
+    network = tiny_network(model, *network_args)
+    for lora in network.loras:
+        nn.init.normal_(lora.lora_up.weight)
+    return network
