@@ -235,7 +235,7 @@ class RunReport:
         run = self.run
         rows = []
         for path, kind, size in data.written_files(
-            run.output_dir, run.config.saving.output_name, run.config.logging.logging_dir
+            run.output_dir, run.config.saving.output_name, None if run.log_dir is None else str(run.log_dir)
         ):
             rel = os.path.relpath(path.resolve(), run.output_dir.resolve())
             rows.append(

@@ -91,7 +91,7 @@ def validate(run: Run, progress: Progress) -> None:
     )
     run.validations.append({"step": progress.step, **logs})
     logger.info("step %d: validation loss %.5f", progress.step, logs["loss/validation"])
-    if run.config.logging.log_with:
+    if run.config.logging.trackers:
         run.accelerator.log(logs, step=progress.step)
 
 
@@ -108,7 +108,7 @@ def sample(run: Run, label: str, step: int) -> None:
             network=run.network,
             progress=False,
         )
-        if run.config.logging.log_with:
+        if run.config.logging.trackers:
             from run_report.preview_media import log_preview_images
 
             log_preview_images(run.accelerator, written, step)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,6 +55,7 @@ class Run:
     base_id: str
     dtype: torch.dtype
     guard: NonFiniteGuard  # the NaN/Inf guard (limit 0: off)
+    log_dir: Path | None  # this run's tracker logs: <logging_dir>/<log_prefix><start time>
     losses: list[float] = field(default_factory=list)
     validations: list[dict] = field(default_factory=list)
     last_sample_step: int = -1
@@ -186,14 +188,15 @@ def build_run(config: TrainConfig) -> Run:
     check_patterns_early(
         config.network, model_options.dit
     )  # headers only: a bad pattern fails before loading
-    _check_trackers(config.logging.log_with, config.logging.logging_dir)
+    _check_trackers(config.logging.trackers, config.logging.logging_dir)
+    log_dir = config.logging.run_log_dir(time.time())
     flow = flow_settings(config.flow)
     batches, summary = _load_batches(config)
     accelerator = Accelerator(
         mixed_precision=config.training.mixed_precision,  # None: accelerate's setting, as in musubi-tuner
         # the loop accumulates gradients itself (training/step.py): here one micro-batch is one step
-        log_with=config.logging.log_with or None,
-        project_dir=config.logging.logging_dir,
+        log_with=config.logging.trackers,
+        project_dir=None if log_dir is None else str(log_dir),
     )
     config = resolve_mixed_precision(config, accelerator)
     if config.training.seed is not None:
@@ -276,6 +279,7 @@ def build_run(config: TrainConfig) -> Run:
         base_id=file_identity(model_options.dit),
         dtype=dtype,
         guard=NonFiniteGuard(config.training.max_nonfinite_steps),
+        log_dir=log_dir,
     )
 
 

@@ -49,7 +49,7 @@ def train(config: TrainConfig) -> int:
     # Only now that every input has been read: a bad one (a prompt file, ...) leaves nothing on disk.
     run.output_dir.mkdir(parents=True, exist_ok=True)
     run.report = start_report(run)
-    if config.logging.log_with:
+    if config.logging.trackers:
         run.accelerator.init_trackers(config.logging.log_tracker_name or "hv_lora")
     if run.sampler is not None and config.sampling.sample_at_first and progress.step == 0:
         sample(run, step_label(0), 0)
@@ -113,7 +113,7 @@ def _after_step(run: Run, progress: Progress, outcome: StepOutcome, bar: tqdm, s
         logger.info("first optimizer step done (%.2f s after start-up began)", time.perf_counter() - start)
     bar.update(1)
     bar.set_postfix(_postfix(run, outcome.loss), refresh=False)
-    if run.config.logging.log_with:
+    if run.config.logging.trackers:
         logs = {"loss/current": outcome.loss}
         logs.update({f"lr/{g.get('kind', 'lora')}": g["lr"] for g in run.optimizer.param_groups})
         run.accelerator.log(logs, step=progress.step)

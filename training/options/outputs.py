@@ -4,6 +4,7 @@ trackers' logs, sample previews and the validation loss."""
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,12 +77,27 @@ class MetadataOptions:
 class LoggingOptions:
     """logging"""
 
-    logging_dir: str | None = option(None, "TensorBoard log directory")
+    logging_dir: str | None = option(
+        None, "tracker logs: each run writes in its own folder <logging_dir>/<log_prefix><YYYYmmddHHMMSS>"
+    )
     log_with: str | None = option(
         None, "trackers (unset: tensorboard with --logging_dir)", choices=("tensorboard", "wandb", "all")
     )
-    log_prefix: str | None = option(None, "prefix of each run's log directory")
+    log_prefix: str | None = option(None, "prefix of each run's log folder name (before its start time)")
     log_tracker_name: str | None = option(None, "tracker (project) name")
+
+    @property
+    def trackers(self) -> str | None:
+        """musubi-tuner's rule: --logging_dir without --log_with logs to TensorBoard."""
+        return self.log_with or ("tensorboard" if self.logging_dir else None)
+
+    def run_log_dir(self, started: float) -> Path | None:
+        """musubi-tuner's layout: one folder per run under --logging_dir, named by --log_prefix and the local
+        start time, so runs sharing a --logging_dir never mix their event files."""
+        if self.logging_dir is None:
+            return None
+        stamp = time.strftime("%Y%m%d%H%M%S", time.localtime(started))
+        return Path(self.logging_dir) / f"{self.log_prefix or ''}{stamp}"
 
 
 @dataclass(frozen=True)
