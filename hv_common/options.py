@@ -83,11 +83,34 @@ def _argument_kwargs(f: dataclasses.Field, spec: dict[str, Any], annotation: Any
         kwargs["action"] = "store_true"
         return kwargs
     nargs = spec["nargs"] or ("*" if _is_tuple(annotation) else None)
+    if nargs == "*":  # a KEY=VALUE list: given twice, it adds up
+        kwargs["action"] = AddUp
     given = {"type": spec["type"], "choices": spec["choices"], "nargs": nargs, "metavar": spec["metavar"]}
     kwargs.update({key: value for key, value in given.items() if value is not None})
     if spec["const"] is not None:
         kwargs["const"] = spec["const"]
     return kwargs
+
+
+class _GivenList(list):
+    """A list option's values as given on this command line (not a default): the next occurrence extends it."""
+
+
+class AddUp(argparse.Action):
+    """A list option given twice adds up: `--network_args a=1 --network_args b=2` is both, where argparse keeps
+    only the last (musubi-tuner too: a LoRA+ ratio then silently vanished). The first occurrence on a command
+    line replaces the default (e.g. a config file's list: the command line wins), later ones extend it."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: Any = None,
+    ) -> None:
+        current = vars(namespace)[self.dest]
+        earlier = list(current) if isinstance(current, _GivenList) else []
+        setattr(namespace, self.dest, _GivenList(earlier + list(values)))
 
 
 def options_from(cls: type, namespace: argparse.Namespace) -> Any:

@@ -61,3 +61,18 @@ def test_the_result_is_frozen_and_lists_its_flags():
     with pytest.raises(FrozenInstanceError):
         got.rank = 3  # type: ignore[misc]
     assert option_names(Example) == ["rank", "alpha", "verbose", "extra", "mode"]
+
+
+def test_a_list_option_given_twice_adds_up():
+    # argparse keeps only the last occurrence: `--network_args loraplus_lr_ratio=4 --network_args ...` then
+    # trained without LoRA+, silently.
+    assert _parse(["--extra", "a=1", "--extra", "b=2", "c=3"]).extra == ("a=1", "b=2", "c=3")
+
+
+def test_a_list_option_on_the_command_line_replaces_its_default():
+    parser = OneLineArgumentParser(prog="x", allow_abbrev=False)
+    add_options(parser, Example)
+    parser.set_defaults(extra=["from=file"])  # what --config_file does: its values become the defaults
+    assert options_from(Example, parser.parse_args([])).extra == ("from=file",)
+    got = options_from(Example, parser.parse_args(["--extra", "a=1", "--extra", "b=2"]))
+    assert got.extra == ("a=1", "b=2")  # the command line wins, whole

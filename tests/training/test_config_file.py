@@ -115,6 +115,15 @@ def test_the_command_line_wins(tmp_path):
     assert args.training.mixed_precision == "bf16"  # not on the command line: the file's
 
 
+def test_network_args_given_twice_add_up_over_the_files(tmp_path):
+    text = 'network_args = ["loraplus_lr_ratio=4"]\noptimizer_args = ["weight_decay=0.1"]\n'
+    args = from_file(
+        tmp_path, text, "--network_args", "loraplus_lr_ratio=8", "--network_args", "verbose=True"
+    )
+    assert args.network.network_args == ("loraplus_lr_ratio=8", "verbose=True")  # both flags, not the file's
+    assert args.optimizer.optimizer_args == ("weight_decay=0.1",)
+
+
 def test_a_flag_false_in_the_file_is_turned_on_by_the_command_line(tmp_path):
     assert from_file(tmp_path, "save_state = false\n").saving.save_state is False
     assert from_file(tmp_path, "save_state = false\n", "--save_state").saving.save_state is True
