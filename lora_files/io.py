@@ -117,6 +117,21 @@ def load_network(network, path: str | os.PathLike[str]) -> None:
     network.load_state_dict(tensors, strict=True)
 
 
+def rank_and_alpha(path: str | os.PathLike[str]) -> tuple[int, float]:
+    """The rank and alpha every module of a LoRA file shares (--dim_from_weights), or a one-line error."""
+    tensors, _ = read_safetensors(path)
+    ranks = {int(v.shape[0]) for k, v in tensors.items() if k.endswith(".lora_down.weight")}
+    alphas = {float(v) for k, v in tensors.items() if k.endswith(".alpha")}
+    if len(ranks) != 1 or len(alphas) > 1:
+        found = "no lora_down weights" if not ranks else f"ranks {sorted(ranks)} and alphas {sorted(alphas)}"
+        raise LoRAFileError(
+            f"--dim_from_weights: LoRA file {path} has {found}; one rank and alpha are needed, else give "
+            "--network_dim / --network_alpha (and rank_patterns / alpha_patterns in --network_args)"
+        )
+    rank = ranks.pop()
+    return rank, alphas.pop() if alphas else float(rank)
+
+
 def load_lora(path: str | os.PathLike[str], widths: Mapping[str, int] | None = None) -> LoadedLoRA:
     """Any supported layout; widths: our Linears' output widths, for diffusers files missing a fused part."""
     tensors, metadata = read_safetensors(path)

@@ -6,6 +6,7 @@ given t x 1000 as its timestep.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -13,6 +14,8 @@ import torch
 
 from hv_common.errors import UserError
 from training.options import TIMESTEP_SAMPLINGS, WEIGHTING_SCHEMES
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,7 @@ class FlowSettings:
     mode_scale: float = 1.29
     min_timestep: float = 0.0
     max_timestep: float = 1000.0
+    preserve_distribution_shape: bool = False  # min/max timestep by rejection, not by rescaling
 
     def __post_init__(self) -> None:
         if self.timestep_sampling not in TIMESTEP_SAMPLINGS:
@@ -67,8 +71,37 @@ def _flux_mu(latent_tokens: int) -> float:
 def sample_t(
     settings: FlowSettings, latents: torch.Tensor, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """t in (0, 1) per batch item, on the CPU (the same draws on any device)."""
+    """t in (0, 1) per batch item, on the CPU (the same draws on any device), within --min/--max_timestep:
+    the draws rescaled into that range, or with --preserve_distribution_shape, the draws outside it dropped
+    and drawn again (musubi-tuner's rule: at most 1000 rounds, then a warning and unrestricted draws)."""
     n = latents.shape[0]
+    lo, hi = settings.min_timestep / 1000.0, settings.max_timestep / 1000.0
+    if not settings.preserve_distribution_shape:
+        return _draw_t(settings, latents, n, generator) * (hi - lo) + lo
+    kept: list[torch.Tensor] = []
+    for _ in range(REJECTION_ROUNDS):
+        t = _draw_t(settings, latents, n, generator)
+        kept.extend(t[(t >= lo) & (t <= hi)])
+        if len(kept) >= n:
+            return torch.stack(kept[:n])
+    logger.warning(
+        "--preserve_distribution_shape: %d rounds drew fewer than %d timesteps in [%g, %g]; using unrestricted "
+        "draws for this batch",
+        REJECTION_ROUNDS,
+        n,
+        settings.min_timestep,
+        settings.max_timestep,
+    )
+    return _draw_t(settings, latents, n, generator)
+
+
+REJECTION_ROUNDS = 1000
+
+
+def _draw_t(
+    settings: FlowSettings, latents: torch.Tensor, n: int, generator: torch.Generator | None
+) -> torch.Tensor:
+    """t in (0, 1) from --timestep_sampling, before --min/--max_timestep."""
     mode = settings.timestep_sampling
     if mode == "sigma":
         # The discrete scheduler's sigmas (1000 steps, shifted), picked by the weighting scheme's density.
@@ -87,8 +120,7 @@ def sample_t(
             tokens = latents.shape[-3] * (latents.shape[-2] // 2) * (latents.shape[-1] // 2)
             mu = _flux_mu(tokens)
             t = math.exp(mu) / (math.exp(mu) + (1 / t - 1))
-    lo, hi = settings.min_timestep / 1000.0, settings.max_timestep / 1000.0
-    return t * (hi - lo) + lo
+    return t
 
 
 def seeded_draws(

@@ -128,6 +128,26 @@ def build_scheduler(
     )
 
 
+def build_custom_scheduler(
+    optimizer: torch.optim.Optimizer, class_name: str, args: Sequence[str]
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """--lr_scheduler_type module.Class (a bare name: torch.optim.lr_scheduler's) built as
+    Class(optimizer, **--lr_scheduler_args), as musubi-tuner does; stepped once per optimizer step."""
+    module_name, _, name = class_name.rpartition(".")
+    try:
+        module = importlib.import_module(module_name or "torch.optim.lr_scheduler")
+    except ImportError as e:
+        raise UserError(f"--lr_scheduler_type {class_name}: cannot import {module_name} ({e})") from None
+    cls = getattr(module, name, None)
+    if not callable(cls):
+        raise UserError(f"--lr_scheduler_type {class_name}: {module.__name__} has no class {name}")
+    kwargs = parse_optimizer_args(args)
+    try:
+        return cls(optimizer, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"--lr_scheduler_type {class_name} with {kwargs}: {e}") from None
+
+
 def steps_from(value: int | float | None, total: int) -> int:
     """--lr_warmup_steps / --lr_decay_steps: a count, or a ratio (< 1) of the training steps."""
     if not value:

@@ -7,7 +7,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,7 +16,7 @@ import torch
 from hunyuan_model.block_swap import apply_block_swap
 from hv_common.devices import DTYPES, parse_dtype
 from hv_common.errors import UserError
-from lora_files.io import load_network
+from lora_files.io import load_network, rank_and_alpha
 from training.flow import FlowSettings
 from training.nonfinite import NonFiniteGuard
 from training.options import FlowOptions, MemoryOptions, TrainConfig
@@ -77,6 +77,7 @@ def flow_settings(flow: FlowOptions) -> FlowSettings:
         mode_scale=flow.mode_scale,
         min_timestep=flow.min_timestep or 0.0,
         max_timestep=flow.max_timestep or 1000.0,
+        preserve_distribution_shape=flow.preserve_distribution_shape,
     )
 
 
@@ -177,7 +178,7 @@ def build_run(config: TrainConfig) -> Run:
     from hv_common.input_checks import check_output_dir
     from networks.build import build_network
     from training.list_targets import check_patterns_early
-    from training.optim import build_optimizer, build_scheduler, steps_from
+    from training.optim import build_custom_scheduler, build_optimizer, build_scheduler, steps_from
 
     model_options, memory, saving = config.model, config.memory, config.saving
     _require(dit=model_options.dit, dataset_config=config.data.dataset_config, output_dir=saving.output_dir)
@@ -225,8 +226,15 @@ def build_run(config: TrainConfig) -> Run:
     if memory.gradient_checkpointing:
         model.enable_gradient_checkpointing(cpu_offload=memory.gradient_checkpointing_cpu_offload)
 
+    network_options = config.network
+    if network_options.dim_from_weights and network_options.network_weights:
+        rank, alpha = rank_and_alpha(network_options.network_weights)  # as musubi-tuner: the file's, not ours
+        network_options = replace(network_options, network_dim=rank, network_alpha=alpha)
+        logger.info(
+            "--dim_from_weights: rank %d, alpha %g from %s", rank, alpha, network_options.network_weights
+        )
     network = build_network(
-        config.network,
+        network_options,
         model,
         device,
         target_block_classes=TARGET_BLOCK_CLASSES,
@@ -248,16 +256,20 @@ def build_run(config: TrainConfig) -> Run:
     max_steps = _max_steps(config, len(batches))
     # One scheduler step per optimizer step (the optimizer step calls it): a scheduler prepared by accelerate
     # would step once per process, and a schedule stretched to match is off by one step per process.
-    scheduler = build_scheduler(
-        optimizer,
-        opt.lr_scheduler,
-        steps_from(opt.lr_warmup_steps, max_steps),
-        max_steps,
-        opt.lr_scheduler_num_cycles,
-        opt.lr_scheduler_power,
-        opt.lr_scheduler_min_lr_ratio or 0.0,
-        steps_from(opt.lr_decay_steps, max_steps),
-        opt.lr_scheduler_timescale,
+    scheduler = (
+        build_custom_scheduler(optimizer, opt.lr_scheduler_type, opt.lr_scheduler_args)
+        if opt.lr_scheduler_type
+        else build_scheduler(
+            optimizer,
+            opt.lr_scheduler,
+            steps_from(opt.lr_warmup_steps, max_steps),
+            max_steps,
+            opt.lr_scheduler_num_cycles,
+            opt.lr_scheduler_power,
+            opt.lr_scheduler_min_lr_ratio or 0.0,
+            steps_from(opt.lr_decay_steps, max_steps),
+            opt.lr_scheduler_timescale,
+        )
     )
     # The network is not prepared: the DiT calls the LoRA modules itself, so a DDP wrapper would never see a
     # forward (it averaged nothing: average_gradients does) and would only cost its gradient buckets, a

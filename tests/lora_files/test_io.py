@@ -62,3 +62,45 @@ def test_loading_a_file_of_another_rank_or_modules_is_a_one_line_error(tmp_path)
     (tmp_path / "torn.safetensors").write_bytes(b"\x10\x00garbage")
     with pytest.raises(LoRAFileError, match="cannot read"):
         load_network(tiny_network(model), str(tmp_path / "torn.safetensors"))
+
+
+def test_rank_and_alpha_come_from_the_file_for_dim_from_weights(tmp_path):
+    from lora_files.io import rank_and_alpha
+
+    path = tmp_path / "r8.safetensors"
+    save_network(tiny_network(tiny_model(), dim=8, alpha=2.0), str(path))
+    assert rank_and_alpha(path) == (8, 2.0)
+    mixed = tmp_path / "mixed.safetensors"
+    save_network(tiny_network(tiny_model(), "rank_patterns={r'.*single.*': 2}", dim=8), str(mixed))
+    with pytest.raises(LoRAFileError, match=r"--dim_from_weights: .* ranks \[2, 8\]"):
+        rank_and_alpha(mixed)
+
+
+def test_dim_from_weights_builds_the_files_rank(cached_demo, tmp_path, monkeypatch):
+    # Without it the config's rank 4 meets a rank-8 file: a one-line shape error; with it, it loads.
+    from pathlib import Path
+
+    from training.args import parse_args
+    from training.run import build_run
+
+    monkeypatch.chdir(cached_demo)
+    lora = tmp_path / "r8.safetensors"
+    demo = str(Path(__file__).resolve().parents[2] / "configs" / "tiny_demo.toml")
+    common = [
+        "--config_file",
+        demo,
+        "--dit",
+        "models/tiny_dit.safetensors",
+        "--dataset_config",
+        "demo/dataset.toml",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--network_dim",
+        "8",
+    ]
+    save_network(build_run(parse_args(common)).network, str(lora))
+    without = [a for a in common if a not in ("--network_dim", "8")] + ["--network_weights", str(lora)]
+    with pytest.raises(LoRAFileError, match=r"has shape \(8, 64\), the network expects \(4, 64\)"):
+        build_run(parse_args(without))
+    run = build_run(parse_args([*without, "--dim_from_weights"]))
+    assert {lora_module.lora_dim for lora_module in run.network.loras} == {8}

@@ -129,6 +129,7 @@ GIVEN = {
 EXTRA_ARGV = {
     "dim_from_weights": ["--network_weights", "init.safetensors"],
     "gradient_checkpointing_cpu_offload": ["--gradient_checkpointing"],
+    "lr_scheduler_args": ["--lr_scheduler_type", "StepLR"],  # the arguments of that class
 }
 
 

@@ -56,3 +56,31 @@ def test_bad_settings_are_user_errors():
         FlowSettings(timestep_sampling="qinglong")
     with pytest.raises(UserError, match="min_timestep"):
         FlowSettings(min_timestep=500, max_timestep=400)
+
+
+def test_preserve_distribution_shape_drops_draws_outside_the_range_instead_of_rescaling():
+    # musubi-tuner's two rules for --min/--max_timestep: rescale every draw into the range, or (with
+    # --preserve_distribution_shape) keep only the draws inside it, in order, drawing again until there are enough.
+    from training.flow import _draw_t
+
+    latents = torch.zeros(64, 16, 1, 4, 4)
+    common = dict(timestep_sampling="sigmoid", min_timestep=300.0, max_timestep=500.0)
+    kept = sample_t(
+        FlowSettings(**common, preserve_distribution_shape=True), latents, torch.Generator().manual_seed(0)
+    )
+    g, inside = torch.Generator().manual_seed(0), []
+    while len(inside) < 64:
+        draws = _draw_t(FlowSettings(timestep_sampling="sigmoid"), latents, 64, g)
+        inside += [v for v in draws.tolist() if 0.3 <= v <= 0.5]
+    assert kept.tolist() == pytest.approx(inside[:64])
+    rescaled = sample_t(FlowSettings(**common), latents, torch.Generator().manual_seed(0))
+    first = _draw_t(FlowSettings(timestep_sampling="sigmoid"), latents, 64, torch.Generator().manual_seed(0))
+    assert rescaled.tolist() == pytest.approx((first * 0.2 + 0.3).tolist())
+
+
+def test_preserve_distribution_shape_reaches_the_trainer():
+    from training.args import parse_args
+    from training.run import flow_settings
+
+    config = parse_args(["--preserve_distribution_shape", "--max_timestep", "500"])
+    assert flow_settings(config.flow).preserve_distribution_shape is True

@@ -30,3 +30,46 @@ def test_optimizers():
         build_optimizer("Lion", [{"params": [p]}], 0.1, [])
     with pytest.raises(UserError, match="optimizer_args"):
         build_optimizer("AdamW", [{"params": [p]}], 0.1, ["not_an_option=1"])
+
+
+def _optimizer() -> torch.optim.Optimizer:
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+
+
+def test_lr_scheduler_type_builds_that_class_with_lr_scheduler_args():
+    from training.optim import build_custom_scheduler
+
+    opt = _optimizer()
+    scheduler = build_custom_scheduler(opt, "StepLR", ("step_size=2", "gamma=0.5"))  # torch's, by bare name
+    lrs = []
+    for _ in range(5):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    assert lrs == [1.0, 1.0, 0.5, 0.5, 0.25]
+    full = build_custom_scheduler(_optimizer(), "torch.optim.lr_scheduler.ExponentialLR", ("gamma=0.9",))
+    assert type(full).__name__ == "ExponentialLR"
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "says"),
+    [
+        ("NoSuchLR", (), "has no class NoSuchLR"),
+        ("no_such_module.LR", (), "cannot import no_such_module"),
+        ("StepLR", ("stepsize=2",), "StepLR with {'stepsize': 2}"),
+    ],
+)
+def test_a_bad_custom_scheduler_is_one_line(name, args, says):
+    from training.optim import build_custom_scheduler
+
+    with pytest.raises(UserError, match=says.replace("{", r"\{").replace("}", r"\}")):
+        build_custom_scheduler(_optimizer(), name, args)
+
+
+def test_lr_scheduler_args_without_a_class_are_refused():
+    from training.args import parse_args
+
+    with pytest.raises(UserError, match="--lr_scheduler_args are the arguments of --lr_scheduler_type"):
+        parse_args(["--lr_scheduler_args", "step_size=2"])
+    config = parse_args(["--lr_scheduler_type", "StepLR", "--lr_scheduler_args", "step_size=2"])
+    assert config.optimizer.lr_scheduler_args == ("step_size=2",)

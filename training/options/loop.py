@@ -118,6 +118,14 @@ class OptimizerOptions:
         (), "arguments of that class", metavar="KEY=VALUE", section="learning-rate schedule"
     )
 
+    def __post_init__(self) -> None:
+        if self.lr_scheduler_args and not self.lr_scheduler_type:
+            # musubi-tuner reads them only for a custom class: here they would silently do nothing
+            raise UserError(
+                "--lr_scheduler_args are the arguments of --lr_scheduler_type's class; give that class too "
+                "(e.g. --lr_scheduler_type torch.optim.lr_scheduler.StepLR --lr_scheduler_args step_size=100)"
+            )
+
 
 @dataclass(frozen=True)
 class FlowOptions:
