@@ -118,10 +118,19 @@ def load_network(network, path: str | os.PathLike[str]) -> None:
 
 
 def rank_and_alpha(path: str | os.PathLike[str]) -> tuple[int, float]:
-    """The rank and alpha every module of a LoRA file shares (--dim_from_weights), or a one-line error."""
-    tensors, _ = read_safetensors(path)
-    ranks = {int(v.shape[0]) for k, v in tensors.items() if k.endswith(".lora_down.weight")}
-    alphas = {float(v) for k, v in tensors.items() if k.endswith(".alpha")}
+    """The rank and alpha every module of a LoRA file shares (--dim_from_weights), or a one-line error.
+
+    Shapes come from the header and only the one-number alphas are read: the weights are read (and checked)
+    once, by load_network, right after."""
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            keys = list(f.keys())
+            ranks = {int(f.get_slice(k).get_shape()[0]) for k in keys if k.endswith(".lora_down.weight")}
+            alphas = {float(f.get_tensor(k)) for k in keys if k.endswith(".alpha")}
+    except Exception as e:  # safetensors raises its own error types for missing, torn or foreign files
+        raise LoRAFileError(
+            f"cannot read LoRA file {path}: {type(e).__name__}: {' '.join(str(e).split())}"
+        ) from None
     if len(ranks) != 1 or len(alphas) > 1:
         found = "no lora_down weights" if not ranks else f"ranks {sorted(ranks)} and alphas {sorted(alphas)}"
         raise LoRAFileError(
