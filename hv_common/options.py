@@ -24,6 +24,8 @@ import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from hv_common.errors import UserError
+
 _META = "hv_option"
 _SECTION = "hv_option_section"
 
@@ -39,12 +41,24 @@ def option(
     const: Any = None,
     section: str | None = None,
     required: bool = False,
+    refused: str | None = None,
 ) -> Any:
     """A dataclass field that is also a command-line flag `--<field name>`. `section`: the `--help` section when
     it is not the class's own (`""`: the parser's list of options, no section). `required`: the flag must be
-    given (argparse says so), and the field has no default."""
+    given (argparse says so), and the field has no default. `refused`: why this project cannot do what the
+    option asks (a musubi-tuner option kept by name so that it is not "unknown"): giving it any value but the
+    default stops with one line saying so, from the command line or a config file."""
+    if refused is not None:
+        help = f"not supported here: {refused}"
     spec = dict(
-        help=help, type=type, choices=choices, nargs=nargs, metavar=metavar, const=const, section=section
+        help=help,
+        type=type,
+        choices=choices,
+        nargs=nargs,
+        metavar=metavar,
+        const=const,
+        section=section,
+        refused=refused,
     )
     if required:
         return dataclasses.field(metadata={_META: {**spec, "required": True}})
@@ -119,7 +133,28 @@ def options_from(cls: type, namespace: argparse.Namespace) -> Any:
     for f, _, _ in option_fields(cls):
         value = vars(namespace)[f.name]
         values[f.name] = tuple(value) if isinstance(value, list) else value
+    refuse_unsupported(cls, values)
     return cls(**values)
+
+
+def refused_reason(cls: type, name: str) -> str | None:
+    """Why option `name` of `cls` is refused, or None for an option this project carries out."""
+    for f, spec, _ in option_fields(cls):
+        if f.name == name:
+            return spec.get("refused")
+    return None
+
+
+def refuse_unsupported(cls: type, values: Mapping[str, Any]) -> None:
+    """One line for the first refused option given a value other than its default."""
+    for f, spec, _ in option_fields(cls):
+        reason = spec.get("refused")
+        if reason is None or f.name not in values:
+            continue
+        value = values[f.name]
+        default = f.default
+        if (tuple(value) if isinstance(value, list) else value) != default:
+            raise UserError(f"--{f.name} is not supported here: {reason}")
 
 
 def option_names(cls: type) -> list[str]:
@@ -171,6 +206,7 @@ def config_from_values(config_cls: type, values: Mapping[str, Any]) -> Any:
         mine = {
             k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in option_names(cls)
         }
+        refuse_unsupported(cls, mine)
         groups[field_name] = cls(**mine)
     return config_cls(**groups)
 

@@ -76,3 +76,34 @@ def test_a_list_option_on_the_command_line_replaces_its_default():
     assert options_from(Example, parser.parse_args([])).extra == ("from=file",)
     got = options_from(Example, parser.parse_args(["--extra", "a=1", "--extra", "b=2"]))
     assert got.extra == ("a=1", "b=2")  # the command line wins, whole
+
+
+@dataclass(frozen=True)
+class WithRefused:
+    """example group"""
+
+    upload_to: str | None = option(None, refused="there is no network on a training rig of this project")
+    upload_async: bool = option(False, refused="there is no network")
+
+
+def test_a_refused_option_is_known_but_stops_with_its_reason():
+    from hv_common.errors import UserError
+    from hv_common.options import config_from_values, refused_reason
+
+    parser = OneLineArgumentParser(prog="x", allow_abbrev=False)
+    add_options(parser, WithRefused)
+    assert options_from(WithRefused, parser.parse_args([])) == WithRefused()  # not given: nothing happens
+    assert "not supported here" in parser.format_help()
+    with pytest.raises(UserError, match=r"^--upload_to is not supported here: there is no network on"):
+        options_from(WithRefused, parser.parse_args(["--upload_to", "me/repo"]))
+    with pytest.raises(UserError, match=r"^--upload_async is not supported here"):
+        options_from(WithRefused, parser.parse_args(["--upload_async"]))
+
+    @dataclass(frozen=True)
+    class Config:
+        outputs: WithRefused
+
+    with pytest.raises(UserError, match="upload_to"):  # a config file's value too
+        config_from_values(Config, {"upload_to": "me/repo"})
+    assert refused_reason(WithRefused, "upload_async") == "there is no network"
+    assert refused_reason(Example, "rank") is None
