@@ -109,3 +109,21 @@ def test_the_layout_names_every_module():
         if path.stem != "__init__" and path.stem not in words
     ]
     assert not missing, f"docs/architecture.md's layout does not name {missing}"
+
+
+def test_tools_are_named_in_the_layout_and_never_import_musubi_tuner():
+    # tools/ reads a musubi-tuner checkout as text (its syntax tree): importing it would need its dependencies
+    # and run its code.
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    layout = text.split("## The layout", 1)[1].split("## What may import what", 1)[0]
+    scripts = sorted((ROOT / "tools").glob("*.py"))
+    assert scripts, "tools/ has no scripts"
+    assert [p.stem for p in scripts if p.stem not in layout] == []
+    importing = []
+    for path in scripts:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            importing += [path.name for n in names if n.split(".")[0] == "musubi_tuner"]
+    assert importing == []
