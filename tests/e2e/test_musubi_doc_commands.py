@@ -3,7 +3,8 @@
 (bitsandbytes), stops with the one line that names it, writing nothing.
 
 Each runs in-process through its entry script's main(), in a folder of its own whose models/ and demo/ are the
-cached demo's, on one image (one step per training epoch).
+cached demo's, on one image (one step per training epoch). An `accelerate launch --mixed_precision X` line
+passes X on as accelerate does (ACCELERATE_MIXED_PRECISION).
 """
 
 from __future__ import annotations
@@ -82,11 +83,26 @@ def _options(tokens: list[str]) -> dict[str, list[str]]:
     return found
 
 
-def _original_options(original: str) -> dict[str, list[str]]:
+def _split(original: str) -> tuple[list[str], list[str]]:
+    """The page's command line as (the tokens before the script, the script's options)."""
     lines = [line for line in original.replace("\\\n", " ").splitlines() if not line.lstrip().startswith("#")]
     tokens = shlex.split(" ".join(lines))
     scripts = [i for i, t in enumerate(tokens) if t.endswith(".py")]
-    return _options(tokens[scripts[0] + 1 if scripts else 0 :])
+    start = scripts[0] + 1 if scripts else 0
+    return tokens[:start], tokens[start:]
+
+
+def _original_options(original: str) -> dict[str, list[str]]:
+    return _options(_split(original)[1])
+
+
+def _launcher_environment(original: str) -> dict[str, str]:
+    """What `accelerate launch --mixed_precision X` tells the training process (its other flags, such as
+    --num_cpu_threads_per_process, do not change what a run computes)."""
+    before, _ = _split(original)
+    if before[:2] != ["accelerate", "launch"] or "--mixed_precision" not in before:
+        return {}
+    return {"ACCELERATE_MIXED_PRECISION": before[before.index("--mixed_precision") + 1]}
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c["id"])
@@ -98,6 +114,12 @@ def test_the_data_keeps_every_option_of_the_page(command):
     assert changed <= SWAPPED, f"only paths and lengths change: {changed - SWAPPED}"
     assert command["expect"] == "ok" or command["expect"].startswith("needs: ") and command["error"]
     assert (ROOT / command["script"]).is_file()
+
+
+def test_an_accelerate_launch_line_passes_its_mixed_precision_on():
+    launched = next(c for c in COMMANDS if c["id"] == "loraplus")
+    assert _launcher_environment(launched["original"]) == {"ACCELERATE_MIXED_PRECISION": "bf16"}
+    assert _launcher_environment("python src/musubi_tuner/merge_lora.py --dit x") == {}
 
 
 def test_fails_today_names_only_commands_of_the_data():
@@ -187,6 +209,8 @@ def test_the_documented_command_runs(
 ):
     folder = _work_folder(tmp_path, cached_demo, doc_lora, command)
     monkeypatch.chdir(folder)
+    for name, value in _launcher_environment(command["original"]).items():
+        monkeypatch.setenv(name, value)
     code = _run(command)
     problem = _problem(command, code, capsys.readouterr().err, folder)
     print(f"{command['id']}: {problem or 'as expected'}")  # shown when the test fails

@@ -4,11 +4,15 @@ source: CI has no musubi-tuner checkout)."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+
+from hv_common.options import add_options, option
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -172,6 +176,51 @@ def test_the_comparison_reads_values_not_spellings():
         "choices any there, `a` here",
         "required there, optional here",
     ]
+
+
+@dataclass(frozen=True)
+class _FakeOptions:
+    """a fake command's options"""
+
+    same: int | None = option(None, "as musubi-tuner's", type=int)
+    other_default: int = option(3, "musubi-tuner's is 4", type=int)
+    refused_one: bool = option(False, refused="needs a thing")
+    ours_only: str | None = option(None, "not in musubi-tuner")
+
+
+def _fake_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    add_options(parser, _FakeOptions, title="")
+    return parser
+
+
+def _musubi_option(flag: str, **given) -> dict:
+    plain = {"flag": flag, "aliases": [], "type": "int", "default": None, "choices": None, "action": None}
+    return {**plain, "nargs": None, "required": False, "help": "", **given}
+
+
+def test_each_status_from_a_fake_command():
+    command = option_table.OurCommand("fake.py", _fake_parser, _FakeOptions, {"same": "why"})
+    musubi = [
+        _musubi_option("--same"),
+        _musubi_option("--other_default", default=4),
+        _musubi_option("--refused_one", type=None, action="store_true", default=False),
+        _musubi_option("--gone"),
+    ]
+    rows = {row.flag: (row.status, row.notes) for row in option_table.compare(command, musubi)}
+    assert rows == {
+        "--same": ("same", "accepted, logs one line: not implemented yet (why)"),
+        "--other_default": ("differs", "default `4` there, `3` here"),
+        "--refused_one": ("refused", "needs a thing"),
+        "--gone": ("missing", ""),
+        "--ours_only": ("ours adds", ""),
+    }
+    rendered = option_table.render({"musubi_commit": "30c658c4", "commands": {"fake.py": musubi}}, [command])
+    assert "1 same, 1 differs, 1 refused, 1 ours adds, 1 missing." in rendered
+    assert (
+        "| --refused_one | bool, default `False` | bool, default `False` | refused | needs a thing |"
+        in rendered
+    )
 
 
 def test_write_replaces_only_the_section(tmp_path):
