@@ -127,6 +127,24 @@ def test_fails_today_names_only_commands_of_the_data():
     assert len(ids) == len(set(ids)) and set(ids) >= FAILS_TODAY
 
 
+def test_the_outcome_check_reads_exit_code_output_and_metadata(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "x.safetensors"), metadata={"ss_learning_rate": "0.0002"})
+    ok = {"writes": "x.safetensors", "metadata": {"ss_learning_rate": "0.0002"}}
+    assert _problem(ok, 0, "", tmp_path) is None
+    assert "nothing matches" in str(_problem({**ok, "writes": "y.*"}, 0, "", tmp_path))
+    assert "expected" in str(_problem({**ok, "metadata": {"ss_learning_rate": "1"}}, 0, "", tmp_path))
+    assert "exit 2" in str(_problem(ok, 2, "error: no\n", tmp_path))
+    needs = {"writes": "y.*", "needs_module": "no_such_module_here", "error": "needs no_such_module_here"}
+    assert (
+        _problem(needs, 2, "INFO x\nerror: --x needs no_such_module_here: pip install it\n", tmp_path) is None
+    )
+    assert _problem(needs, 0, "", tmp_path) is not None
+    assert _problem({**needs, "writes": "x.*"}, 2, "error: needs no_such_module_here\n", tmp_path) is not None
+
+
 @pytest.fixture(scope="module")
 def doc_lora(cached_demo, tmp_path_factory) -> Path:
     """A LoRA of the tiny DiT with non-zero weights, for the commands that read one."""
@@ -197,8 +215,19 @@ def _problem(command: dict[str, Any], code: int, stderr: str, folder: Path) -> s
         )
     if code != 0:
         return f"exit {code}: {errors or stderr[-2000:]}"
-    if not written and not _heavy_and_not_asked(command):
+    if _heavy_and_not_asked(command):
+        return None
+    if not written:
         return f"exit 0 but nothing matches {command['writes']}"
+    expected = command.get("metadata", {})
+    if expected:
+        from safetensors import safe_open
+
+        with safe_open(str(written[0]), "pt") as f:
+            header = f.metadata() or {}
+        recorded = {key: header.get(key) for key in expected}
+        if recorded != expected:
+            return f"{written[0].name} records {recorded}, expected {expected}"
     return None
 
 
