@@ -51,6 +51,8 @@ ON_PURPOSE: dict[tuple[str, str], str] = {
     ("hv_train_network.py", "--network_args"): "given twice, adds up (argparse kept the last)",
     ("hv_train_network.py", "--optimizer_args"): "given twice, adds up (argparse kept the last)",
     ("hv_train_network.py", "--lr_scheduler_args"): "given twice, adds up (argparse kept the last)",
+    ("hv_generate_video.py", "--lora_multiplier"): "unset is 1.0 for each LoRA, as there",
+    ("merge_lora.py", "--lora_multiplier"): "unset is 1.0 for each LoRA, as there",
 }
 
 
