@@ -201,6 +201,8 @@ def build_run(config: TrainConfig) -> Run:
 
         log_estimate(config)  # from shapes, before the weights load: what fits is known before 25 GB are read
     swap = bool(memory.blocks_to_swap) and device.type != "cpu"
+    if config.backends.disable_numpy_memmap:
+        logger.info("reading the DiT with plain reads, not memory-mapped (--disable_numpy_memmap)")
     # swapped blocks stay in CPU memory: load there, enable_block_swap moves the rest (13 B may not fit first)
     model = load_dit(
         model_options.dit,
@@ -209,6 +211,7 @@ def build_run(config: TrainConfig) -> Run:
         fp8_base=memory.fp8_base,
         fp8_scaled=memory.fp8_scaled,
         work_device=device,
+        mmap=not config.backends.disable_numpy_memmap,
     )
     set_attention_backend(model, backend)
     model.requires_grad_(False)

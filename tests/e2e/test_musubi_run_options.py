@@ -1,7 +1,8 @@
 """One tiny training run with musubi-tuner's logging, metadata and process options, and what each of them
 leaves behind: the hyperparameters TensorBoard got (--log_config), the event file the tracker config named
 (--log_tracker_config), the LoRA file's modelspec keys (--metadata_*), torch's flags (--cuda_*), the
-Accelerator's DDP kwargs and the start-up line that says they change nothing (--ddp_*)."""
+Accelerator's DDP kwargs and the start-up line that says they change nothing (--ddp_*), the DiT read without
+memory-mapping (--disable_numpy_memmap)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def _set_flag(name: str, value: bool) -> None:
 
 @pytest.fixture(scope="module")
 def run(cached_demo, tmp_path_factory) -> dict:
+    import hunyuan_model.checkpoint
     import hv_train_network
     import training.trainer
 
@@ -64,6 +66,7 @@ def run(cached_demo, tmp_path_factory) -> dict:
         "--cuda_cudnn_benchmark",
         "--ddp_static_graph",
         "--ddp_gradient_as_bucket_view",
+        "--disable_numpy_memmap",
     )
     saved_flags = {name: _flag(name) for name in TF32_FLAGS}
     for name in TF32_FLAGS:
@@ -76,6 +79,13 @@ def run(cached_demo, tmp_path_factory) -> dict:
         built.append(result)
         return result
 
+    load_dit = hunyuan_model.checkpoint.load_dit
+    loads: list[dict] = []
+
+    def spy_load_dit(*args, **kwargs):
+        loads.append(kwargs)
+        return load_dit(*args, **kwargs)
+
     records: list[logging.LogRecord] = []
     collector = logging.Handler()
     collector.emit = records.append  # type: ignore[method-assign]
@@ -86,6 +96,7 @@ def run(cached_demo, tmp_path_factory) -> dict:
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(training.trainer, "build_run", keep)
+            mp.setattr(hunyuan_model.checkpoint, "load_dit", spy_load_dit)
             assert hv_train_network.main(argv) == 0
         flags = {name: _flag(name) for name in TF32_FLAGS}
     finally:
@@ -102,6 +113,7 @@ def run(cached_demo, tmp_path_factory) -> dict:
         "flags": flags,
         "accelerator": built[0].accelerator,
         "messages": [r.getMessage() for r in records],
+        "dit_loads": loads,
     }
 
 
@@ -139,3 +151,8 @@ def test_ddp_flags_reach_the_accelerator_and_are_said_to_change_nothing(run):
     assert handler is not None and handler.static_graph and handler.gradient_as_bucket_view
     said = [m for m in run["messages"] if m.startswith("--ddp_")]
     assert [m.split()[0] for m in said] == ["--ddp_gradient_as_bucket_view", "--ddp_static_graph"]
+
+
+def test_disable_numpy_memmap_reads_the_dit_plainly(run):
+    assert [load.get("mmap") for load in run["dit_loads"]] == [False]
+    assert "reading the DiT with plain reads, not memory-mapped (--disable_numpy_memmap)" in run["messages"]

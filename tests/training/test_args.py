@@ -34,6 +34,7 @@ GIVEN = {
     "fp8_scaled": ([], True),
     "blocks_to_swap": (["20"], 20),
     "img_in_txt_in_offloading": ([], True),
+    "disable_numpy_memmap": ([], True),
     "sdpa": ([], True),
     "flash_attn": ([], True),
     "sage_attn": ([], True),

@@ -69,13 +69,18 @@ class ModeOptions:
 
 @dataclass(frozen=True)
 class BackendOptions:
-    """process-wide settings: torch's CUDA flags and musubi-tuner's DDP flags (shown under training)"""
+    """process-wide settings: torch's CUDA flags, how the DiT file is read, musubi-tuner's DDP flags"""
 
     cuda_allow_tf32: bool = option(
         False, "allow TF32 in CUDA matmuls and cuDNN (Ampere or newer GPUs)", section="training"
     )
     cuda_cudnn_benchmark: bool = option(
         False, "let cuDNN benchmark and pick its fastest algorithms", section="training"
+    )
+    disable_numpy_memmap: bool = option(
+        False,
+        "read the DiT with plain reads, not memory-mapped (more RAM; the file is not kept mapped)",
+        section="model",
     )
     ddp_gradient_as_bucket_view: bool = option(
         False,
