@@ -108,8 +108,10 @@ def _read_safetensors_plainly(file: Path) -> StateDict:
     try:
         with open(file, "rb") as handle:
             (size,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(size))
             data_bytes = file.stat().st_size - 8 - size  # a hostile header must not make us allocate more
+            if data_bytes < 0:
+                raise ValueError(f"a header of {size} bytes is longer than the file")
+            header = json.loads(handle.read(size))
             for key, entry in header.items():
                 if key == "__metadata__":
                     continue
@@ -122,7 +124,7 @@ def _read_safetensors_plainly(file: Path) -> StateDict:
                     raise ValueError(f"{key}: the file ends inside its data")
                 raw = torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
                 out[key] = raw.view(SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, struct.error) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, struct.error) as e:
         raise CheckpointError(f"{file}: not a readable safetensors file ({one_line(e)})") from None
     return out
 

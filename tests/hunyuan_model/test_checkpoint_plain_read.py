@@ -58,10 +58,22 @@ def _with_header(tmp_path: Path, header: bytes, data: bytes) -> Path:
         (b'{"w": {"dtype": "XX", "shape": [4], "data_offsets": [0, 16]}}', b"\0" * 16),
         (b'{"w": {"dtype": "F32", "shape": [5], "data_offsets": [0, 16]}}', b"\0" * 16),
         (b"not json", b""),
+        (b"[1, 2]", b""),  # JSON, not a table
+        (b'{"w": [0, 16]}', b"\0" * 16),
     ],
 )
 def test_a_damaged_file_is_one_line(tmp_path, header, data):
     path = _with_header(tmp_path, header, data)
+    _one_line_error(path)
+
+
+def test_a_header_length_past_the_end_is_one_line(tmp_path):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(struct.pack("<Q", 2**63) + b"{}")
+    _one_line_error(path)
+
+
+def _one_line_error(path: Path) -> None:
     with pytest.raises(CheckpointError) as info:
         read_state_dict(path, mmap=False)
     message = str(info.value)
