@@ -13,6 +13,7 @@ import logging
 import math
 import pickle
 import re
+import struct
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -80,9 +81,12 @@ def safetensors_files(path: Path) -> list[Path]:
     return files
 
 
-def _read_safetensors(path: Path, meta: bool) -> StateDict:
+def _read_safetensors(path: Path, meta: bool, mmap: bool = True) -> StateDict:
     out: StateDict = {}
     for file in safetensors_files(path):
+        if not mmap and not meta:
+            out.update(_read_safetensors_plainly(file))
+            continue
         try:
             with safe_open(str(file), framework="pt") as f:
                 for key in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
@@ -97,7 +101,35 @@ def _read_safetensors(path: Path, meta: bool) -> StateDict:
     return out
 
 
-def read_torch_file(path: Path) -> StateDict:
+def _read_safetensors_plainly(file: Path) -> StateDict:
+    """The file read with plain reads, one tensor at a time into memory of its own: never memory-mapped
+    (--disable_numpy_memmap; more RAM, and no mapping that keeps the file busy)."""
+    out: StateDict = {}
+    try:
+        with open(file, "rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            data_bytes = file.stat().st_size - 8 - size  # a hostile header must not make us allocate more
+            if data_bytes < 0:
+                raise ValueError(f"a header of {size} bytes is longer than the file")
+            header = json.loads(handle.read(size))
+            for key, entry in header.items():
+                if key == "__metadata__":
+                    continue
+                start, end = entry["data_offsets"]
+                if not 0 <= start <= end <= data_bytes:
+                    raise ValueError(f"{key}: data offsets {start}-{end} outside the file")
+                data = bytearray(end - start)
+                handle.seek(8 + size + start)
+                if handle.readinto(data) != len(data):
+                    raise ValueError(f"{key}: the file ends inside its data")
+                raw = torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+                out[key] = raw.view(SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, struct.error) as e:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({one_line(e)})") from None
+    return out
+
+
+def read_torch_file(path: Path, mmap: bool = True) -> StateDict:
     def load(mmap: bool):
         # "Detected pickle protocol 4" would be a second stderr line that says nothing to the user
         with warnings.catch_warnings():
@@ -108,7 +140,7 @@ def read_torch_file(path: Path) -> StateDict:
         raise CheckpointError(f"{path}: empty file (0 bytes): not a PyTorch checkpoint")
     try:
         try:
-            obj = load(mmap=True)
+            obj = load(mmap=mmap)
         except RuntimeError as e:
             if "mmap" not in str(e):
                 raise
@@ -147,14 +179,15 @@ def one_line(e: BaseException) -> str:
     return text[:200] + ("..." if len(text) > 200 else "")
 
 
-def read_state_dict(path: str | Path, meta: bool = False) -> StateDict:
-    """Raw tensors of a checkpoint, keys untouched. With meta=True only shapes and dtypes (headers)."""
+def read_state_dict(path: str | Path, meta: bool = False, mmap: bool = True) -> StateDict:
+    """Raw tensors of a checkpoint, keys untouched. With meta=True only shapes and dtypes (headers); with
+    mmap=False plain reads, the file never memory-mapped."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"DiT checkpoint not found: {path}")
     if path.is_dir() or path.suffix == ".safetensors":
-        return _read_safetensors(path, meta)
-    sd = read_torch_file(path)
+        return _read_safetensors(path, meta, mmap)
+    sd = read_torch_file(path, mmap=mmap or meta)  # shapes only: mapping reads nothing
     if meta:
         sd = {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in sd.items()}
     return sd
@@ -310,6 +343,7 @@ def load_dit(
     fp8_base: bool = False,
     fp8_scaled: bool = False,
     work_device: torch.device | str | None = None,
+    mmap: bool = True,
 ) -> HYVideoDiffusionTransformer:
     """Load a DiT of any supported layout. Built on the meta device, weights assigned: no random init ever.
 
@@ -323,7 +357,7 @@ def load_dit(
     source = str(path)
     device = torch.device(device)
     work_device = device if work_device is None else torch.device(work_device)
-    sd = to_original_layout(read_state_dict(path), source)
+    sd = to_original_layout(read_state_dict(path, mmap=mmap), source)  # mmap=False: --disable_numpy_memmap
     scales = pop_fp8_scales(sd, source)
     stated = read_rope_split(path)
     derived_config = config is None

@@ -20,10 +20,8 @@ logger = logging.getLogger(__name__)
 
 
 def _metadata(run: Run, progress: Progress) -> dict[str, str]:
-    from training.metadata import minimal_metadata, training_metadata
+    from training.metadata import training_metadata
 
-    if run.config.metadata.no_metadata:
-        return minimal_metadata(run.network)
     return training_metadata(
         run.config, run.network, run.dataset_summary, progress.step, progress.epoch, run.base_id
     )

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 
 if TYPE_CHECKING:
-    from training.options import TrainConfig
+    from training.options import BackendOptions, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,47 @@ def prepare_processes(config: TrainConfig) -> TrainConfig:
         logger.info("seed %d (--seed %d repeats this run)", seed, seed)
         config = dataclasses.replace(config, training=dataclasses.replace(config.training, seed=seed))
     return config
+
+
+def set_cuda_flags(backends: BackendOptions) -> None:
+    """--cuda_allow_tf32, --cuda_cudnn_benchmark: torch's process-wide switches, set as musubi-tuner sets them
+    (on a CPU too: they are flags, and a CPU run never reads them)."""
+    if backends.cuda_allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        logger.info("TF32 allowed in CUDA matmuls and cuDNN (--cuda_allow_tf32)")
+    if backends.cuda_cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
+        logger.info("cuDNN benchmark on (--cuda_cudnn_benchmark)")
+
+
+def ddp_kwargs_handlers(backends: BackendOptions) -> list:
+    """musubi-tuner's DistributedDataParallelKwargs for the Accelerator, when a --ddp_* flag asks for one."""
+    from accelerate import DistributedDataParallelKwargs
+
+    if not (backends.ddp_gradient_as_bucket_view or backends.ddp_static_graph):
+        return []
+    return [
+        DistributedDataParallelKwargs(
+            gradient_as_bucket_view=backends.ddp_gradient_as_bucket_view,
+            static_graph=backends.ddp_static_graph,
+        )
+    ]
+
+
+def ddp_flag_notes(backends: BackendOptions) -> list[str]:
+    """One line per --ddp_* flag given: they tune a DDP wrapper, and this trainer has none (see
+    average_gradients), so a run is the same with or without them; said rather than silently ignored."""
+    given = {
+        "ddp_gradient_as_bucket_view": backends.ddp_gradient_as_bucket_view,
+        "ddp_static_graph": backends.ddp_static_graph,
+    }
+    return [
+        f"--{name} changes nothing here: no DDP wrapper is used (the LoRA's gradients are averaged in one "
+        "all-reduce per optimizer step), so there is no DDP for it to tune"
+        for name, on in given.items()
+        if on
+    ]
 
 
 def broadcast_parameters(accelerator, network: torch.nn.Module) -> None:

@@ -21,7 +21,8 @@ from training.flow import FlowSettings
 from training.nonfinite import NonFiniteGuard
 from training.options import FlowOptions, MemoryOptions, TrainConfig
 from training.precision import resolve_mixed_precision
-from training.processes import broadcast_parameters, process_state
+from training.processes import broadcast_parameters, ddp_kwargs_handlers, process_state, set_cuda_flags
+from training.trackers import check_trackers
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -108,20 +109,6 @@ def _load_batches(config: TrainConfig) -> tuple[CachedBatches, list[dict]]:
     return batches, summary
 
 
-def _check_trackers(log_with: str | None, logging_dir: str | None) -> None:
-    """accelerate silently drops a tracker whose package is missing: say so instead."""
-    import importlib.util
-
-    wanted = {"tensorboard", "wandb"} if log_with == "all" else {log_with} if log_with else set()
-    for name in sorted(wanted):
-        if importlib.util.find_spec(name) is None:
-            raise UserError(
-                f"--log_with {log_with}: the {name} package is not installed (pip install {name})"
-            )
-    if wanted and not logging_dir and "tensorboard" in wanted:
-        raise UserError("--log_with tensorboard needs --logging_dir (where the event files go)")
-
-
 def _max_steps(config: TrainConfig, batches_per_epoch: int) -> int:
     updates_per_epoch = math.ceil(batches_per_epoch / config.training.gradient_accumulation_steps)
     if config.training.max_train_epochs:
@@ -189,7 +176,7 @@ def build_run(config: TrainConfig) -> Run:
     check_patterns_early(
         config.network, model_options.dit
     )  # headers only: a bad pattern fails before loading
-    _check_trackers(config.logging.trackers, config.logging.logging_dir)
+    check_trackers(config.logging)
     log_dir = config.logging.run_log_dir(time.time())
     flow = flow_settings(config.flow)
     batches, summary = _load_batches(config)
@@ -198,7 +185,9 @@ def build_run(config: TrainConfig) -> Run:
         # the loop accumulates gradients itself (training/step.py): here one micro-batch is one step
         log_with=config.logging.trackers,
         project_dir=None if log_dir is None else str(log_dir),
+        kwargs_handlers=ddp_kwargs_handlers(config.backends),
     )
+    set_cuda_flags(config.backends)
     config = resolve_mixed_precision(config, accelerator)
     if config.training.seed is not None:
         random.seed(config.training.seed)
@@ -212,6 +201,8 @@ def build_run(config: TrainConfig) -> Run:
 
         log_estimate(config)  # from shapes, before the weights load: what fits is known before 25 GB are read
     swap = bool(memory.blocks_to_swap) and device.type != "cpu"
+    if config.backends.disable_numpy_memmap:
+        logger.info("reading the DiT with plain reads, not memory-mapped (--disable_numpy_memmap)")
     # swapped blocks stay in CPU memory: load there, enable_block_swap moves the rest (13 B may not fit first)
     model = load_dit(
         model_options.dit,
@@ -220,6 +211,7 @@ def build_run(config: TrainConfig) -> Run:
         fp8_base=memory.fp8_base,
         fp8_scaled=memory.fp8_scaled,
         work_device=device,
+        mmap=not config.backends.disable_numpy_memmap,
     )
     set_attention_backend(model, backend)
     model.requires_grad_(False)

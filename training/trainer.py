@@ -18,11 +18,12 @@ from training.nonfinite import NonFiniteStop
 from training.on_schedule import on_boundary, output_name, sample, save_lora, save_training_state, state_dir
 from training.on_schedule import validate as run_validation
 from training.options import TrainConfig
-from training.processes import prepare_processes
+from training.processes import ddp_flag_notes, prepare_processes
 from training.resume.pick import choose_state
 from training.run import Run, build_run, build_sampler
 from training.saving import Progress, load_state
 from training.step import StepOutcome, micro_step, optimizer_step
+from training.trackers import start_trackers
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -39,7 +40,7 @@ def train(config: TrainConfig) -> int:
 
     start = time.perf_counter()
     config = prepare_processes(config)  # only the main process logs; every process has the same seed
-    for note in unimplemented_option_notes(config):
+    for note in [*unimplemented_option_notes(config), *ddp_flag_notes(config.backends)]:
         logger.warning(note)
     run = build_run(config)
     progress = _resume(run)
@@ -49,8 +50,7 @@ def train(config: TrainConfig) -> int:
     # Only now that every input has been read: a bad one (a prompt file, ...) leaves nothing on disk.
     run.output_dir.mkdir(parents=True, exist_ok=True)
     run.report = start_report(run)
-    if config.logging.trackers:
-        run.accelerator.init_trackers(config.logging.log_tracker_name or "hv_lora")
+    start_trackers(run)
     if run.sampler is not None and config.sampling.sample_at_first and progress.step == 0:
         sample(run, step_label(0), 0)
     logger.info(

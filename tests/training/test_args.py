@@ -34,6 +34,7 @@ GIVEN = {
     "fp8_scaled": ([], True),
     "blocks_to_swap": (["20"], 20),
     "img_in_txt_in_offloading": ([], True),
+    "disable_numpy_memmap": ([], True),
     "sdpa": ([], True),
     "flash_attn": ([], True),
     "sage_attn": ([], True),
@@ -83,6 +84,10 @@ GIVEN = {
     "full_fp16": ([], True),
     "seed": (["42"], 42),
     "ddp_timeout": (["30"], 30),
+    "ddp_gradient_as_bucket_view": ([], True),
+    "ddp_static_graph": ([], True),
+    "cuda_allow_tf32": ([], True),
+    "cuda_cudnn_benchmark": ([], True),
     "timestep_sampling": (["shift"], "shift"),
     "discrete_flow_shift": (["7.0"], 7.0),
     "sigmoid_scale": (["1.5"], 1.5),
@@ -113,10 +118,16 @@ GIVEN = {
     "metadata_description": (["what it does"], "what it does"),
     "metadata_license": (["MIT"], "MIT"),
     "metadata_tags": (["style,anime"], "style,anime"),
+    "metadata_reso": (["960,544"], "960,544"),
+    "metadata_arch": (["hunyuan-video-i2v"], "hunyuan-video-i2v"),
     "logging_dir": (["logs"], "logs"),
     "log_with": (["wandb"], "wandb"),
     "log_prefix": (["run1-"], "run1-"),
     "log_tracker_name": (["hv"], "hv"),
+    "log_tracker_config": (["trackers.toml"], "trackers.toml"),
+    "wandb_run_name": (["run 1"], "run 1"),
+    "wandb_api_key": (["0123abcd"], "0123abcd"),
+    "log_config": ([], True),
     "sample_prompts": (["prompts.txt"], "prompts.txt"),
     "sample_every_n_steps": (["50"], 50),
     "sample_every_n_epochs": (["1"], 1),
@@ -124,6 +135,19 @@ GIVEN = {
     "validate_every_n_steps": (["25"], 25),
     "validate_every_n_epochs": (["1"], 1),
     "config_file": None,  # tests/training/test_config_file.py
+    # refused (no network access to model hubs): tests/training/test_hub_options.py
+    **dict.fromkeys(
+        (
+            "huggingface_repo_id",
+            "huggingface_repo_type",
+            "huggingface_path_in_repo",
+            "huggingface_token",
+            "huggingface_repo_visibility",
+            "save_state_to_huggingface",
+            "resume_from_huggingface",
+            "async_upload",
+        )
+    ),
     "list_lora_targets": (["json"], "json"),
 }
 EXTRA_ARGV = {

@@ -1,7 +1,7 @@
 """hv_train_network.py's options as typed, frozen groups (`config.network.network_dim`): each field declares its
 flag, help text, converter and default once (hv_common/options.py); training/args.py builds the parser."""
 
-from training.options.config import ModeOptions, Schedule, TrainConfig, Unit
+from training.options.config import BackendOptions, ModeOptions, Schedule, TrainConfig, Unit
 from training.options.loop import (
     LR_SCHEDULERS,
     TIMESTEP_SAMPLINGS,
@@ -13,6 +13,7 @@ from training.options.loop import (
 )
 from training.options.model import ATTENTION_BACKENDS, COMPILE_MODES, MemoryOptions, ModelOptions
 from training.options.outputs import (
+    HubOptions,
     LoggingOptions,
     MetadataOptions,
     SamplingOptions,
@@ -27,8 +28,10 @@ __all__ = [
     "LR_SCHEDULERS",
     "TIMESTEP_SAMPLINGS",
     "WEIGHTING_SCHEMES",
+    "BackendOptions",
     "DataOptions",
     "FlowOptions",
+    "HubOptions",
     "LoggingOptions",
     "MemoryOptions",
     "MetadataOptions",

@@ -14,6 +14,7 @@ from networks.options import NetworkOptions
 from training.options.loop import DataOptions, FlowOptions, OptimizerOptions, TrainingOptions
 from training.options.model import MemoryOptions, ModelOptions
 from training.options.outputs import (
+    HubOptions,
     LoggingOptions,
     MetadataOptions,
     SamplingOptions,
@@ -67,6 +68,33 @@ class ModeOptions:
 
 
 @dataclass(frozen=True)
+class BackendOptions:
+    """process-wide settings: torch's CUDA flags, how the DiT file is read, musubi-tuner's DDP flags"""
+
+    cuda_allow_tf32: bool = option(
+        False, "allow TF32 in CUDA matmuls and cuDNN (Ampere or newer GPUs)", section="training"
+    )
+    cuda_cudnn_benchmark: bool = option(
+        False, "let cuDNN benchmark and pick its fastest algorithms", section="training"
+    )
+    disable_numpy_memmap: bool = option(
+        False,
+        "read the DiT with plain reads, not memory-mapped (more RAM; the file is not kept mapped)",
+        section="model",
+    )
+    ddp_gradient_as_bucket_view: bool = option(
+        False,
+        "DDP's gradient_as_bucket_view: no effect here (no DDP wrapper: one all-reduce per step), said at start",
+        section="training",
+    )
+    ddp_static_graph: bool = option(
+        False,
+        "DDP's static_graph: no effect here (no DDP wrapper: one all-reduce per step), said at start",
+        section="training",
+    )
+
+
+@dataclass(frozen=True)
 class Schedule:
     """What happens every N steps (or epochs): one unit's options, named, never built from strings."""
 
@@ -95,6 +123,8 @@ class TrainConfig:
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     validation: ValidationOptions = field(default_factory=ValidationOptions)
     modes: ModeOptions = field(default_factory=ModeOptions)
+    backends: BackendOptions = field(default_factory=BackendOptions)
+    hub: HubOptions = field(default_factory=HubOptions)
 
     @classmethod
     def of(cls, **values: Any) -> TrainConfig:

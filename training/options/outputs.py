@@ -21,6 +21,18 @@ def resume_target(text: str) -> str:
     return text
 
 
+def resolution_text(text: str) -> str:
+    """--metadata_reso as musubi-tuner reads it: `W,H` or one number for a square (kept as given)."""
+    parts = text.split(",")
+    try:
+        sizes = [int(part) for part in parts]
+    except ValueError:
+        sizes = []
+    if len(parts) not in (1, 2) or len(sizes) != len(parts) or min(sizes, default=0) <= 0:
+        raise argparse.ArgumentTypeError(f"expected W,H or one size in pixels (e.g. 1280,720), got {text!r}")
+    return text
+
+
 @dataclass(frozen=True)
 class SavingOptions:
     """saving and resuming"""
@@ -60,17 +72,19 @@ class MetadataOptions:
     metadata_description: str | None = option(None, "modelspec description")
     metadata_license: str | None = option(None, "modelspec license")
     metadata_tags: str | None = option(None, "modelspec tags, comma-separated")
+    metadata_reso: str | None = option(
+        None, "modelspec resolution, W,H or one size (unset: 1280,720)", type=resolution_text, metavar="W,H"
+    )
+    metadata_arch: str | None = option(
+        None, "modelspec architecture, written as <arch>/lora (unset: hunyuan-video)"
+    )
 
-    def modelspec(self) -> dict[str, str]:
-        """The modelspec.* entries that are set."""
-        given = dict(
-            title=self.metadata_title,
-            author=self.metadata_author,
-            description=self.metadata_description,
-            license=self.metadata_license,
-            tags=self.metadata_tags,
-        )
-        return {f"modelspec.{key}": str(value) for key, value in given.items() if value}
+    @property
+    def resolution(self) -> str:
+        """modelspec.resolution, `WxH`: musubi-tuner's placeholder 1280x720 unless --metadata_reso says."""
+        sizes = (self.metadata_reso or "1280,720").split(",")
+        width, height = int(sizes[0]), int(sizes[-1])
+        return f"{width}x{height}"
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,16 @@ class LoggingOptions:
     )
     log_prefix: str | None = option(None, "prefix of each run's log folder name (before its start time)")
     log_tracker_name: str | None = option(None, "tracker (project) name")
+    log_tracker_config: str | None = option(
+        None,
+        "TOML file of keyword arguments per tracker ([wandb] ..., [tensorboard] ...)",
+        metavar="FILE.toml",
+    )
+    wandb_run_name: str | None = option(None, "name of this run in wandb")
+    wandb_api_key: str | None = option(None, "log in to wandb with this key before the run starts")
+    log_config: bool = option(
+        False, "log the training options to the trackers (paths, keys and tokens left out)"
+    )
 
     @property
     def trackers(self) -> str | None:
@@ -98,6 +122,23 @@ class LoggingOptions:
             return None
         stamp = time.strftime("%Y%m%d%H%M%S", time.localtime(started))
         return Path(self.logging_dir) / f"{self.log_prefix or ''}{stamp}"
+
+
+NO_HUB = "this trainer runs with no network access to model hubs; upload or download the files yourself"
+
+
+@dataclass(frozen=True)
+class HubOptions:
+    """Hugging Face Hub upload and resume: musubi-tuner's options, known by name and refused"""
+
+    huggingface_repo_id: str | None = option(None, refused=NO_HUB, section="saving and resuming")
+    huggingface_repo_type: str | None = option(None, refused=NO_HUB, section="saving and resuming")
+    huggingface_path_in_repo: str | None = option(None, refused=NO_HUB, section="saving and resuming")
+    huggingface_token: str | None = option(None, refused=NO_HUB, section="saving and resuming")
+    huggingface_repo_visibility: str | None = option(None, refused=NO_HUB, section="saving and resuming")
+    save_state_to_huggingface: bool = option(False, refused=NO_HUB, section="saving and resuming")
+    resume_from_huggingface: bool = option(False, refused=NO_HUB, section="saving and resuming")
+    async_upload: bool = option(False, refused=NO_HUB, section="saving and resuming")
 
 
 @dataclass(frozen=True)
