@@ -30,8 +30,9 @@ class TextEncoderOptions:
         None, "config + tokenizer folder for a single-file CLIP (default: the local Hugging Face cache)"
     )
 
-    def load(self, dtype: torch.dtype, device: torch.device) -> HunyuanTextEncoders:
-        """The LLM and CLIP-L with their tokenizers, ready to encode."""
+    def load(self, dtype: torch.dtype, device: torch.device, fp8_llm: bool = False) -> HunyuanTextEncoders:
+        """The LLM and CLIP-L with their tokenizers, ready to encode; with fp8_llm the LLM's Linear weights
+        in float8_e4m3fn (--fp8_llm)."""
         from hunyuan_model.text_encoders import HunyuanTextEncoders
 
         return HunyuanTextEncoders(
@@ -41,4 +42,5 @@ class TextEncoderOptions:
             device=device,
             llm_tokenizer=self.tokenizer1,
             clip_tokenizer=self.tokenizer2,
+            fp8_llm=fp8_llm,
         )
