@@ -8,13 +8,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hunyuan_model.encoder_options import TextEncoderOptions
+from hunyuan_model.encoder_options import TextEncoderOptions, vae_tile_size
 from hv_common.cli import OneLineArgumentParser
 from hv_common.errors import UserError
 from hv_common.option_types import integer, non_negative_int, positive_int
 from hv_common.options import add_option_groups, config_from_values, option, shown_in
 
-DEFAULT_TILE_SIZE = 256  # pixels: musubi-tuner's VAE default
 DEBUG_MODES = ("image", "console", "video")
 DEVICE_HELP = "cuda, cuda:1, cpu (default: cuda when available)"
 
@@ -70,9 +69,7 @@ class LatentEncodeOptions:
     @property
     def tile_size(self) -> int | None:
         """Spatial tile size in pixels, None without tiling (musubi-tuner: a size given turns tiling on)."""
-        if self.vae_spatial_tile_sample_min_size is not None:
-            return self.vae_spatial_tile_sample_min_size
-        return DEFAULT_TILE_SIZE if self.vae_tiling else None
+        return vae_tile_size(self.vae_tiling, self.vae_spatial_tile_sample_min_size)
 
 
 @dataclass(frozen=True, kw_only=True)

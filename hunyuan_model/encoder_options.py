@@ -13,6 +13,17 @@ if TYPE_CHECKING:
     from hunyuan_model.text_encoders import HunyuanTextEncoders
 
 
+DEFAULT_TILE_SIZE = 256  # pixels: musubi-tuner's VAE tile (spatial_tile_sample_min_size)
+
+
+def vae_tile_size(vae_tiling: bool, vae_spatial_tile_sample_min_size: int | None) -> int | None:
+    """The VAE's spatial tile in pixels, None for no tiling: musubi-tuner's rule for the caching script and the
+    trainer, where giving --vae_spatial_tile_sample_min_size turns tiling on, as --vae_tiling does (at 256)."""
+    if vae_spatial_tile_sample_min_size is not None:
+        return vae_spatial_tile_sample_min_size
+    return DEFAULT_TILE_SIZE if vae_tiling else None
+
+
 @dataclass(frozen=True, kw_only=True)
 class TextEncoderOptions:
     """text encoders"""
