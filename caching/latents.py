@@ -122,6 +122,11 @@ def _show(blueprint, config: LatentCacheConfig) -> int:
             yield from batch
 
     workers = config.run.workers
+    if config.vae.vae is not None:
+        logger.info(
+            "--debug_mode %s: the items are shown, not encoded; the VAE is not loaded",
+            config.debug.debug_mode,
+        )
     show_datasets(list(blueprint.all_datasets), records_of, config.debug)
     return 0
 

@@ -15,6 +15,7 @@ from hv_common.option_types import integer, non_negative_int, positive_int
 from hv_common.options import add_option_groups, config_from_values, option, shown_in
 
 DEBUG_MODES = ("image", "console", "video")
+CONSOLE_WIDTH = 80  # columns: musubi-tuner's default
 DEVICE_HELP = "cuda, cuda:1, cpu (default: cuda when available)"
 
 
@@ -83,7 +84,7 @@ class LatentDebugOptions:
         "pip install ascii-magic), video (an .mp4 / .jpg beside each cache file name)",
         choices=DEBUG_MODES,
     )
-    console_width: int = option(80, "debug mode: console width", type=positive_int)
+    console_width: int = option(CONSOLE_WIDTH, "debug mode: console width", type=positive_int)
     console_back: str | None = option(
         None, "debug mode: console background color, one of ascii_magic.Back (black, red, ..., white)"
     )
@@ -134,6 +135,15 @@ class LatentCacheConfig:
     def __post_init__(self) -> None:
         if self.vae.vae is None and self.debug.debug_mode is None:
             raise UserError("--vae is needed to cache latents (only --debug_mode runs without one)")
+        debug = self.debug
+        console = {
+            "--console_width": debug.console_width != CONSOLE_WIDTH,
+            "--console_back": debug.console_back is not None,
+            "--console_num_images": debug.console_num_images is not None,
+        }
+        given = [flag for flag, set_ in console.items() if set_]
+        if given and debug.debug_mode != "console":
+            raise UserError(f"{', '.join(given)}: only with --debug_mode console")
 
 
 @dataclass(frozen=True, kw_only=True)

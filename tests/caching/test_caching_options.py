@@ -98,6 +98,8 @@ def test_bad_values_are_one_line(capsys):
         assert len(err) == 1 and flags[0] in err[0], err
     assert cache_latents.main(["--dataset_config", "d.toml"]) == 2
     assert "--vae is needed" in capsys.readouterr().err
+    assert cache_latents.main(["--dataset_config", "d.toml", "--vae", "v", "--console_num_images", "2"]) == 2
+    assert capsys.readouterr().err == "error: --console_num_images: only with --debug_mode console\n"
 
 
 def test_disable_cudnn_backend_turns_cudnn_off(in_demo, tmp_path, monkeypatch):
