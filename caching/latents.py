@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from caching.options import LatentCacheConfig, LatentEncodeOptions
+from caching.workers import ordered_map
 from dataset.cache_files import check_latent_file, file_identity, is_current, write_latent_cache
 from dataset.cache_names import LATENT_GLOB, name_size, parse_latent_cache_name
 from dataset.cache_stale import remove_stale
@@ -44,17 +45,22 @@ def _is_current(dataset: DatasetConfig, plan: ItemPlan, window, expected: dict[s
 
 
 def _pending(
-    dataset: DatasetConfig, plans: list[ItemPlan], vae_id: str, seed: int, skip_existing: bool
+    dataset: DatasetConfig, plans: list[ItemPlan], vae_id: str, seed: int, skip_existing: bool, workers: int
 ) -> Iterator[ItemRecord]:
-    for plan in plans:
-        expected = _expected_metadata(plan, vae_id, seed)
-        names = plan.latent_cache_names
+    """The records to encode, in plan order; `workers` threads decode the media ahead of the VAE."""
+
+    def records(plan: ItemPlan) -> list[ItemRecord]:
         if not skip_existing:
-            yield from load_item(dataset, plan)
-            continue
+            return list(load_item(dataset, plan))
+        expected = _expected_metadata(plan, vae_id, seed)
         current = {plan.latent_cache_name(w) for w in plan.windows if _is_current(dataset, plan, w, expected)}
-        if len(current) < len(names):  # decode the clip once; encode only the stale windows
-            yield from (r for r in load_item(dataset, plan) if r.latent_cache_name not in current)
+        if len(current) == len(plan.latent_cache_names):
+            return []
+        # decode the clip once; encode only the stale windows
+        return [r for r in load_item(dataset, plan) if r.latent_cache_name not in current]
+
+    for batch in ordered_map(records, plans, workers):
+        yield from batch
 
 
 def _batches(records: Iterator[ItemRecord], batch_size: int) -> Iterator[list[ItemRecord]]:
@@ -94,30 +100,47 @@ def _encode_and_write(
 
 
 def _load_vae(options: LatentEncodeOptions):
-    from hunyuan_model.vae import load_vae
+    from hunyuan_model.vae import enable_vae_tiling, load_vae, set_vae_chunk_size
 
+    assert options.vae is not None  # LatentCacheConfig requires it unless --debug_mode
     device = pick_device(options.device)
     dtype = parse_dtype(options.vae_dtype, default=torch.float16 if device.type == "cuda" else torch.float32)
     vae = load_vae(options.vae, dtype=dtype, device=device)
-    if options.vae_tiling:
-        size = options.vae_spatial_tile_sample_min_size
-        vae.enable_tiling(  # type: ignore[attr-defined]  # diffusers resolves its classes lazily: untyped here
-            tile_sample_min_height=size,
-            tile_sample_min_width=size,
-            tile_sample_stride_height=size * 3 // 4,
-            tile_sample_stride_width=size * 3 // 4,
-        )
+    if options.vae_chunk_size:
+        set_vae_chunk_size(vae, options.vae_chunk_size)
+        logger.info("VAE: CausalConv3d computed in chunks of %d", options.vae_chunk_size)
+    enable_vae_tiling(vae, options.tile_size)
     return vae
+
+
+def _show(blueprint, config: LatentCacheConfig) -> int:
+    """--debug_mode: the items shown (or saved) instead of cached; no VAE is loaded."""
+    from caching.debug import show_datasets
+
+    def records_of(dataset: DatasetConfig) -> Iterator[ItemRecord]:
+        for batch in ordered_map(lambda plan: list(load_item(dataset, plan)), plan_items(dataset), workers):
+            yield from batch
+
+    workers = config.run.workers
+    if config.vae.vae is not None:
+        logger.info(
+            "--debug_mode %s: the items are shown, not encoded; the VAE is not loaded",
+            config.debug.debug_mode,
+        )
+    show_datasets(list(blueprint.all_datasets), records_of, config.debug)
+    return 0
 
 
 def run(config: LatentCacheConfig) -> int:
     options = config.vae
     blueprint = load_dataset_config(config.dataset.dataset_config)
-    if options.vae_chunk_size is not None:
-        logger.info(
-            "--vae_chunk_size has no effect here: diffusers' VAE already encodes long clips frame-chunk-wise"
-        )
+    if options.disable_cudnn_backend:
+        torch.backends.cudnn.enabled = False
+        logger.info("cuDNN disabled (--disable_cudnn_backend)")
+    if config.debug.debug_mode is not None:
+        return _show(blueprint, config)
     vae = _load_vae(options)
+    assert options.vae is not None
     vae_id = file_identity(options.vae)
     written = 0
     for dataset in blueprint.all_datasets:
@@ -125,7 +148,9 @@ def run(config: LatentCacheConfig) -> int:
         by_key = {p.item_key: p for p in plans}
         total = sum(len(p.windows) for p in plans)
         produced = {name for p in plans for name in p.latent_cache_names}
-        pending = _pending(dataset, plans, vae_id, options.seed, config.dataset.skip_existing)
+        pending = _pending(
+            dataset, plans, vae_id, options.seed, config.dataset.skip_existing, config.run.workers
+        )
         with tqdm(total=total, desc=f"latents {dataset.cache_directory.name}", unit="item") as bar:
             done = 0
             for batch in _batches(pending, options.batch_size):

@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 from caching.options import TextCacheConfig
+from caching.workers import ordered_map
 from dataset.cache_files import check_text_file, file_identity, is_current, text_digest, write_text_cache
 from dataset.cache_names import TEXT_GLOB
 from dataset.cache_stale import remove_stale
@@ -36,33 +37,41 @@ def _remove_stale(blueprint, keep_cache: bool) -> None:
         remove_stale(dataset.cache_directory, TEXT_GLOB, produced, keep_cache)
 
 
-def _jobs(blueprint, skip_existing: bool, encoders_id: str) -> list[tuple[CaptionRecord, Path]]:
-    """Each caption to encode and the file it goes to: all of them, or those not current."""
-    jobs = []
-    for dataset in blueprint.all_datasets:
-        for record in list_captions(dataset):
-            path = dataset.cache_directory / record.text_cache_name
-            if not (skip_existing and is_current(path, _expected(record, encoders_id), check_text_file)):
-                jobs.append((record, path))
-    return jobs
+def _jobs(blueprint, skip_existing: bool, encoders_id: str, workers: int) -> list[tuple[CaptionRecord, Path]]:
+    """Each caption to encode and the file it goes to: all of them, or those not current. `workers` threads
+    read the captions (a dataset each) and the existing files' headers."""
+    datasets = list(blueprint.all_datasets)
+    targets = [
+        (record, dataset.cache_directory / record.text_cache_name)
+        for dataset, records in zip(datasets, ordered_map(list_captions, datasets, workers), strict=True)
+        for record in records
+    ]
+    if not skip_existing:
+        return targets
+
+    def stale(job: tuple[CaptionRecord, Path]) -> bool:
+        record, path = job
+        return not is_current(path, _expected(record, encoders_id), check_text_file)
+
+    return [
+        job for job, is_stale in zip(targets, ordered_map(stale, targets, workers), strict=True) if is_stale
+    ]
 
 
 def run(config: TextCacheConfig) -> int:
     options, encoders = config.encoding, config.encoders
     blueprint = load_dataset_config(config.dataset.dataset_config, check_media=True)
-    if options.fp8_llm:
-        logger.warning("--fp8_llm is not implemented yet: the LLM runs in --text_encoder_dtype")
     device = pick_device(options.device)
     dtype = parse_dtype(
         options.text_encoder_dtype, default=torch.float16 if device.type == "cuda" else torch.float32
     )
     encoders_id = f"{file_identity(encoders.text_encoder1)}-{file_identity(encoders.text_encoder2)}"
-    jobs = _jobs(blueprint, config.dataset.skip_existing, encoders_id)
+    jobs = _jobs(blueprint, config.dataset.skip_existing, encoders_id, config.run.workers)
     if not jobs:
         logger.info("every text cache file is current")
         _remove_stale(blueprint, config.dataset.keep_cache)
         return 0
-    models = encoders.load(dtype, device)
+    models = encoders.load(dtype, device, fp8_llm=options.fp8_llm)
     with tqdm(total=len(jobs), desc="text encoders", unit="item") as bar:
         for start in range(0, len(jobs), options.batch_size):
             chunk = jobs[start : start + options.batch_size]

@@ -62,9 +62,11 @@ def _without_padding(emb):
     return TextEmbeddings(llm=emb.llm[:, :keep], llm_mask=emb.llm_mask[:, :keep], clip_pooled=emb.clip_pooled)
 
 
-def _encode(encoders: TextEncoderOptions, sampling: SamplingOptions, device: torch.device):
+def _encode(
+    encoders: TextEncoderOptions, sampling: SamplingOptions, device: torch.device, fp8_llm: bool = False
+):
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    models = encoders.load(dtype, device)
+    models = encoders.load(dtype, device, fp8_llm=fp8_llm)
     try:
         positive = _without_padding(models.encode([sampling.prompt]))
         negative_text = sampling.negative_text
@@ -178,17 +180,13 @@ def _write_latents(latents: torch.Tensor, path: Path, metadata: dict[str, str]) 
 
 
 def _decode(config: GenerateConfig, vae_path: str, latents: torch.Tensor, device: torch.device):
-    from hunyuan_model.vae import decode_latents, load_vae
+    from hunyuan_model.vae import decode_latents, enable_vae_tiling, load_vae, set_vae_chunk_size
 
     dtype = _dtypes(config.compute, device)[1]
     vae = load_vae(vae_path, dtype=dtype, device=device)
-    size = config.sampling.vae_spatial_tile_sample_min_size  # diffusers tiles only frames larger than a tile
-    vae.enable_tiling(  # type: ignore[attr-defined]  # diffusers resolves its classes lazily: untyped here
-        tile_sample_min_height=size,
-        tile_sample_min_width=size,
-        tile_sample_stride_height=size * 3 // 4,
-        tile_sample_stride_width=size * 3 // 4,
-    )
+    if config.encoder_memory.vae_chunk_size:
+        set_vae_chunk_size(vae, config.encoder_memory.vae_chunk_size)
+    enable_vae_tiling(vae, config.sampling.vae_spatial_tile_sample_min_size)  # always, as musubi-tuner
     return decode_latents(vae, latents)[0]
 
 
@@ -207,7 +205,7 @@ def run(config: GenerateConfig) -> int:
     loras = _load_loras(config)
     seed = config.sampling.seed if config.sampling.seed is not None else secrets.randbelow(2**32)
     logger.info("seed %d", seed)
-    positive, negative = _encode(config.encoders, config.sampling, device)
+    positive, negative = _encode(config.encoders, config.sampling, device, config.encoder_memory.fp8_llm)
     latents = _sample(config, loras, positive, negative, seed, device)
     stem = _output_stem(config.output, seed)
     written = []

@@ -11,7 +11,7 @@ from hunyuan_model.encoder_options import TextEncoderOptions
 from hv_common import input_checks
 from hv_common.cli import OneLineArgumentParser
 from hv_common.errors import UserError
-from hv_common.option_types import integer, number
+from hv_common.option_types import integer, non_negative_int, number
 from hv_common.options import add_option_groups, config_from_values, option, shown_in
 
 DESCRIPTION = """hv_generate_video.py: one video from a prompt, with the DiT as it is or with LoRAs (on the fly or
@@ -103,6 +103,28 @@ class ComputeOptions:
         return "split_attn" if self.split_attn else ATTN_MODES[self.attn_mode]
 
 
+# --- musubi-tuner's text-encoder and VAE memory options (hunyuan_model/text_encoders.py, vae.py) -------------
+@dataclass(frozen=True, kw_only=True)
+class EncoderMemoryOptions:
+    """text encoder and VAE memory"""
+
+    fp8_llm: bool = option(
+        False,
+        "use fp8 for Text Encoder 1 (LLM): its Linear weights stored in float8_e4m3fn (about half the memory "
+        "of float16), computed in float16 on a GPU",
+    )
+    vae_chunk_size: int | None = option(
+        None,
+        "chunk size for CausalConv3d in VAE: convs on inputs at least 1.5 chunks wide compute in width slices "
+        "of N columns (same video, less memory; 0: off)",
+        type=non_negative_int,
+        metavar="N",
+    )
+
+
+# --- end of the text-encoder and VAE memory options ---------------------------------------------------------
+
+
 @dataclass(frozen=True, kw_only=True)
 class SamplingOptions:
     """video"""
@@ -187,6 +209,7 @@ class GenerateConfig:
     files: ModelFiles
     encoders: TextEncoderOptions = shown_in("models")
     compute: ComputeOptions = shown_in("models")
+    encoder_memory: EncoderMemoryOptions = shown_in("models")
     sampling: SamplingOptions
     lora: LoRAOptions
     output: OutputOptions

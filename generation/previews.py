@@ -49,6 +49,7 @@ def encode_prompts(
     dtype: torch.dtype = torch.float32,
     tokenizer1: str | Path | None = None,
     tokenizer2: str | Path | None = None,
+    fp8_llm: bool = False,
 ) -> list[PreparedPrompt]:
     """Load both text encoders, encode each distinct text once, free the encoders."""
     from hunyuan_model.text_encoders import HunyuanTextEncoders
@@ -61,6 +62,7 @@ def encode_prompts(
         device=device,
         llm_tokenizer=tokenizer1,
         clip_tokenizer=tokenizer2,
+        fp8_llm=fp8_llm,
     )
     try:
         cache = {text: _to_cpu(encoders.encode([text])) for text in sorted(texts)}
@@ -123,6 +125,7 @@ class PreviewSampler:
         tokenizer1: str | Path | None = None,
         tokenizer2: str | Path | None = None,
         defaults: PromptDefaults | None = None,
+        fp8_llm: bool = False,
     ) -> PreviewSampler:
         prompts = load_prompts(prompts_file, defaults)  # a bad file fails before the encoders load
         prepared = encode_prompts(
@@ -133,6 +136,7 @@ class PreviewSampler:
             dtype=dtype,
             tokenizer1=tokenizer1,
             tokenizer2=tokenizer2,
+            fp8_llm=fp8_llm,
         )
         return cls(prepared, output_name)
 

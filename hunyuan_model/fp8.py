@@ -137,6 +137,18 @@ def quantize_linears(model: nn.Module, scaled: bool) -> int:
     return count
 
 
+def quantize_every_linear(model: nn.Module) -> int:
+    """`--fp8_llm`: every nn.Linear weight of a text encoder in float8_e4m3fn (unscaled, as musubi-tuner casts
+    its LLM), computed in the input's dtype by Fp8Linear; norms and embeddings keep theirs. Returns how many."""
+    count = 0
+    for linear in [m for m in model.modules() if isinstance(m, nn.Linear) and m.weight.dtype != FP8_DTYPE]:
+        q, _ = quantize_weight(linear.weight, scaled=False)
+        linear.weight = nn.Parameter(q, requires_grad=False)
+        make_fp8(linear, None)
+        count += 1
+    return count
+
+
 def load_tensor(
     value: torch.Tensor, scale: torch.Tensor | None, target: bool, scaled: bool, dtype: torch.dtype | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:

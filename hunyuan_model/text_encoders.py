@@ -7,6 +7,7 @@ with the attention mask; CLIP-L gives its pooled output. transformers is importe
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
+
+logger = logging.getLogger(__name__)
 
 # The original "dit-llm-encode-video" template.
 VIDEO_PROMPT_TEMPLATE = (
@@ -175,6 +178,7 @@ class HunyuanTextEncoders:
         device: torch.device | str = "cpu",
         llm_tokenizer: str | Path | None = None,
         clip_tokenizer: str | Path | None = None,
+        fp8_llm: bool = False,
     ) -> None:
         from transformers import AutoModel, CLIPTextModel
 
@@ -182,6 +186,10 @@ class HunyuanTextEncoders:
         clip_cfg = Path(clip_tokenizer) if clip_tokenizer else None
         self.device = torch.device(device)
         self.llm, llm_tok = _load_pretrained(AutoModel, Path(llm_path), llm_cfg, _LLM, dtype)
+        if fp8_llm:  # --fp8_llm: its Linear weights stored in float8, computed in `dtype`
+            from .fp8 import quantize_every_linear
+
+            logger.info("LLM: %d Linear weights in float8_e4m3fn", quantize_every_linear(self.llm))
         self.clip, clip_tok = _load_pretrained(CLIPTextModel, Path(clip_path), clip_cfg, _CLIP, dtype)
         self.llm.to(self.device).eval().requires_grad_(False)
         self.clip.to(self.device).eval().requires_grad_(False)

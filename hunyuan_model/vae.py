@@ -10,9 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from .checkpoint import read_state_dict
 from .errors import CheckpointError
@@ -90,6 +92,69 @@ def load_vae(
         kind = "missing" if result.missing_keys else "unexpected"
         raise CheckpointError(f"{path}: {len(names)} {kind} VAE keys, first {names[0]!r}")
     return vae.to(device).eval()
+
+
+class ChunkedConv3d(nn.Conv3d):
+    """An nn.Conv3d that, on inputs at least 1.5 chunks wide, computes its output in slices along the width
+    (musubi-tuner's --vae_chunk_size for CausalConv3d): each slice reads only the input columns it needs (its
+    own plus the kernel's overlap), so the peak activation memory is that of one slice and the result is the
+    same as one call. Set on the VAE's causal convs by `set_vae_chunk_size` (a `__class__` swap: same weights,
+    same keys)."""
+
+    chunk_size: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            isinstance(self.padding, str)
+            or self.padding_mode != "zeros"
+            or x.shape[-1] < self.chunk_size * 1.5
+        ):
+            return super().forward(x)
+        pad_w = self.padding[2]
+        if pad_w:  # the zero padding along the width made explicit, so that each slice is a plain window
+            x = F.pad(x, (pad_w, pad_w))
+        stride_w, reach = self.stride[2], self.dilation[2] * (self.kernel_size[2] - 1) + 1
+        out_width = (x.shape[-1] - reach) // stride_w + 1
+        per_slice = max(1, self.chunk_size // stride_w)  # output columns per slice
+        padding = (self.padding[0], self.padding[1], 0)
+        slices = []
+        for start in range(0, out_width, per_slice):
+            stop = min(start + per_slice, out_width)
+            window = x[..., start * stride_w : (stop - 1) * stride_w + reach]
+            slices.append(
+                F.conv3d(window, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
+            )
+        return torch.cat(slices, dim=-1)
+
+
+def set_vae_chunk_size(vae: nn.Module, chunk_size: int | None) -> int:
+    """`--vae_chunk_size N`: every causal conv of the VAE computes in width slices of about N columns (see
+    ChunkedConv3d); None leaves the VAE as it is. Returns how many convs were changed."""
+    from diffusers.models.autoencoders.autoencoder_kl_hunyuan_video import HunyuanVideoCausalConv3d
+
+    if chunk_size is None:
+        return 0
+    count = 0
+    for module in vae.modules():
+        if isinstance(module, HunyuanVideoCausalConv3d):
+            conv = module.conv
+            conv.__class__ = ChunkedConv3d
+            cast(ChunkedConv3d, conv).chunk_size = chunk_size
+            count += 1
+    return count
+
+
+def enable_vae_tiling(vae: AutoencoderKLHunyuanVideo, tile_size: int | None) -> None:
+    """Spatial tiles of `tile_size` pixels (a quarter overlapping, as musubi-tuner's VAE does); None: off.
+    diffusers tiles only frames larger than a tile."""
+    if tile_size is None:
+        return
+    vae.enable_tiling(  # type: ignore[attr-defined]  # diffusers resolves its classes lazily: untyped here
+        tile_sample_min_height=tile_size,
+        tile_sample_min_width=tile_size,
+        tile_sample_stride_height=tile_size * 3 // 4,
+        tile_sample_stride_width=tile_size * 3 // 4,
+    )
 
 
 def frames_to_vae_input(frames: torch.Tensor) -> torch.Tensor:

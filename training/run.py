@@ -292,19 +292,23 @@ def build_sampler(
 ) -> tuple[PreviewSampler, AutoencoderKLHunyuanVideo]:
     """Prompts are encoded once and the encoders freed; the VAE waits on the CPU."""
     from generation.previews import PreviewSampler
-    from hunyuan_model.vae import load_vae
+    from hunyuan_model.vae import enable_vae_tiling, load_vae, set_vae_chunk_size
 
     m = config.model
     _require(vae=m.vae, text_encoder1=m.text_encoder1, text_encoder2=m.text_encoder2)
     assert config.sampling.sample_prompts and m.vae and m.text_encoder1 and m.text_encoder2
-    te_dtype = torch.float16 if device.type == "cuda" else torch.float32
+    gpu_default = torch.float16 if device.type == "cuda" else torch.float32
     sampler = PreviewSampler.from_files(
         config.sampling.sample_prompts,
         m.text_encoder1,
         m.text_encoder2,
         output_name=config.saving.output_name,
         device=device,
-        dtype=te_dtype,
+        dtype=parse_dtype(m.text_encoder_dtype, default=gpu_default),
+        fp8_llm=m.fp8_llm,
     )
-    vae_dtype = parse_dtype(m.vae_dtype, default=torch.float16 if device.type == "cuda" else torch.float32)
-    return sampler, load_vae(m.vae, dtype=vae_dtype, device="cpu")
+    vae = load_vae(m.vae, dtype=parse_dtype(m.vae_dtype, default=gpu_default), device="cpu")
+    if m.vae_chunk_size:
+        set_vae_chunk_size(vae, m.vae_chunk_size)
+    enable_vae_tiling(vae, m.vae_tile_size)
+    return sampler, vae

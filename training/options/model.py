@@ -23,6 +23,41 @@ class ModelOptions:
     vae_dtype: str | None = option(None, "VAE dtype (unset: float16 on a GPU)", type=dtype_name)
     text_encoder1: str | None = option(None, "LLM text encoder (llava-llama-3), for sample prompts")
     text_encoder2: str | None = option(None, "CLIP-L text encoder, for sample prompts")
+    # The encoders and VAE of the sample previews (training/run.py build_sampler), as in musubi-tuner.
+    text_encoder_dtype: str | None = option(
+        None,
+        "text encoders' dtype, for sample prompts (unset: float16 on a GPU, float32 on a CPU)",
+        type=dtype_name,
+    )
+    fp8_llm: bool = option(
+        False,
+        "use fp8 for LLM: its Linear weights stored in float8_e4m3fn (about half the memory of float16), "
+        "computed in --text_encoder_dtype, for sample prompts",
+    )
+    vae_chunk_size: int | None = option(
+        None,
+        "chunk size for CausalConv3d in VAE: convs on inputs at least 1.5 chunks wide compute in width slices "
+        "of N columns (same previews, less memory; 0: off)",
+        type=non_negative_int,
+        metavar="N",
+    )
+    vae_tiling: bool = option(
+        False,
+        "enable spatial tiling for VAE (256-pixel tiles), for previews; automatically enabled when "
+        "--vae_spatial_tile_sample_min_size is given",
+    )
+    vae_spatial_tile_sample_min_size: int | None = option(
+        None,
+        "spatial tile sample min size for VAE, default 256 (giving it enables tiling)",
+        type=positive_int,
+    )
+
+    @property
+    def vae_tile_size(self) -> int | None:
+        """The previews' VAE tile in pixels, None for no tiling (musubi-tuner's rule)."""
+        from hunyuan_model.encoder_options import vae_tile_size
+
+        return vae_tile_size(self.vae_tiling, self.vae_spatial_tile_sample_min_size)
 
 
 @dataclass(frozen=True)
