@@ -164,10 +164,10 @@ def check_fits(lora: LoadedLoRA, shapes: Mapping[str, tuple[int, int]], dit: str
             raise LoRAFileError(
                 f"LoRA file {lora.path}: module {name} is not a Linear of the DiT {dit} (a LoRA for another model?)"
             )
-        want, have = shapes[name], (f.up.shape[0], f.down.shape[1])
+        want, have = shapes[name], f.shape
         if want != have:
             raise LoRAFileError(
-                f"LoRA file {lora.path}: {name} is {have[0]} x {have[1]} in the LoRA but {want[0]} x {want[1]} "
+                f"LoRA file {lora.path}: {name} is {have[0]} x {have[1]} in the {f.kind} but {want[0]} x {want[1]} "
                 f"in the DiT {dit} (a LoRA for a model of another size?)"
             )
 
