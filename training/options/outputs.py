@@ -41,8 +41,21 @@ class SavingOptions:
     save_state_on_train_end: bool = option(False, "save the full state at the end")
     resume: str | None = option(None, "continue from a saved state", type=resume_target, metavar="DIR|auto")
     save_precision: str | None = option(
-        None, "dtype of saved LoRA weights (unset: as trained)", choices=("float", "fp16", "bf16")
+        None,
+        "dtype of saved LoRA weights: float and fp32 are float32 (unset: float32, as trained)",
+        choices=("float", "fp32", "fp16", "bf16"),
     )
+    save_comfyui_layout: bool = option(
+        False,
+        "also save each LoRA in the `other` layout, which ComfyUI loads whole (MLP and modulation modules "
+        "too), as <name>.comfyui.safetensors beside it",
+    )
+
+    @property
+    def save_dtype(self) -> str | None:
+        """torch's name of the dtype --save_precision asks for (musubi-tuner's names); None: as trained."""
+        names = {"float": "float32", "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+        return names[self.save_precision] if self.save_precision else None
 
     @property
     def saves_final_state(self) -> bool:
