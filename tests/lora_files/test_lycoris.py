@@ -7,7 +7,7 @@ import pytest
 import torch
 from lora_file_testing import one_error_line
 from lycoris_files import linears, loha_update, lokr_update, save, write_loha, write_lokr
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import convert_lora
 import merge_lora
@@ -188,3 +188,70 @@ def test_lycoris_in_diffusers_names_is_refused(tmp_path, capsys):
     out = tmp_path / "out.safetensors"
     assert convert_lora.main(["--input", str(src), "--output", str(out), "--target", "default"]) == 2
     assert "LyCORIS module in diffusers' module names" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("algo", "dim", "kwargs"),
+    [
+        ("loha", 2, {}),
+        ("lokr", 2, {}),  # lokr_w1 full, lokr_w2_a @ lokr_w2_b
+        ("lokr", 8, {}),  # too large a rank for 64 = 8 x 8: both full, alpha ignored
+        ("lokr", 2, {"decompose_both": True, "factor": 8}),  # lokr_w1_a @ lokr_w1_b too
+    ],
+)
+def test_files_of_the_lycoris_package_merge_to_what_its_own_modules_compute(tmp_path, algo, dim, kwargs):
+    """A network of the LyCORIS package itself (`lycoris.kohya`, as musubi-tuner's --network_module
+    lycoris.kohya trains it) on the tiny DiT, saved, merged by us: each Linear gives what LyCORIS's forward gives."""
+    kohya = pytest.importorskip("lycoris.kohya", reason="the LyCORIS package (pip install lycoris-lora)")
+    from lora_testing import tiny_model
+
+    adapted = tiny_model()
+    network = kohya.create_network(
+        1.0, dim, 3.0, None, None, adapted, algo=algo, warn_on_unmatched=False, **kwargs
+    )
+    network.apply_to(None, adapted, apply_text_encoder=False, apply_unet=True)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in network.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    path = tmp_path / f"{algo}.safetensors"
+    # img_in.proj is a Conv3d, which LyCORIS adapts too: not a Linear (merge_lora.py names it in one line)
+    save_file({k: v.contiguous() for k, v in network.state_dict().items() if "img_in" not in k}, str(path))
+    lora = load_lora(path)
+    assert {f.kind for f in lora.weights.values()} == {"LoHa" if algo == "loha" else "LoKr"}
+    merged, base = tiny_model(), tiny_model()
+    merge_into(merged, [(lora, 1.0)])
+    for name in ("double_blocks.0.img_attn_qkv", "double_blocks.1.txt_mlp.fc1", "single_blocks.0.linear1"):
+        x = torch.randn(3, base.get_submodule(name).in_features, generator=g)
+        theirs, ours = adapted.get_submodule(name)(x), merged.get_submodule(name)(x)
+        assert not torch.allclose(theirs, base.get_submodule(name)(x))
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_generation_applies_loha_and_lokr_on_the_fly_as_merged(tmp_path):
+    """hv_generate_video.py with a LoHa and a LoKr file: on the fly gives the merged result, and not the base."""
+    import hv_generate_video
+    from hunyuan_model.tiny import write_tiny_dit
+    from hunyuan_model.tiny_encoders import write_tiny_clip, write_tiny_llm, write_tiny_vae
+
+    dit = write_tiny_dit(tmp_path / "dit")
+    vae, te1, te2 = (
+        write_tiny_vae(tmp_path / "vae"),
+        write_tiny_llm(tmp_path / "te1"),
+        write_tiny_clip(tmp_path / "te2"),
+    )
+    loha, lokr = tmp_path / "loha.safetensors", tmp_path / "lokr.safetensors"
+    write_loha(loha, dit, alpha=0.5)
+    write_lokr(lokr, dit, alpha=0.5)
+    common = [
+        *("--dit", str(dit), "--vae", str(vae), "--text_encoder1", str(te1), "--text_encoder2", str(te2)),
+        *("--prompt", "a red ball", "--video_size", "32", "32", "--video_length", "1", "--infer_steps", "2"),
+        *("--seed", "3", "--output_type", "latent", "--save_path", str(tmp_path / "out")),
+    ]
+    loras = ["--lora_weight", str(loha), str(lokr), "--lora_multiplier", "0.5", "0.3"]
+    runs = {"fly": loras, "merged": [*loras, "--lora_merge"], "base": []}
+    for name, extra in runs.items():
+        assert hv_generate_video.main([*common, *extra, "--output_name", name]) == 0
+    latent = {name: load_file(tmp_path / "out" / f"{name}_latent.safetensors")["latent"] for name in runs}
+    torch.testing.assert_close(latent["fly"], latent["merged"], rtol=1e-3, atol=1e-4)
+    assert not torch.allclose(latent["fly"], latent["base"], atol=1e-3)

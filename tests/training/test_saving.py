@@ -14,8 +14,9 @@ from lora_testing import tiny_model
 from safetensors import safe_open
 
 import hv_train_network
+from hv_common.devices import parse_dtype
 from lora_files.io import load_lora
-from training.options.outputs import SavingOptions
+from training.options.outputs import SAVE_PRECISIONS, SavingOptions
 from training.saving import comfyui_path, save_lora_files
 
 
@@ -76,10 +77,18 @@ def test_save_precision_fp32_writes_float32(run_dir):
 
 
 @pytest.mark.parametrize(
-    ("given", "torch_name"), [(None, None), ("float", "float32"), ("fp32", "float32"), ("bf16", "bfloat16")]
+    ("given", "dtype"),
+    [
+        (None, None),
+        ("float", torch.float32),
+        ("fp32", torch.float32),
+        ("fp16", torch.float16),
+        ("bf16", torch.bfloat16),
+    ],
 )
-def test_save_precision_names_musubi_tuners_dtypes(given, torch_name):
-    assert SavingOptions(save_precision=given).save_dtype == torch_name
+def test_save_precision_takes_musubi_tuners_names(given, dtype):
+    assert SAVE_PRECISIONS == ("float", "fp32", "fp16", "bf16")
+    assert parse_dtype(SavingOptions(save_precision=given).save_dtype, None) == dtype
 
 
 def test_bf16_applies_to_both_files_with_alpha_folded_first(tmp_path):

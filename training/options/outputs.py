@@ -8,8 +8,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hv_common.dtypes import TABLE
 from hv_common.option_types import positive_int
 from hv_common.options import option
+
+# musubi-tuner's --save_precision values: float (float32) and the short names fp32, fp16, bf16
+SAVE_PRECISIONS = ("float", *(d.options[-1] for d in TABLE if d.options))
 
 
 def resume_target(text: str) -> str:
@@ -43,7 +47,7 @@ class SavingOptions:
     save_precision: str | None = option(
         None,
         "dtype of saved LoRA weights: float and fp32 are float32 (unset: float32, as trained)",
-        choices=("float", "fp32", "fp16", "bf16"),
+        choices=SAVE_PRECISIONS,
     )
     save_comfyui_layout: bool = option(
         False,
@@ -53,9 +57,8 @@ class SavingOptions:
 
     @property
     def save_dtype(self) -> str | None:
-        """torch's name of the dtype --save_precision asks for (musubi-tuner's names); None: as trained."""
-        names = {"float": "float32", "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-        return names[self.save_precision] if self.save_precision else None
+        """The dtype --save_precision asks for, as a name parse_dtype takes; None: as trained (float32)."""
+        return "float32" if self.save_precision == "float" else self.save_precision
 
     @property
     def saves_final_state(self) -> bool:
