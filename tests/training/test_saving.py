@@ -133,3 +133,12 @@ def test_comfyui_maps_the_other_layout_whole_but_drops_mlp_and_modulation_of_the
     assert dropped and all(re.search(r"mlp|mod", m) for m in dropped)
     assert {m for m in modules if re.search(r"_mlp\.|_mod\.|modulation\.", m)} == dropped
     assert all(f"diffusion_model.{m}" in comfy for m in modules)
+
+
+def test_the_run_report_names_the_comfyui_copies(run_dir):
+    from run_report.data import written_files
+
+    kinds = {path.name: kind for path, kind, _ in written_files(run_dir, "tiny", None)}
+    assert kinds["tiny.safetensors"] == "LoRA (final)"
+    assert kinds["tiny.comfyui.safetensors"] == kinds["tiny-step00000002.comfyui.safetensors"]
+    assert "ComfyUI" in kinds["tiny.comfyui.safetensors"]
