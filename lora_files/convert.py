@@ -6,6 +6,8 @@
 
 The input may be in any of these layouts, or diffusion-pipe's transformer.<module>.lora_A/B.weight.
 The weight update (B @ A x alpha / rank) is kept; the A/B layouts have no alpha, so it is folded in.
+LoHa / LoKr (LyCORIS) modules keep their keys (hada_w1_a, lokr_w1, ..., alpha) under the default and `other`
+prefixes, where ComfyUI reads them; diffusers' layout cannot hold them (one-line error).
 """
 
 from __future__ import annotations
@@ -25,6 +27,15 @@ from lora_files.layouts import PEFT_METADATA_KEY, WRITERS
 logger = logging.getLogger(__name__)
 
 
+def key_prefix(text: str) -> str:
+    """A key prefix such as diffusion_model or transformer: not empty, without a leading or trailing dot."""
+    if not text or text.startswith(".") or text.endswith(".") or any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError(
+            f"expected a key prefix such as diffusion_model (no spaces, no leading or trailing dot), got {text!r}"
+        )
+    return text
+
+
 @dataclass(frozen=True, kw_only=True)
 class ConvertOptions:
     """convert_lora.py's options"""
@@ -32,11 +43,24 @@ class ConvertOptions:
     input: str = option(help="LoRA file (safetensors), any supported layout", required=True)
     output: str = option(help="where to write the converted LoRA (safetensors)", required=True)
     target: str = option(help="the layout to write", choices=tuple(WRITERS), required=True)
+    diffusers_prefix: str | None = option(
+        None,
+        "the prefix of the written keys for --target other (default diffusion_model) or diffusers (default "
+        "transformer)",
+        type=key_prefix,
+    )
     dit: str | None = option(
         None,
         "optional: the DiT the LoRA is for; checks that the LoRA fits it, and gives the MLP width when a "
         "diffusers file has LoRAs on attn.to_q/k/v but not on proj_mlp",
     )
+
+    def __post_init__(self) -> None:
+        if self.diffusers_prefix is not None and self.target == "default":
+            raise UserError(
+                "--diffusers_prefix names the prefix of --target other / diffusers keys; --target default "
+                "writes lora_unet_ keys, which have none"
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +90,7 @@ def run(options: ConvertOptions) -> int:
     lora = load_lora(options.input, widths)
     if shapes is not None and options.dit is not None:
         check_fits(lora, shapes, options.dit)
-    tensors = WRITERS[options.target](lora.weights)
+    tensors = WRITERS[options.target](lora.weights, options.diffusers_prefix)
     # Training metadata (ss_*) travels along; diffusers' saved LoraConfig does not: its alpha is folded now.
     metadata = {k: v for k, v in lora.metadata.items() if k != PEFT_METADATA_KEY}
     save_lora_file(options.output, tensors, metadata)

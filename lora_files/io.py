@@ -164,22 +164,24 @@ def check_fits(lora: LoadedLoRA, shapes: Mapping[str, tuple[int, int]], dit: str
             raise LoRAFileError(
                 f"LoRA file {lora.path}: module {name} is not a Linear of the DiT {dit} (a LoRA for another model?)"
             )
-        want, have = shapes[name], (f.up.shape[0], f.down.shape[1])
+        want, have = shapes[name], f.shape
         if want != have:
             raise LoRAFileError(
-                f"LoRA file {lora.path}: {name} is {have[0]} x {have[1]} in the LoRA but {want[0]} x {want[1]} "
+                f"LoRA file {lora.path}: {name} is {have[0]} x {have[1]} in the {f.kind} but {want[0]} x {want[1]} "
                 f"in the DiT {dit} (a LoRA for a model of another size?)"
             )
 
 
-def multipliers(files: Sequence[str], given: Sequence[float] | None) -> list[float]:
-    if given is None:
-        return [1.0] * len(files)
-    if len(given) != len(files):
+def multipliers(files: Sequence[str], given: Sequence[float] | None, fill: bool = False) -> list[float]:
+    """One multiplier per file: 1.0 each unless given. fill: fewer values than files is musubi-tuner's meaning
+    (the files without one get 1.0); else one per file is required. More values than files is an error
+    either way (the extra ones would do nothing)."""
+    given = list(given or ())
+    if len(given) > len(files) or (given and not fill and len(given) != len(files)):
         raise UserError(
             f"--lora_multiplier: {len(given)} values for {len(files)} --lora_weight files; give one per file"
         )
-    return list(given)
+    return given + [1.0] * (len(files) - len(given))
 
 
 def load_checked(

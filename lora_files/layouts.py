@@ -7,9 +7,11 @@
 |             | `transformer.<our path>.lora_A.weight / ...` (read only)        | diffusion-pipe                |
 | `diffusers` | `transformer.<diffusers path>.lora_A.weight / .lora_B.weight`   | diffusers / PEFT              |
 
-The common form maps our module names (`double_blocks.0.img_attn_qkv`) to `Factors`; the weight update is
-`up @ down * alpha / rank`. Module names are resolved with the one table in `hunyuan_model.diffusers_layout`,
-and every width comes from the tensors.
+The common form maps our module names (`double_blocks.0.img_attn_qkv`) to `Factors`, whose weight update is
+`up @ down * alpha / rank`, or to a LyCORIS `LoHa` / `LoKr` (lora_files/lycoris.py: `hada_w1_a`, `lokr_w1`, ...
+after the same prefixes as LoRA's keys in the default and `other` layouts; diffusers' layout has none).
+Module names are resolved with the one table in `hunyuan_model.diffusers_layout`, and every width comes from
+the tensors.
 """
 
 from __future__ import annotations
@@ -25,17 +27,22 @@ import torch
 
 from hunyuan_model.diffusers_layout import ModuleMap, module_maps
 from lora_files.errors import LoRAFileError
+from lora_files.lycoris import ROLES as LYCORIS_ROLES
+from lora_files.lycoris import LoHa, LoKr, is_lycoris, read_module
 from networks.lora import lora_name_for
 from networks.network_args import NetworkArgsError, has_nested_repeat
 from networks.pattern_guard import match_sets
 
 LAYOUTS = ("default", "other", "diffusers")
+_LYCORIS = "|".join(re.escape(role) for role in LYCORIS_ROLES)
 _DEFAULT_KEY = re.compile(
-    r"(?P<name>lora_unet_[A-Za-z0-9_]+)\.(?P<role>lora_down\.weight|lora_up\.weight|alpha)"
+    rf"(?P<name>lora_unet_[A-Za-z0-9_]+)\.(?P<role>lora_down\.weight|lora_up\.weight|alpha|{_LYCORIS})"
 )
 _AB_KEY = re.compile(
-    r"(?:diffusion_model\.|transformer\.)?(?P<name>.+)\.(?P<role>lora_A\.weight|lora_B\.weight|alpha)"
+    rf"(?:diffusion_model\.|transformer\.)?(?P<name>.+)\.(?P<role>lora_A\.weight|lora_B\.weight|alpha|{_LYCORIS})"
 )
+OTHER_PREFIX = "diffusion_model"  # the `other` layout's key prefix (convert_lora.py --diffusers_prefix)
+DIFFUSERS_PREFIX = "transformer"  # the `diffusers` layout's
 _MAX_BLOCKS = 512  # a stray key with a huge number must not build a huge table
 PEFT_METADATA_KEY = "lora_adapter_metadata"  # diffusers stores the LoraConfig (alpha!) here
 EXPECTED = (
@@ -57,6 +64,13 @@ class Factors:
     def rank(self) -> int:
         return self.down.shape[0]
 
+    kind = "LoRA"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(out, in) of the Linear it adapts."""
+        return self.up.shape[0], self.down.shape[1]
+
     @property
     def scale(self) -> float:
         return self.alpha / self.rank
@@ -68,7 +82,8 @@ class Factors:
         return (up @ down).mul_(multiplier * self.scale)
 
 
-LoRAWeights = dict[str, Factors]
+ModuleWeights = Factors | LoHa | LoKr  # what one module of a file holds; each has .delta() and .shape
+LoRAWeights = dict[str, ModuleWeights]
 
 
 # ---------------------------------------------------------------- module tables
@@ -138,7 +153,7 @@ def _grouped(
         module = lookup.get(m["name"]) if m else None
         if m is None or module is None:
             raise _first_key_error(source, key, layout)
-        out.setdefault(module, {})[roles[m["role"]]] = sd[key]
+        out.setdefault(module, {})[roles.get(m["role"], m["role"])] = sd[key]
     return out
 
 
@@ -159,15 +174,19 @@ def _factors(
     return Factors(down, up, alpha or float(down.shape[0]))
 
 
+def _module(name: str, parts: Mapping[str, torch.Tensor], source: str) -> ModuleWeights:
+    return read_module(name, parts, source) if is_lycoris(parts) else _factors(name, parts, source)
+
+
 def _read_default(sd, maps, source) -> LoRAWeights:
     lookup = {lora_name_for(m.ours): m.ours for m in maps}
     groups = _grouped(sd, _DEFAULT_KEY, lookup, "default", source)
-    return {name: _factors(name, parts, source) for name, parts in groups.items()}
+    return {name: _module(name, parts, source) for name, parts in groups.items()}
 
 
 def _read_other(sd, maps, source) -> LoRAWeights:
     groups = _grouped(sd, _AB_KEY, {m.ours: m.ours for m in maps}, "other", source)
-    return {name: _factors(name, parts, source) for name, parts in groups.items()}
+    return {name: _module(name, parts, source) for name, parts in groups.items()}
 
 
 def _peft_alpha(metadata: Mapping[str, str] | None, module: str, rank: int, source: str) -> float | None:
@@ -217,6 +236,12 @@ def _peft_matches(pattern: str, module: str, source: str) -> bool:
 
 def _read_diffusers(sd, maps, source, metadata, widths) -> LoRAWeights:
     groups = _grouped(sd, _AB_KEY, _theirs(maps), "diffusers", source)
+    for (m, i), parts in groups.items():
+        if is_lycoris(parts):
+            raise LoRAFileError(
+                f"{source}: {m.theirs[i]} is a LyCORIS module in diffusers' module names; its parts cannot be "
+                f"fused into our {m.ours} (LoHa / LoKr are read in the default and `other` layouts)"
+            )
     by_module: dict[ModuleMap, dict[int, Factors]] = {}
     for (m, i), parts in groups.items():
         rank = parts["down"].shape[0] if "down" in parts else 1
@@ -299,14 +324,28 @@ def read_layout(
 # ---------------------------------------------------------------- writing
 
 
-def to_default(weights: LoRAWeights) -> dict[str, torch.Tensor]:
+def to_default(weights: LoRAWeights, prefix: str | None = None) -> dict[str, torch.Tensor]:
+    """Our layout (musubi-tuner's): `lora_unet_<module, . -> _>.<key>`; `prefix` does not apply to it."""
     out = {}
     for name, f in weights.items():
-        prefix = lora_name_for(name)
-        out[f"{prefix}.lora_down.weight"] = f.down
-        out[f"{prefix}.lora_up.weight"] = f.up
-        out[f"{prefix}.alpha"] = torch.tensor(f.alpha, dtype=torch.float32)
+        for key, tensor in _keys(f, fold=False).items():
+            out[f"{lora_name_for(name)}.{key}"] = tensor
     return out
+
+
+def _keys(f: ModuleWeights, fold: bool) -> dict[str, torch.Tensor]:
+    """One module's keys after its prefix. A LoRA as lora_down/lora_up + alpha, or (fold) as lora_A/lora_B with
+    alpha / rank folded in; a LyCORIS module as it was read, alpha included (ComfyUI reads it there)."""
+    if not isinstance(f, Factors):
+        return f.tensors()
+    if not fold:
+        return {
+            "lora_down.weight": f.down,
+            "lora_up.weight": f.up,
+            "alpha": torch.tensor(f.alpha, dtype=torch.float32),
+        }
+    down, up = _folded(f)
+    return {"lora_A.weight": down, "lora_B.weight": up}
 
 
 def _folded(f: Factors) -> tuple[torch.Tensor, torch.Tensor]:
@@ -316,20 +355,27 @@ def _folded(f: Factors) -> tuple[torch.Tensor, torch.Tensor]:
     return (f.down.float() * root).to(f.down.dtype), (f.up.float() * root).to(f.up.dtype)
 
 
-def to_other(weights: LoRAWeights) -> dict[str, torch.Tensor]:
+def to_other(weights: LoRAWeights, prefix: str | None = None) -> dict[str, torch.Tensor]:
+    """`<prefix>.<module>.<key>` (prefix: diffusion_model unless given), the layout ComfyUI loads whole."""
     out = {}
     for name, f in weights.items():
-        down, up = _folded(f)
-        out[f"diffusion_model.{name}.lora_A.weight"] = down
-        out[f"diffusion_model.{name}.lora_B.weight"] = up
+        for key, tensor in _keys(f, fold=True).items():
+            out[f"{prefix or OTHER_PREFIX}.{name}.{key}"] = tensor
     return out
 
 
-def to_diffusers(weights: LoRAWeights) -> dict[str, torch.Tensor]:
-    """diffusers' names; a fused Linear becomes one LoRA per part sharing A (the same update, same rank)."""
+def to_diffusers(weights: LoRAWeights, prefix: str | None = None) -> dict[str, torch.Tensor]:
+    """diffusers' names; a fused Linear becomes one LoRA per part sharing A (the same update, same rank).
+    prefix: transformer unless given (diffusers' load_lora_adapter(prefix=...))."""
     by_ours = {m.ours: m for m in _maps(weights)}
     out = {}
     for name, f in weights.items():
+        if not isinstance(f, Factors):
+            raise LoRAFileError(
+                f"{name} is a {f.kind} module: diffusers' layout (PEFT's LoRA) cannot express it, and its "
+                "q, k, v parts cannot be split from one Kronecker or Hadamard product; use --target other "
+                "(ComfyUI) or default"
+            )
         m = by_ours[name]
         down, up = _folded(f)
         if m.swap_halves:
@@ -341,8 +387,9 @@ def to_diffusers(weights: LoRAWeights) -> dict[str, torch.Tensor]:
                 f"{name}: output width {up.shape[0]} cannot be split into {', '.join(m.theirs)}"
             )
         for part, b in zip(m.theirs, up.split(sizes), strict=True):
-            out[f"transformer.{part}.lora_A.weight"] = down.clone()  # safetensors refuses shared storage
-            out[f"transformer.{part}.lora_B.weight"] = b.contiguous()
+            # safetensors refuses shared storage
+            out[f"{prefix or DIFFUSERS_PREFIX}.{part}.lora_A.weight"] = down.clone()
+            out[f"{prefix or DIFFUSERS_PREFIX}.{part}.lora_B.weight"] = b.contiguous()
     return out
 
 

@@ -20,7 +20,7 @@ from hunyuan_model.fp8 import DENSE_DTYPE, FLOAT8_DTYPES, dense_dtype, dequantiz
 from hv_common.cli import OneLineArgumentParser
 from hv_common.devices import parse_dtype, pick_device
 from hv_common.errors import UserError
-from hv_common.option_types import number
+from hv_common.option_types import number, positive_int
 from hv_common.options import add_options, option, options_from
 from hv_common.safetensors_stream import write_safetensors_streaming
 from lora_files.apply import by_module, merged_weight
@@ -34,15 +34,22 @@ class MergeOptions:
     """merge_lora.py's options"""
 
     dit: str = option(help="the base DiT: any layout --dit accepts elsewhere", required=True)
+    dit_in_channels: int | None = option(
+        None,
+        "the DiT's input channels (16; SkyReels I2V: 32); unset: read from the DiT, given: checked against it",
+        type=positive_int,
+    )
     lora_weight: tuple[str, ...] = option(
-        help="LoRA files (any layout convert_lora.py reads)", nargs="+", required=True
+        (), "LoRA files (any layout convert_lora.py reads, LoHa / LoKr too); none: the DiT is rewritten as is"
     )
     lora_multiplier: tuple[float, ...] | None = option(
-        None, "one per LoRA file (default 1.0 each)", nargs="+", type=number
+        None, "one per LoRA file, in order; files without one get 1.0", nargs="+", type=number
     )
     save_merged_model: str = option(help="output safetensors file (original layout)", required=True)
     save_dtype: str | None = option(None, "float32 | float16 | bfloat16 (default: the DiT's dtypes)")
-    device: str = option("cpu", "where the merge arithmetic runs: cpu, cuda, cuda:N")
+    device: str | None = option(
+        None, "where the merge arithmetic runs: cpu, cuda, cuda:N (default: cuda if any)"
+    )
 
     def __post_init__(self) -> None:
         out, dit = Path(self.save_merged_model), Path(self.dit)
@@ -54,7 +61,7 @@ class MergeOptions:
 
     def multipliers(self) -> list[float]:
         """One multiplier per LoRA file (1.0 each unless given)."""
-        return multipliers(self.lora_weight, self.lora_multiplier)
+        return multipliers(self.lora_weight, self.lora_multiplier, fill=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +88,11 @@ def run(options: MergeOptions) -> int:
         meta, scaled = _without_fp8_scales(dit.meta_state_dict())
         stated = read_rope_split(dit_path)
         config = config_from_state_dict(meta, dit_path, stated)
+        if options.dit_in_channels is not None and options.dit_in_channels != config.in_channels:
+            raise UserError(
+                f"--dit_in_channels {options.dit_in_channels}: the DiT {dit_path} has {config.in_channels} input "
+                "channels (img_in's weights); leave the option out to use the DiT's"
+            )
         check_keys(build_dit(config, device="meta"), meta, dit_path)
         updates = by_module(load_checked(options.lora_weight, mults, linear_shapes(meta), dit_path))
 

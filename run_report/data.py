@@ -165,6 +165,8 @@ def written_files(output_dir: Path, output_name: str, logging_dir: str | None) -
 def _kind(path: Path, output_name: str) -> str:
     if path.is_dir():
         return "training state (--resume)" if path.name.endswith(STATE_SUFFIX) else "folder"
+    if path.name.endswith(".comfyui.safetensors"):  # training/saving.py's COMFYUI_SUFFIX
+        return "LoRA, ComfyUI's layout (--save_comfyui_layout)"
     if path.suffix == ".safetensors":
         return "LoRA (final)" if path.name == lora_file_name(output_name) else "LoRA (intermediate)"
     return {".png": "plot", ".html": "this report"}.get(path.suffix, "file")

@@ -6,15 +6,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-
 from hv_common.devices import parse_dtype
 from hv_common.labels import label_for, lora_file_name, state_folder_name
-from lora_files.io import save_network
 from training.options import Schedule, Unit
 from training.resume.fit import run_record
 from training.run import Run
-from training.saving import Progress, prune, save_state
+from training.saving import Progress, prune, save_lora_files, save_state
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +27,12 @@ def _metadata(run: Run, progress: Progress) -> dict[str, str]:
 def save_lora(run: Run, progress: Progress, name: str) -> Path:
     path = run.output_dir / name
     if run.accelerator.is_main_process:
-        precision = run.config.saving.save_precision
-        dtype = parse_dtype(precision, default=torch.float32) if precision else None
-        save_network(run.network, str(path), dtype=dtype, metadata=_metadata(run, progress))
-        logger.info("saved %s", path)
+        saving = run.config.saving
+        dtype = parse_dtype(saving.save_dtype, default=None)
+        for written in save_lora_files(
+            run.network, path, dtype, _metadata(run, progress), saving.save_comfyui_layout
+        ):
+            logger.info("saved %s", written)
     return path
 
 

@@ -1,4 +1,5 @@
-"""What a run writes: LoRA files on schedule (with pruning) and full training states for an exact resume.
+"""What a run writes: LoRA files on schedule (with pruning; with --save_comfyui_layout each also in the `other`
+layout ComfyUI loads whole) and full training states for an exact resume.
 
 A state is a folder: the LoRA weights (safetensors) and one torch file of plain containers (optimizer and
 scheduler state, counters, RNG states, and a record of the run that wrote it) read back with weights_only=True.
@@ -18,12 +19,14 @@ import torch
 
 from hv_common.atomic import atomic_dir
 from hv_common.errors import UserError
-from hv_common.labels import saved_pattern, state_folder_pattern
-from lora_files.io import save_network
+from hv_common.labels import LORA_SUFFIX, saved_pattern, state_folder_pattern
+from lora_files.io import save_lora_file, save_network
+from lora_files.layouts import read_layout, to_other
 
 STATE_FILE = "train_state.pt"
 STATE_LORA = "lora.safetensors"
 RECORD_KEY = "run"  # the run's record (state_fit.run_record); states written before it lack the key
+COMFYUI_SUFFIX = ".comfyui.safetensors"  # --save_comfyui_layout's copy of <name>.safetensors
 
 
 class DamagedState(UserError):
@@ -47,6 +50,30 @@ def prune(output_dir: Path, output_name: str, kind: str, keep: int | None, state
     found = sorted((int(m.group(1)), p) for p in output_dir.iterdir() if (m := pattern.match(p.name)))
     for _, path in found[:-keep]:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if not state:
+            comfyui_path(path).unlink(missing_ok=True)
+
+
+def comfyui_path(path: Path) -> Path:
+    """Where --save_comfyui_layout writes the `other`-layout copy of the LoRA file `path`."""
+    return path.with_name(path.name.removesuffix(LORA_SUFFIX) + COMFYUI_SUFFIX)
+
+
+def save_lora_files(
+    network, path: Path, dtype: torch.dtype | None, metadata: dict[str, str], comfyui: bool
+) -> list[Path]:
+    """The LoRA file (`dtype`: None keeps the network's), and with `comfyui` its copy in the `other` layout
+    (diffusion_model.<module>.lora_A/B.weight, alpha folded in fp32 before the cast; LoHa / LoKr keys as they
+    are). Every module is kept: ComfyUI maps these names to all of the DiT's Linears, where it maps the
+    default layout's lora_unet_ names only in part (docs/interop.md). Returns the files written."""
+    save_network(network, path, dtype=dtype, metadata=metadata)
+    if not comfyui:
+        return [path]
+    state = {k: v.detach().float() for k, v in network.state_dict().items()}
+    weights, _ = read_layout(state, source=f"the network saved as {path}")
+    tensors = {k: v.to(dtype) if dtype is not None else v for k, v in to_other(weights).items()}
+    save_lora_file(comfyui_path(path), tensors, metadata)
+    return [path, comfyui_path(path)]
 
 
 def _rng_state() -> dict:

@@ -24,7 +24,7 @@ REQUIRED = {
     cache_text_encoder_outputs: "--dataset_config, --text_encoder1, --text_encoder2",
     hv_generate_video: "--dit, --text_encoder1, --text_encoder2, --prompt, --save_path",
     convert_lora: "--input, --output, --target",
-    merge_lora: "--dit, --lora_weight, --save_merged_model",
+    merge_lora: "--dit, --save_merged_model",  # --lora_weight optional, as in musubi-tuner
 }
 
 

@@ -16,6 +16,7 @@ from hunyuan_model.checkpoint import load_dit, read_state_dict, to_original_layo
 from hunyuan_model.diffusers_layout import original_to_diffusers
 from hunyuan_model.lazy_checkpoint import LazyDiT
 from lora_files.io import save_network
+from lora_files.merge import parse_options
 
 
 def test_merging_two_loras_sums_their_updates_and_keeps_other_tensors(tiny_files, tmp_path):
@@ -146,3 +147,38 @@ def test_merge_rejects_bad_arguments(tiny_files, tmp_path, capsys):
     )
     assert "not a HunyuanVideo DiT" in _one_error_line(capsys)
     assert not out.exists()
+
+
+def test_musubi_tuners_merge_options_keep_their_meaning(tiny_dit, tmp_path, capsys):
+    from lycoris_files import loha_update, lokr_update, write_loha, write_lokr
+
+    loha, lokr, out = tmp_path / "loha.safetensors", tmp_path / "lokr.safetensors", tmp_path / "m.safetensors"
+    updates = {m: 0.5 * loha_update(k) for m, k in write_loha(loha, tiny_dit).items()}
+    for m, keys in write_lokr(lokr, tiny_dit).items():
+        updates[m] = updates[m] + lokr_update(keys)  # no multiplier of its own: 1.0, as in musubi-tuner
+    base = ["--dit", str(tiny_dit), "--save_merged_model", str(out)]
+    argv = [
+        *base,
+        "--lora_weight",
+        str(loha),
+        str(lokr),
+        "--lora_multiplier",
+        "0.5",
+        "--dit_in_channels",
+        "16",
+    ]
+    assert merge_lora.main(argv) == 0
+    merged, dit = load_file(out), load_file(tiny_dit)
+    for key, value in dit.items():
+        want = (
+            value + updates[key.removesuffix(".weight")] if key.removesuffix(".weight") in updates else value
+        )
+        torch.testing.assert_close(merged[key], want, rtol=1e-5, atol=1e-5)
+    # no --lora_weight: the DiT rewritten as it is
+    assert merge_lora.main(base) == 0
+    assert all(torch.equal(load_file(out)[k], v) for k, v in dit.items())
+    # --dit_in_channels is checked against the DiT's img_in
+    assert merge_lora.main([*base, "--dit_in_channels", "32"]) == 2
+    line = _one_error_line(capsys)
+    assert "--dit_in_channels 32: the DiT" in line and "16 input channels" in line
+    assert parse_options(base).device is None  # musubi-tuner's default: cuda when there is one

@@ -8,8 +8,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hv_common.dtypes import TABLE
 from hv_common.option_types import positive_int
 from hv_common.options import option
+
+# musubi-tuner's --save_precision values: float (float32) and the short names fp32, fp16, bf16
+SAVE_PRECISIONS = ("float", *(d.options[-1] for d in TABLE if d.options))
 
 
 def resume_target(text: str) -> str:
@@ -53,8 +57,20 @@ class SavingOptions:
     save_state_on_train_end: bool = option(False, "save the full state at the end")
     resume: str | None = option(None, "continue from a saved state", type=resume_target, metavar="DIR|auto")
     save_precision: str | None = option(
-        None, "dtype of saved LoRA weights (unset: as trained)", choices=("float", "fp16", "bf16")
+        None,
+        "dtype of saved LoRA weights: float and fp32 are float32 (unset: float32, as trained)",
+        choices=SAVE_PRECISIONS,
     )
+    save_comfyui_layout: bool = option(
+        False,
+        "also save each LoRA in the `other` layout, which ComfyUI loads whole (MLP and modulation modules "
+        "too), as <name>.comfyui.safetensors beside it",
+    )
+
+    @property
+    def save_dtype(self) -> str | None:
+        """The dtype --save_precision asks for, as a name parse_dtype takes; None: as trained (float32)."""
+        return "float32" if self.save_precision == "float" else self.save_precision
 
     @property
     def saves_final_state(self) -> bool:
