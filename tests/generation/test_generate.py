@@ -82,7 +82,7 @@ def test_generation_writes_an_mp4_and_is_deterministic_per_seed(models, tmp_path
         assert hv_generate_video.main(_argv(models, tmp_path, "--output_name", name, *extra)) == 0
     frames = read_frames(tmp_path / "a.mp4")
     assert frames.shape == (5, 32, 48, 3)
-    assert _latent(tmp_path, "a").shape == (1, 16, 2, 4, 6)
+    assert _latent(tmp_path, "a").shape == (16, 2, 4, 6)  # musubi-tuner's: one video, no batch axis
     assert torch.equal(_latent(tmp_path, "a"), _latent(tmp_path, "a_again"))
     assert (frames == read_frames(tmp_path / "a_again.mp4")).all()
     assert (_latent(tmp_path, "a") - _latent(tmp_path, "merged")).abs().max() <= 1e-4
