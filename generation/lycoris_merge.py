@@ -57,7 +57,8 @@ def load_lycoris_files(
 
 @torch.no_grad()
 def merge_lycoris(model: nn.Module, files: Sequence[LycorisFile], device: torch.device) -> None:
-    """Fold each file into the model's weights with LyCORIS's kohya entry point, as musubi-tuner does."""
+    """Fold each file into the model's weights with LyCORIS's kohya entry point, as musubi-tuner does (but with
+    the multiplier applied)."""
     from lycoris.kohya import create_network_from_weights
 
     for file in files:
@@ -72,5 +73,8 @@ def merge_lycoris(model: nn.Module, files: Sequence[LycorisFile], device: torch.
             weights_sd=file.tensors,
             for_inference=True,
         )
-        network.merge_to(None, model, file.tensors, dtype=None, device=device)
-        logger.info("%s: merged with LyCORIS", file.path)
+        # Each module merged at the file's multiplier: LyCORIS's network.merge_to merges at 1.0 whatever the
+        # multiplier it was built with, so musubi-tuner's --lora_multiplier does nothing with --lycoris.
+        for module in network.unet_loras:
+            module.to(device).merge_to(file.multiplier)
+        logger.info("%s: merged with LyCORIS at multiplier %g", file.path, file.multiplier)

@@ -7,61 +7,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from generate_testing import generate_argv, write_models
 from safetensors.torch import load_file, save_file
 
 import hv_generate_video
 from hv_common.video_io import read_frames
-from lora_files.io import save_network
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    from lora_testing import tiny_network
-
-    from hunyuan_model.checkpoint import load_dit
-    from hunyuan_model.tiny import write_tiny_dit
-    from hunyuan_model.tiny_encoders import write_tiny_clip, write_tiny_llm, write_tiny_vae
-
-    root = tmp_path_factory.mktemp("generate")
-    paths = {
-        "dit": write_tiny_dit(root),
-        "vae": write_tiny_vae(root / "vae"),
-        "te1": write_tiny_llm(root / "text_encoder"),
-        "te2": write_tiny_clip(root / "text_encoder_2"),
-    }
-    network = tiny_network(load_dit(paths["dit"]), dim=4, alpha=2.0)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for lora in network.loras:
-            lora.lora_up.weight.copy_(torch.randn(lora.lora_up.weight.shape, generator=g) * 0.2)
-    paths["lora"] = root / "lora.safetensors"
-    save_network(network, str(paths["lora"]))
-    return paths
+    return write_models(tmp_path_factory.mktemp("generate"))
 
 
-def _argv(models: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return [
-        "--dit",
-        str(models["dit"]),
-        "--vae",
-        str(models["vae"]),
-        "--text_encoder1",
-        str(models["te1"]),
-        "--text_encoder2",
-        str(models["te2"]),
-        "--prompt",
-        "a red ball rolls across a blue floor",
-        "--video_size",
-        "32",
-        "48",
-        "--video_length",
-        "5",
-        "--infer_steps",
-        "3",
-        "--save_path",
-        str(out),
-        *extra,
-    ]
+_argv = generate_argv
 
 
 def _latent(out: Path, name: str) -> torch.Tensor:
