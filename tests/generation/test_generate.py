@@ -114,3 +114,27 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(models, tmp_path, capsy
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and expected in lines[0] and "Traceback" not in err, err
     assert not out.exists()
+
+
+def test_split_uncond_runs_cfg_as_two_calls_of_one_with_the_same_result(models, tmp_path, monkeypatch):
+    from hunyuan_model.model import HYVideoDiffusionTransformer
+
+    batches: list[int] = []
+    forward = HYVideoDiffusionTransformer.forward
+
+    def counted(self, x, *args, **kwargs):
+        batches.append(x.shape[0])
+        return forward(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(HYVideoDiffusionTransformer, "forward", counted)
+    calls = {}
+    for name, extra in (("batched", []), ("split", ["--split_uncond"])):
+        batches.clear()
+        argv = _argv(models, tmp_path, "--seed", "4", "--output_type", "latent", "--output_name", name)
+        assert (
+            hv_generate_video.main([*argv, "--guidance_scale", "3.0", "--negative_prompt", "dark", *extra])
+            == 0
+        )
+        calls[name] = list(batches)
+    assert calls == {"batched": [2, 2, 2], "split": [1] * 6}  # 3 steps
+    assert (_latent(tmp_path, "batched") - _latent(tmp_path, "split")).abs().max() <= 1e-4
