@@ -59,7 +59,7 @@ def load_lycoris_files(
 def merge_lycoris(model: nn.Module, files: Sequence[LycorisFile], device: torch.device) -> None:
     """Fold each file into the model's weights with LyCORIS's kohya entry point, as musubi-tuner does (but with
     the multiplier applied)."""
-    from lycoris.kohya import create_network_from_weights
+    from lycoris.kohya import create_network_from_weights  # type: ignore[import-untyped]  # no stubs
 
     for file in files:
         if not file.tensors:

@@ -156,7 +156,7 @@ def sample_latents(
                 for j in range(0, batch, chunk)
             ]
         )
-        if use_cfg:
+        if use_cfg and cfg_scale is not None:
             uncond, cond = velocity.chunk(2)
             velocity = uncond + cfg_scale * (cond - uncond)
         latents = latents + (sigma_next - sigma) * velocity

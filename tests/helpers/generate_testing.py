@@ -97,3 +97,23 @@ def ratio_to_multiplier_one(path: Path, name: str, base: torch.Tensor, multiplie
     """LyCORIS's update at `multiplier` over its update at 1 (the multiplier's effect)."""
     at_one = lycoris_delta(path, name, base, 1.0)
     return float((lycoris_delta(path, name, base, multiplier) * at_one).sum() / (at_one * at_one).sum())
+
+
+def write_i2v_dit(root: Path) -> Path:
+    """The tiny DiT with SkyReels V1 I2V's 32 input channels (noisy latents + the image's), seeded."""
+    import dataclasses
+
+    from hunyuan_model.config import get_preset
+    from hunyuan_model.model import build_dit
+    from hunyuan_model.rope_source import rope_metadata
+    from hv_common.safetensors_stream import write_safetensors_streaming
+
+    config = dataclasses.replace(get_preset("tiny"), in_channels=32)
+    torch.manual_seed(0)
+    sd = {
+        k: v.contiguous()
+        for k, v in build_dit(config, device="cpu", dtype=torch.float32).state_dict().items()
+    }
+    specs = [(k, v.dtype, tuple(v.shape)) for k, v in sd.items()]
+    metadata = {"format": "pt", **rope_metadata(config.rope_dim_list)}
+    return write_safetensors_streaming(root / "tiny_i2v_dit.safetensors", specs, sd.__getitem__, metadata)
