@@ -19,13 +19,12 @@ from generation.options import ComputeOptions, GenerateConfig, SamplingOptions
 from hunyuan_model.block_swap import apply_block_swap
 from hunyuan_model.config import DiTConfig
 from hunyuan_model.encoder_options import TextEncoderOptions
+from hunyuan_model.sampler import I2V_IN_CHANNELS
 from hv_common.devices import parse_dtype, pick_device
 from hv_common.errors import UserError
 from lora_files.io import LoadedLoRA, linear_shapes, load_checked
 
 logger = logging.getLogger(__name__)
-
-I2V_IN_CHANNELS = 32  # SkyReels V1 I2V: the noisy latents and the image's, 16 channels each
 
 
 @dataclass(frozen=True)
@@ -165,7 +164,7 @@ def _load_model(config: GenerateConfig, loras: LoRAs, device: torch.device):
     model.eval().requires_grad_(False)
     set_attention_backend(model, _attention_backend(compute, device))
     if loras.lycoris:
-        merge_lycoris(model, loras.lycoris, device)
+        merge_lycoris(model, loras.lycoris)
     if loras.ours and merging:
         merge_into(model, loras.ours)
     elif loras.ours:  # LoRA weights never in fp8

@@ -56,7 +56,7 @@ def load_lycoris_files(
 
 
 @torch.no_grad()
-def merge_lycoris(model: nn.Module, files: Sequence[LycorisFile], device: torch.device) -> None:
+def merge_lycoris(model: nn.Module, files: Sequence[LycorisFile]) -> None:
     """Fold each file into the model's weights with LyCORIS's kohya entry point, as musubi-tuner does (but with
     the multiplier applied)."""
     from lycoris.kohya import create_network_from_weights  # type: ignore[import-untyped]  # no stubs
@@ -75,6 +75,7 @@ def merge_lycoris(model: nn.Module, files: Sequence[LycorisFile], device: torch.
         )
         # Each module merged at the file's multiplier: LyCORIS's network.merge_to merges at 1.0 whatever the
         # multiplier it was built with, so musubi-tuner's --lora_multiplier does nothing with --lycoris.
-        for module in network.unet_loras:
-            module.to(device).merge_to(file.multiplier)
+        for module in network.unet_loras:  # beside the weight it merges into (CPU memory with block swap)
+            weight = module.org_module[0].weight
+            module.to(weight.device).merge_to(file.multiplier)
         logger.info("%s: merged with LyCORIS at multiplier %g", file.path, file.multiplier)

@@ -18,6 +18,7 @@ LATENT_CHANNELS = 16
 SPATIAL_FACTOR = 8  # VAE: 8x in height and width
 TEMPORAL_FACTOR = 4  # VAE: 4x in time, causal (frame 0 alone)
 SIZE_MULTIPLE = 16  # the VAE's 8x times the DiT's 2x2 patches
+I2V_IN_CHANNELS = 32  # SkyReels V1 I2V: the noisy latents and the image's, 16 channels each
 
 
 def validate_request(height: int, width: int, frames: int, steps: int, flow_shift: float) -> None:
@@ -172,3 +173,11 @@ def _image_condition(
     condition = torch.zeros(shape, device=device, dtype=dtype)
     condition[:, :, :1] = image_latents.to(device=device, dtype=dtype)
     return condition
+
+
+def i2v_input(x: torch.Tensor, clean_latents: torch.Tensor) -> torch.Tensor:
+    """A SkyReels I2V DiT's input in training: the noisy latents, then the clean first latent frame (zeros after)
+    as 16 more channels, as musubi-tuner trains it."""
+    condition = torch.zeros_like(x)
+    condition[:, :, :1] = clean_latents[:, :, :1].to(x.dtype)
+    return torch.cat([x, condition], dim=1)

@@ -30,6 +30,7 @@ GIVEN = {
     "vae_dtype": (["float16"], "float16"),
     "text_encoder1": (["llm"], "llm"),
     "text_encoder2": (["clip"], "clip"),
+    "dit_in_channels": (["32"], 32),
     "fp8_base": ([], True),
     "fp8_scaled": ([], True),
     "blocks_to_swap": (["20"], 20),

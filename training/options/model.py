@@ -23,6 +23,12 @@ class ModelOptions:
     vae_dtype: str | None = option(None, "VAE dtype (unset: float16 on a GPU)", type=dtype_name)
     text_encoder1: str | None = option(None, "LLM text encoder (llava-llama-3), for sample prompts")
     text_encoder2: str | None = option(None, "CLIP-L text encoder, for sample prompts")
+    dit_in_channels: int = option(
+        16,
+        "the DiT's input channels (checked against --dit): 16; 32 trains a SkyReels V1 I2V DiT, the video's "
+        "first latent frame given as 16 more channels (musubi-tuner's I2V training)",
+        type=positive_int,
+    )
 
 
 @dataclass(frozen=True)
