@@ -263,6 +263,17 @@ def _decode_latent_files(config: GenerateConfig, device: torch.device) -> list[P
     from generation.outputs import decode, output_stem, write_decoded
 
     files = [read_latent_file(path) for path in config.musubi_output.latent_path]  # all checked first
+    unused = [
+        flag
+        for flag, given in (
+            ("--lora_weight", config.lora.lora_weight),
+            ("--video_path", config.musubi_sampling.video_path),
+            ("--image_path", config.musubi_sampling.image_path),
+        )
+        if given
+    ]
+    if unused:  # as in musubi-tuner, decoding samples nothing: said, not silently skipped
+        logger.warning("--latent_path decodes saved latents only: %s not used", ", ".join(unused))
     vae_dtype = _dtypes(config.compute, device)[1]
     written = []
     for file in files:

@@ -96,3 +96,20 @@ def test_bad_latent_files_are_one_line_exit_2(tmp_path, capsys, extra, expected)
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and expected in lines[0] and "Traceback" not in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_latent_path_says_which_sampling_options_it_does_not_use(runs, tmp_path, caplog):
+    models = {k: runs.parent / "models" / v for k, v in (("dit", "tiny_dit.safetensors"), ("vae", "vae"))}
+    models |= {
+        "te1": runs.parent / "models" / "text_encoder",
+        "te2": runs.parent / "models" / "text_encoder_2",
+    }
+    latent = str(runs / "bare_latent.safetensors")
+    argv = generate_argv(
+        models, tmp_path, "--latent_path", latent, "--lora_weight", str(runs / "none.safetensors")
+    )
+    assert hv_generate_video.main(argv) == 0
+    assert "--latent_path decodes saved latents only: --lora_weight not used" in caplog.text
+    assert (
+        len(list(tmp_path.glob("*_0_bare_latent.mp4"))) == 1
+    )  # no seed in a bare header: 0, as musubi-tuner
