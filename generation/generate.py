@@ -15,7 +15,7 @@ import torch
 
 from generation.lora_selection import filters_for, select
 from generation.lycoris_merge import LycorisFile, load_lycoris_files, merge_lycoris
-from generation.options import ComputeOptions, GenerateConfig, SamplingOptions
+from generation.options import STRENGTH_DEFAULT, ComputeOptions, GenerateConfig, SamplingOptions
 from hunyuan_model.block_swap import apply_block_swap
 from hunyuan_model.config import DiTConfig
 from hunyuan_model.encoder_options import TextEncoderOptions
@@ -197,6 +197,8 @@ def _start_latents(config: GenerateConfig, seed: int, device: torch.device) -> S
     from generation.input_media import encode, read_image, read_video
 
     sampling, extra = config.sampling, config.musubi_sampling
+    if extra.video_path is None and extra.strength != STRENGTH_DEFAULT:
+        logger.warning("--strength %g: acts on --video_path only, and none is given", extra.strength)
     if extra.video_path is None and extra.image_path is None:
         return StartLatents()
     assert config.files.vae is not None  # checked: video_path / image_path need --vae

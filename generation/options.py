@@ -34,6 +34,7 @@ ATTN_MODES = {
     "sage_attn": "sage_attn",
     "xformers": "xformers",
 }
+STRENGTH_DEFAULT = 0.8  # musubi-tuner's --strength
 OUTPUT_TYPES = ("video", "images", "latent", "both")  # musubi-tuner's choices
 
 
@@ -234,7 +235,7 @@ class MusubiSamplingOptions:
         "video-to-video: a video (or folder of frames) to start from, resized and cropped to --video_size",
     )
     strength: float = option(
-        0.8,
+        STRENGTH_DEFAULT,
         "video-to-video: how much of the input is noised and denoised again (0: returned as it is, 1: all)",
         type=number,
     )

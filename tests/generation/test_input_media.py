@@ -52,10 +52,11 @@ def test_strength_sets_how_much_of_the_input_video_is_denoised_again(models, tmp
         assert (a - b).abs().max() > 1e-3
 
 
-def test_an_i2v_dit_takes_the_image_as_its_extra_channels(models, tmp_path):
+def test_an_i2v_dit_takes_the_image_as_its_extra_channels(models, tmp_path, caplog):
     i2v = dict(models, dit=models["i2v"])
     red, _ = _generate(i2v, tmp_path, "red", "--image_path", str(models["red"]), "--dit_in_channels", "32")
-    blue, _ = _generate(i2v, tmp_path, "blue", "--image_path", str(models["blue"]))
+    blue, _ = _generate(i2v, tmp_path, "blue", "--image_path", str(models["blue"]), "--strength", "0.5")
+    assert "--strength 0.5: acts on --video_path only" in caplog.text  # said, not silently ignored
     assert red.shape == (1, 16, 2, 4, 6)
     assert (red - blue).abs().max() > 1e-3  # the image conditions the video
 
