@@ -6,24 +6,33 @@ them. Nothing is written until the end.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import secrets
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from generation.options import ComputeOptions, GenerateConfig, OutputOptions, SamplingOptions
+from generation.lora_selection import filters_for, select
+from generation.lycoris_merge import LycorisFile, load_lycoris_files, merge_lycoris
+from generation.options import STRENGTH_DEFAULT, ComputeOptions, GenerateConfig, SamplingOptions
 from hunyuan_model.block_swap import apply_block_swap
+from hunyuan_model.config import DiTConfig
 from hunyuan_model.encoder_options import TextEncoderOptions
+from hunyuan_model.sampler import I2V_IN_CHANNELS
 from hv_common.devices import parse_dtype, pick_device
 from hv_common.errors import UserError
 from lora_files.io import LoadedLoRA, linear_shapes, load_checked
 
 logger = logging.getLogger(__name__)
 
-LATENT_KEY = "latent"  # musubi-tuner's key in latent files
+
+@dataclass(frozen=True)
+class LoRAs:
+    """The LoRA files, read and checked: ours (on the fly or merged) or, with --lycoris, LyCORIS's."""
+
+    ours: list[tuple[LoadedLoRA, float]]
+    lycoris: list[LycorisFile]
 
 
 def _check_before_loading(config: GenerateConfig) -> None:
@@ -34,6 +43,8 @@ def _check_before_loading(config: GenerateConfig) -> None:
         "text_encoder1": config.encoders.text_encoder1,
         "text_encoder2": config.encoders.text_encoder2,
     }
+    if config.musubi_output.latent_path:  # decoding only: the DiT and text encoders are not loaded
+        named = {"vae": config.files.vae}
     for flag, value in named.items():
         if value is not None and not Path(value).exists():
             raise UserError(f"--{flag} {value}: no such file or folder")
@@ -41,15 +52,46 @@ def _check_before_loading(config: GenerateConfig) -> None:
         raise UserError(f"--save_path {config.output.save_path}: is a file, not a folder")
 
 
-def _load_loras(config: GenerateConfig) -> list[tuple[LoadedLoRA, float]]:
-    """The LoRA files, checked against the DiT's headers (no weights read)."""
-    from hunyuan_model.checkpoint import read_state_dict, to_original_layout
+def _read_dit_headers(config: GenerateConfig) -> tuple[DiTConfig, dict[str, tuple[int, int]]]:
+    """The DiT's architecture and Linear shapes from its headers (no weights read), its input channels checked
+    against --dit_in_channels and --image_path."""
+    from hunyuan_model.checkpoint import config_from_state_dict, read_state_dict, to_original_layout
+    from hunyuan_model.rope_source import read_rope_split
 
-    if not config.lora.lora_weight:
-        return []
     dit = config.files.dit
-    shapes = linear_shapes(to_original_layout(read_state_dict(dit, meta=True), dit))
-    return load_checked(config.lora.lora_weight, config.lora.multipliers(), shapes, dit)
+    meta = to_original_layout(read_state_dict(dit, meta=True), dit)
+    dit_config = config_from_state_dict(meta, dit, read_rope_split(dit))
+    channels, sampling = dit_config.in_channels, config.musubi_sampling
+    if sampling.dit_in_channels is not None and sampling.dit_in_channels != channels:
+        raise UserError(
+            f"--dit_in_channels {sampling.dit_in_channels}: --dit {dit} has {channels} input channels"
+        )
+    if config.lora_selection.save_merged_model is None:  # merging only: no sampling, no image needed
+        if sampling.image_path is not None and channels != I2V_IN_CHANNELS:
+            raise UserError(
+                f"--image_path needs a SkyReels V1 I2V DiT ({I2V_IN_CHANNELS} input channels); --dit {dit} has "
+                f"{channels}"
+            )
+        if sampling.image_path is None and channels == I2V_IN_CHANNELS:
+            raise UserError(
+                f"--dit {dit} is an image-to-video DiT ({channels} input channels): give --image_path"
+            )
+    return dit_config, linear_shapes(meta)
+
+
+def _load_loras(config: GenerateConfig, dit_config: DiTConfig, shapes) -> LoRAs:
+    """The LoRA files, checked against the DiT's headers, each with its --include/--exclude_patterns."""
+    from hunyuan_model.model import build_dit
+
+    files, sel = config.lora.lora_weight, config.lora_selection
+    if not files:
+        return LoRAs([], [])
+    mults = config.lora.multipliers()
+    filters = filters_for(len(files), sel.include_patterns, sel.exclude_patterns, sel.exclude_single_blocks)
+    if sel.lycoris:
+        return LoRAs([], load_lycoris_files(files, mults, filters, build_dit(dit_config, device="meta")))
+    loaded = load_checked(files, mults, shapes, config.files.dit)
+    return LoRAs([(select(lora, rule), m) for (lora, m), rule in zip(loaded, filters, strict=True)], [])
 
 
 def _without_padding(emb):
@@ -102,17 +144,16 @@ def _dtypes(compute: ComputeOptions, device: torch.device) -> tuple[torch.dtype,
     )
 
 
-def _sample(
-    config: GenerateConfig, loras, positive, negative, seed: int, device: torch.device
-) -> torch.Tensor:
+def _load_model(config: GenerateConfig, loras: LoRAs, device: torch.device):
+    """The DiT with its LoRAs (merged by LyCORIS or by us, or on the fly), ready to sample."""
     from hunyuan_model.attention import set_attention_backend
     from hunyuan_model.checkpoint import load_dit
-    from hunyuan_model.sampler import sample_latents
     from lora_files.apply import apply_on_the_fly, merge_into
 
-    compute, sampling = config.compute, config.sampling
+    compute = config.compute
     dtype = _dtypes(compute, device)[0]
     swap = compute.blocks_to_swap and device.type != "cpu"
+    merging = config.lora.lora_merge or config.lora_selection.save_merged_model is not None
     # with swap the DiT loads into CPU memory: the swapped blocks stay there, the rest moves to the device
     model = load_dit(
         config.files.dit,
@@ -124,12 +165,61 @@ def _sample(
     )
     model.eval().requires_grad_(False)
     set_attention_backend(model, _attention_backend(compute, device))
-    if loras and config.lora.lora_merge:
-        merge_into(model, loras)
-    elif loras:  # LoRA weights never in fp8
-        applied = apply_on_the_fly(model, loras, dtype=dtype if compute.fp8_weights else None)
+    if loras.lycoris:
+        merge_lycoris(model, loras.lycoris)
+    if loras.ours and merging:
+        merge_into(model, loras.ours)
+    elif loras.ours:  # LoRA weights never in fp8
+        applied = apply_on_the_fly(model, loras.ours, dtype=dtype if compute.fp8_weights else None)
         for module in applied:  # small: always on the device, also those of swapped blocks
             module.to(device)
+    return model
+
+
+def _save_merged_model(model, path: str) -> Path:
+    """--save_merged_model: the DiT with its LoRAs merged, original layout, its RoPE split stated."""
+    from hunyuan_model.rope_source import rope_metadata
+    from hv_common.safetensors_stream import write_safetensors_streaming
+
+    state = model.state_dict()
+    specs = [(key, value.dtype, tuple(value.shape)) for key, value in state.items()]
+    metadata = {"format": "pt", **rope_metadata(model.config.rope_dim_list)}
+    return write_safetensors_streaming(path, specs, lambda key: state[key].contiguous(), metadata)
+
+
+@dataclass(frozen=True)
+class StartLatents:
+    """What sampling starts from besides noise: --video_path's latents, --image_path's (SkyReels I2V)."""
+
+    video: torch.Tensor | None = None
+    image: torch.Tensor | None = None
+
+
+def _start_latents(config: GenerateConfig, seed: int, device: torch.device) -> StartLatents:
+    from generation.input_media import encode, read_image, read_video
+
+    sampling, extra = config.sampling, config.musubi_sampling
+    if extra.video_path is None and extra.strength != STRENGTH_DEFAULT:
+        logger.warning("--strength %g: acts on --video_path only, and none is given", extra.strength)
+    if extra.video_path is None and extra.image_path is None:
+        return StartLatents()
+    assert config.files.vae is not None  # checked: video_path / image_path need --vae
+    height, width = sampling.video_size
+    vae_dtype = _dtypes(config.compute, device)[1]
+    video = image = None
+    if extra.video_path is not None:
+        frames = read_video(extra.video_path, sampling.video_length, height, width)
+        video = encode(config.files.vae, frames, seed, vae_dtype, device)
+    if extra.image_path is not None:
+        image = encode(config.files.vae, read_image(extra.image_path, height, width), seed, vae_dtype, device)
+    return StartLatents(video, image)
+
+
+def _sample(config: GenerateConfig, model, positive, negative, seed: int, start: StartLatents, device):
+    from hunyuan_model.sampler import sample_latents
+
+    compute, sampling, extra = config.compute, config.sampling, config.musubi_sampling
+    dtype = _dtypes(compute, device)[0]
     apply_block_swap(model, compute.blocks_to_swap, device)
     height, width = sampling.video_size
     latents = sample_latents(
@@ -146,77 +236,87 @@ def _sample(
         dtype=dtype,
         cfg_scale=sampling.guidance_scale if negative is not None else None,
         negative=negative,
+        split_uncond=_split_uncond(config),
+        init_latents=start.video,
+        strength=extra.strength,
+        image_latents=start.image,
     )
-    del model
-    gc.collect()
     return latents.cpu()
 
 
-def _settings(config: GenerateConfig, seed: int) -> dict[str, str]:
-    """What made the video, in the latent file's header."""
-    files, mults = config.lora.lora_weight, config.lora.multipliers() if config.lora.lora_weight else []
-    loras = [{"file": Path(f).name, "multiplier": m} for f, m in zip(files, mults, strict=True)]
-    sampling = config.sampling
-    return {
-        "prompt": sampling.prompt,
-        "seed": str(seed),
-        "video_size": json.dumps(list(sampling.video_size)),
-        "video_length": str(sampling.video_length),
-        "infer_steps": str(sampling.infer_steps),
-        "embedded_cfg_scale": str(sampling.embedded_cfg_scale),
-        "flow_shift": str(sampling.flow_shift),
-        "guidance_scale": str(sampling.guidance_scale),
-        "loras": json.dumps(loras),
-    }
+def _split_uncond(config: GenerateConfig) -> bool:
+    """--split_uncond, or --split_attn (which implies it in musubi-tuner); said aloud when it cannot act."""
+    split = config.musubi_sampling.split_uncond or config.compute.split_attn
+    if config.musubi_sampling.split_uncond and config.sampling.negative_text is None:
+        logger.warning(
+            "--split_uncond: without --guidance_scale there is one sample a step; nothing to split"
+        )
+    return split
 
 
-def _write_latents(latents: torch.Tensor, path: Path, metadata: dict[str, str]) -> Path:
-    from safetensors.torch import save_file
-
-    from hv_common.atomic import atomic_write
-
-    atomic_write(path, lambda tmp: save_file({LATENT_KEY: latents.contiguous()}, str(tmp), metadata=metadata))
-    return path
+def _steps_run(config: GenerateConfig) -> int:
+    steps = config.sampling.infer_steps
+    if config.musubi_sampling.video_path is None:
+        return steps
+    return int(steps * config.musubi_sampling.strength)
 
 
-def _decode(config: GenerateConfig, vae_path: str, latents: torch.Tensor, device: torch.device):
-    from hunyuan_model.vae import decode_latents, enable_vae_tiling, load_vae, set_vae_chunk_size
+def _decode_latent_files(config: GenerateConfig, device: torch.device) -> list[Path]:
+    """--latent_path: each file decoded to a video or images, named after it; no sampling."""
+    from generation.latent_files import read_latent_file
+    from generation.outputs import decode, output_stem, write_decoded
 
-    dtype = _dtypes(config.compute, device)[1]
-    vae = load_vae(vae_path, dtype=dtype, device=device)
-    if config.encoder_memory.vae_chunk_size:
-        set_vae_chunk_size(vae, config.encoder_memory.vae_chunk_size)
-    enable_vae_tiling(vae, config.sampling.vae_spatial_tile_sample_min_size)  # always, as musubi-tuner
-    return decode_latents(vae, latents)[0]
+    files = [read_latent_file(path) for path in config.musubi_output.latent_path]  # all checked first
+    unused = [
+        flag
+        for flag, given in (
+            ("--lora_weight", config.lora.lora_weight),
+            ("--video_path", config.musubi_sampling.video_path),
+            ("--image_path", config.musubi_sampling.image_path),
+        )
+        if given
+    ]
+    if unused:  # as in musubi-tuner, decoding samples nothing: said, not silently skipped
+        logger.warning("--latent_path decodes saved latents only: %s not used", ", ".join(unused))
+    vae_dtype = _dtypes(config.compute, device)[1]
+    written = []
+    for file in files:
+        stem = output_stem(config.output, file.seed, suffix=f"_{file.path.stem}")
+        written.append(write_decoded(config, decode(config, file.latents, device, vae_dtype), stem))
+    return written
 
 
-def _output_stem(output: OutputOptions, seed: int) -> Path:
-    """<save_path>/<output_name>, or a name made of the time and the seed."""
-    return Path(output.save_path) / (output.output_name or f"{time.strftime('%Y%m%d-%H%M%S')}_{seed}")
+def _announce(written: list[Path]) -> int:
+    for path in written:
+        logger.info("wrote %s", path)
+        print(path)
+    return 0
 
 
 def run(config: GenerateConfig) -> int:
-    from hv_common.video_io import write_media
+    from generation.outputs import latent_metadata, output_stem, write_outputs
 
     _check_before_loading(config)
     device = pick_device(config.compute.device)
     _dtypes(config.compute, device)  # a bad dtype name fails now, not after minutes of work
     _attention_backend(config.compute, device)  # and a kernel that needs CUDA or fp16/bf16
-    loras = _load_loras(config)
+    if config.musubi_output.latent_path:
+        return _announce(_decode_latent_files(config, device))
+    dit_config, shapes = _read_dit_headers(config)
+    loras = _load_loras(config, dit_config, shapes)
+    if config.lora_selection.save_merged_model is not None:  # musubi-tuner: save, then exit: no video
+        model = _load_model(config, loras, device)
+        return _announce([_save_merged_model(model, config.lora_selection.save_merged_model)])
     seed = config.sampling.seed if config.sampling.seed is not None else secrets.randbelow(2**32)
     logger.info("seed %d", seed)
-    positive, negative = _encode(config.encoders, config.sampling, device, config.encoder_memory.fp8_llm)
-    latents = _sample(config, loras, positive, negative, seed, device)
-    stem = _output_stem(config.output, seed)
-    written = []
-    if config.output.writes_latent:
-        latent_path = stem.with_name(stem.name + "_latent.safetensors")
-        written.append(_write_latents(latents, latent_path, _settings(config, seed)))
-    if config.output.writes_video and config.files.vae is not None:  # checked: video needs --vae
-        written.append(
-            write_media(_decode(config, config.files.vae, latents, device), stem, fps=config.sampling.fps)
-        )
-    for path in written:
-        logger.info("wrote %s", path)
-        print(path)
-    return 0
+    positive, negative = _encode(config.encoders, config.sampling, device)
+    start = _start_latents(config, seed, device)
+    model = _load_model(config, loras, device)
+    latents = _sample(config, model, positive, negative, seed, start, device)
+    del model
+    gc.collect()
+    metadata = latent_metadata(config, seed, _steps_run(config))
+    stem = output_stem(config.output, seed)
+    return _announce(
+        write_outputs(config, latents, stem, metadata, device, _dtypes(config.compute, device)[1])
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from hunyuan_model.encoder_options import TextEncoderOptions
 from hv_common import input_checks
@@ -33,7 +34,8 @@ ATTN_MODES = {
     "sage_attn": "sage_attn",
     "xformers": "xformers",
 }
-OUTPUT_TYPES = ("video", "latent", "both")
+STRENGTH_DEFAULT = 0.8  # musubi-tuner's --strength
+OUTPUT_TYPES = ("video", "images", "latent", "both")  # musubi-tuner's choices
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -201,6 +203,88 @@ class OutputOptions:
     def writes_video(self) -> bool:
         return self.output_type in ("video", "both")
 
+    @property
+    def decodes(self) -> bool:
+        """The VAE decodes the latents: a video or one PNG per frame."""
+        return self.output_type != "latent"
+
+
+# ---- musubi-tuner's remaining hv_generate_video.py options (helper "generation"): LoRA selection and LyCORIS,
+# saving the merged DiT, CFG split, images/latents in and out, video-to-video and SkyReels I2V. Checked together
+# in GenerateConfig.__post_init__ (_check_musubi_options).
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoRASelectionOptions:
+    """LoRA"""
+
+    include_patterns: tuple[str, ...] = option(
+        (),
+        "one regex per --lora_weight file, in order: only that file's modules whose name (double_blocks.0."
+        "img_attn_qkv) the regex matches WHOLE are applied (musubi-tuner searches the key: see docs)",
+        nargs="*",
+    )
+    exclude_patterns: tuple[str, ...] = option(
+        (),
+        "one regex per --lora_weight file, in order: that file's modules whose name it matches whole are not "
+        "applied (after --include_patterns)",
+        nargs="*",
+    )
+    exclude_single_blocks: bool = option(False, "apply no LoRA module of the single_blocks")
+    lycoris: bool = option(
+        False,
+        "merge the LoRA files with the LyCORIS library (pip install lycoris-lora): LoHa, LoKr and its other "
+        "types, as musubi-tuner does",
+    )
+    save_merged_model: str | None = option(
+        None,
+        "merge the LoRAs into the DiT, save it to this safetensors file and exit: no video",
+        metavar="FILE",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class MusubiSamplingOptions:
+    """video"""
+
+    split_uncond: bool = option(
+        False,
+        "with --guidance_scale: the negative and the positive in two DiT passes a step instead of one batch "
+        "of two (same video, less peak memory; --split_attn implies it, as in musubi-tuner)",
+    )
+    video_path: str | None = option(
+        None,
+        "video-to-video: a video (or folder of frames) to start from, resized and cropped to --video_size",
+    )
+    strength: float = option(
+        STRENGTH_DEFAULT,
+        "video-to-video: how much of the input is noised and denoised again (0: returned as it is, 1: all)",
+        type=number,
+    )
+    image_path: str | None = option(
+        None, "image-to-video with a SkyReels V1 I2V DiT (32 input channels): the first frame"
+    )
+    dit_in_channels: int | None = option(
+        None,
+        "the DiT's input channels, 16 (text-to-video) or 32 (SkyReels V1 I2V); default: read from --dit; a "
+        "value the file disagrees with is an error",
+        type=integer,
+        section="models",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class MusubiOutputOptions:
+    """output"""
+
+    no_metadata: bool = option(False, "no settings in the latent file's header")
+    latent_path: tuple[str, ...] = option(
+        (),
+        "decode these latent files (written by --output_type latent or both): no sampling; with "
+        "--output_type video or images",
+        nargs="*",
+    )
+
 
 @dataclass(frozen=True, kw_only=True)
 class GenerateConfig:
@@ -213,6 +297,9 @@ class GenerateConfig:
     sampling: SamplingOptions
     lora: LoRAOptions
     output: OutputOptions
+    lora_selection: LoRASelectionOptions = shown_in("LoRA")  # helper "generation"
+    musubi_sampling: MusubiSamplingOptions  # helper "generation"
+    musubi_output: MusubiOutputOptions = shown_in("output")  # helper "generation"
 
     def __post_init__(self) -> None:
         if self.compute.fp8_weights and self.lora.lora_merge:
@@ -220,8 +307,61 @@ class GenerateConfig:
                 "--lora_merge needs a DiT in --dit_dtype: with --fp8 the LoRAs are applied on the fly; "
                 "drop --lora_merge"
             )
-        if self.output.writes_video and self.files.vae is None:
+        if self.output.decodes and self.files.vae is None:
             raise UserError(f"--output_type {self.output.output_type} needs --vae")
+        _check_musubi_options(self)  # helper "generation"
+
+
+def _check_musubi_options(config: GenerateConfig) -> None:
+    """What the options above must say together, and with the older groups (one line each)."""
+    import re
+
+    sel, sampling, out = config.lora_selection, config.musubi_sampling, config.musubi_output
+    files = config.lora.lora_weight
+    for flag, patterns in (
+        ("--include_patterns", sel.include_patterns),
+        ("--exclude_patterns", sel.exclude_patterns),
+    ):
+        if patterns and len(patterns) > len(files):
+            raise UserError(
+                f"{flag}: {len(patterns)} patterns for {len(files)} --lora_weight files; one per file, in order"
+            )
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise UserError(f"{flag} {pattern!r}: not a regular expression: {e}") from None
+    for flag, given in (
+        ("--exclude_single_blocks", sel.exclude_single_blocks),
+        ("--lycoris", sel.lycoris),
+        ("--save_merged_model", sel.save_merged_model is not None),
+    ):
+        if given and not files:
+            raise UserError(f"{flag} needs --lora_weight: it acts on the LoRA files")
+    if config.compute.fp8_weights and (sel.lycoris or sel.save_merged_model):
+        flag = "--lycoris" if sel.lycoris else "--save_merged_model"
+        raise UserError(f"{flag} merges into a DiT in --dit_dtype: drop --fp8 / --fp8_scaled")
+    if sel.lycoris:
+        from importlib.util import find_spec
+
+        if find_spec("lycoris") is None:
+            raise UserError("--lycoris needs the LyCORIS library: pip install lycoris-lora")
+    if sel.save_merged_model is not None:
+        if out.latent_path:
+            raise UserError("--save_merged_model and --latent_path exclude each other: the DiT is not loaded")
+        if Path(sel.save_merged_model).resolve() == Path(config.files.dit).resolve():
+            raise UserError(f"--save_merged_model {sel.save_merged_model}: that is --dit; write it elsewhere")
+    for flag, media in (("--video_path", sampling.video_path), ("--image_path", sampling.image_path)):
+        if media is not None and config.files.vae is None:
+            raise UserError(f"{flag} needs --vae: the VAE encodes it")
+    if not 0.0 <= sampling.strength <= 1.0:
+        raise UserError(f"--strength {sampling.strength}: expected 0 to 1")
+    if sampling.dit_in_channels is not None and sampling.dit_in_channels < 1:
+        raise UserError(f"--dit_in_channels {sampling.dit_in_channels}: expected a positive number")
+    if out.latent_path and config.output.output_type not in ("video", "images"):
+        raise UserError(
+            f"--latent_path decodes latents: use --output_type video or images, not {config.output.output_type}"
+        )
 
 
 SECTIONS = ("models", "video", "LoRA", "output")

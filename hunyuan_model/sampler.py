@@ -18,6 +18,7 @@ LATENT_CHANNELS = 16
 SPATIAL_FACTOR = 8  # VAE: 8x in height and width
 TEMPORAL_FACTOR = 4  # VAE: 4x in time, causal (frame 0 alone)
 SIZE_MULTIPLE = 16  # the VAE's 8x times the DiT's 2x2 patches
+I2V_IN_CHANNELS = 32  # SkyReels V1 I2V: the noisy latents and the image's, 16 channels each
 
 
 def validate_request(height: int, width: int, frames: int, steps: int, flow_shift: float) -> None:
@@ -99,12 +100,21 @@ def sample_latents(
     cfg_scale: float | None = None,
     negative: TextEmbeddings | None = None,
     progress: bool = True,
+    split_uncond: bool = False,
+    init_latents: torch.Tensor | None = None,
+    strength: float = 1.0,
+    image_latents: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Denoise one video from seeded noise; returns float32 latents (1, 16, (F - 1) / 4 + 1, H / 8, W / 8).
 
     embeddings: one prompt (batch 1). cfg_scale: true classifier-free guidance against `negative` (two model
     evaluations per step, batched); None or 1.0 is a single evaluation. The model runs as it is: the caller
-    chooses eval mode and any LoRA.
+    chooses eval mode and any LoRA. split_uncond: with CFG, the two samples in two model calls (batch 1 each).
+
+    init_latents (video-to-video, musubi-tuner's rule): the last int(steps * strength) steps only, started from
+    init_latents noised to that step's level; 0 steps returns init_latents. image_latents (SkyReels I2V, a DiT
+    of 32 input channels): (1, 16, 1, H / 8, W / 8), concatenated to the latents as channels 16-31 at every
+    step (frame 0 the image, the other frames zeros).
     """
     validate_request(height, width, frames, steps, flow_shift)
     if embeddings.llm.shape[0] != 1:
@@ -119,14 +129,55 @@ def sample_latents(
     guidance = torch.full((batch,), embedded_guidance_scale * 1000.0, device=device)
     sigmas = shifted_sigmas(steps, flow_shift).tolist()
     # The running latents stay float32 whatever the model's dtype: the Euler sum accumulates.
-    latents = initial_noise(latent_shape(height, width, frames), seed).to(device)
-    for i in tqdm(range(steps), desc="sampling", disable=not progress, leave=False):
+    shape = latent_shape(height, width, frames)
+    latents = initial_noise(shape, seed).to(device)
+    first = 0
+    if init_latents is not None:
+        first = steps - int(steps * strength)
+        start = init_latents.to(device=device, dtype=torch.float32)
+        latents = latents * sigmas[first] + start * (1.0 - sigmas[first])
+    condition = None if image_latents is None else _image_condition(image_latents, shape, device, dtype)
+    chunk = 1 if split_uncond else batch
+    for i in tqdm(range(first, steps), desc="sampling", disable=not progress, leave=False):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         x = latents.to(dtype).expand(batch, -1, -1, -1, -1)
+        if condition is not None:
+            x = torch.cat([x, condition.expand(batch, -1, -1, -1, -1)], dim=1)
         t = torch.full((batch,), sigma * 1000.0, device=device)
-        velocity = model(x, t, llm, mask, clip, guidance=guidance).float()
-        if use_cfg:
+        velocity = torch.cat(
+            [
+                model(
+                    x[j : j + chunk],
+                    t[j : j + chunk],
+                    llm[j : j + chunk],
+                    mask[j : j + chunk],
+                    clip[j : j + chunk],
+                    guidance=guidance[j : j + chunk],
+                ).float()
+                for j in range(0, batch, chunk)
+            ]
+        )
+        if use_cfg and cfg_scale is not None:
             uncond, cond = velocity.chunk(2)
             velocity = uncond + cfg_scale * (cond - uncond)
         latents = latents + (sigma_next - sigma) * velocity
     return latents
+
+
+def _image_condition(
+    image_latents: torch.Tensor, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """SkyReels I2V's extra input channels: the image's latent as frame 0, zeros after (musubi-tuner's)."""
+    if tuple(image_latents.shape) != (*shape[:2], 1, *shape[3:]):
+        raise ValueError(f"image latents {tuple(image_latents.shape)} do not fit latents {shape}")
+    condition = torch.zeros(shape, device=device, dtype=dtype)
+    condition[:, :, :1] = image_latents.to(device=device, dtype=dtype)
+    return condition
+
+
+def i2v_input(x: torch.Tensor, clean_latents: torch.Tensor) -> torch.Tensor:
+    """A SkyReels I2V DiT's input in training: the noisy latents, then the clean first latent frame (zeros after)
+    as 16 more channels, as musubi-tuner trains it."""
+    condition = torch.zeros_like(x)
+    condition[:, :, :1] = clean_latents[:, :, :1].to(x.dtype)
+    return torch.cat([x, condition], dim=1)

@@ -20,7 +20,7 @@ from hunyuan_model.fp8 import DENSE_DTYPE, FLOAT8_DTYPES, dense_dtype, dequantiz
 from hv_common.cli import OneLineArgumentParser
 from hv_common.devices import parse_dtype, pick_device
 from hv_common.errors import UserError
-from hv_common.option_types import number, positive_int
+from hv_common.option_types import integer, number, positive_int
 from hv_common.options import add_options, option, options_from
 from hv_common.safetensors_stream import write_safetensors_streaming
 from lora_files.apply import by_module, merged_weight
@@ -49,6 +49,9 @@ class MergeOptions:
     save_dtype: str | None = option(None, "float32 | float16 | bfloat16 (default: the DiT's dtypes)")
     device: str | None = option(
         None, "where the merge arithmetic runs: cpu, cuda, cuda:N (default: cuda if any)"
+    )
+    dit_in_channels: int = option(
+        16, "the DiT's input channels: 16, 32 for SkyReels V1 I2V (checked against --dit)", type=integer
     )
 
     def __post_init__(self) -> None:
@@ -88,10 +91,10 @@ def run(options: MergeOptions) -> int:
         meta, scaled = _without_fp8_scales(dit.meta_state_dict())
         stated = read_rope_split(dit_path)
         config = config_from_state_dict(meta, dit_path, stated)
-        if options.dit_in_channels is not None and options.dit_in_channels != config.in_channels:
+        if config.in_channels != options.dit_in_channels:  # musubi-tuner builds the DiT with this many
             raise UserError(
-                f"--dit_in_channels {options.dit_in_channels}: the DiT {dit_path} has {config.in_channels} input "
-                "channels (img_in's weights); leave the option out to use the DiT's"
+                f"--dit_in_channels {options.dit_in_channels}: --dit {dit_path} has {config.in_channels} input "
+                f"channels; pass --dit_in_channels {config.in_channels}"
             )
         check_keys(build_dit(config, device="meta"), meta, dit_path)
         updates = by_module(load_checked(options.lora_weight, mults, linear_shapes(meta), dit_path))

@@ -155,6 +155,22 @@ def swap_and_compile(memory: MemoryOptions, model: HYVideoDiffusionTransformer, 
     )
 
 
+def _check_in_channels(config: TrainConfig) -> None:
+    """--dit_in_channels against the DiT's headers; an I2V DiT's previews would need a first image per prompt."""
+    from hunyuan_model.checkpoint import read_dit_config
+    from hunyuan_model.sampler import I2V_IN_CHANNELS
+
+    dit, wanted = config.model.dit, config.model.dit_in_channels
+    assert dit is not None
+    channels = read_dit_config(dit).in_channels
+    if channels != wanted:
+        raise UserError(f"--dit_in_channels {wanted}: --dit {dit} has {channels} input channels")
+    if wanted == I2V_IN_CHANNELS and config.sampling.sample_prompts:
+        raise UserError(
+            "--sample_prompts with --dit_in_channels 32: previews of an I2V DiT are not supported here yet"
+        )
+
+
 def build_run(config: TrainConfig) -> Run:
     from accelerate import Accelerator
 
@@ -173,6 +189,7 @@ def build_run(config: TrainConfig) -> Run:
     if not Path(model_options.dit).exists():
         raise UserError(f"--dit {model_options.dit}: no such file or folder")
     check_output_dir(saving.output_dir)
+    _check_in_channels(config)
     check_patterns_early(
         config.network, model_options.dit
     )  # headers only: a bad pattern fails before loading

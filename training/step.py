@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from hunyuan_model.sampler import I2V_IN_CHANNELS, i2v_input
 from training.flow import flow_loss, loss_weights, noisy_input, seeded_draws
 from training.nonfinite import gradient_norm
 from training.processes import average_gradients
@@ -38,9 +39,12 @@ def micro_step(run: Run, batch: dict) -> torch.Tensor:
     latents = batch["latents"].to(device)
     x_t, target = noisy_input(latents, noise.to(device), t.to(device))
     guidance = torch.full((latents.shape[0],), float(run.config.flow.guidance_scale) * 1000.0, device=device)
+    x_in = x_t.to(dtype)
+    if run.config.model.dit_in_channels == I2V_IN_CHANNELS:  # checked against the DiT at start-up
+        x_in = i2v_input(x_in, latents)
     with run.accelerator.autocast():
         pred = run.model(
-            x_t.to(dtype),
+            x_in,
             (t * 1000.0).to(device),
             batch["llm"].to(device, dtype),
             batch["llm_mask"].to(device),

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from hunyuan_model.sampler import I2V_IN_CHANNELS, i2v_input
 from training.flow import FlowSettings, flow_loss, noisy_input, sample_t
 from training.options import TrainConfig
 
@@ -35,6 +36,7 @@ def fixed_timesteps(settings: FlowSettings, draws: int = 100_000) -> torch.Tenso
 class Validator:
     batches: CachedBatches  # over the validation datasets (epoch 0's order, always)
     timesteps: torch.Tensor
+    i2v: bool = False  # --dit_in_channels 32: a SkyReels I2V DiT
 
     @torch.no_grad()
     def evaluate(
@@ -54,8 +56,11 @@ class Validator:
                 for k, t_value in enumerate(self.timesteps.tolist()):
                     t = torch.full((bsz,), t_value)
                     x_t, target = noisy_input(latents, noise, t.to(device))
+                    x_in = x_t.to(dtype)
+                    if self.i2v:  # SkyReels I2V: the clean first frame as extra channels, as in training
+                        x_in = i2v_input(x_in, latents)
                     pred = model(
-                        x_t.to(dtype),
+                        x_in,
                         (t * 1000.0).to(device),
                         batch["llm"].to(device, dtype),
                         batch["llm_mask"].to(device),
@@ -85,4 +90,5 @@ def build_validator(config: TrainConfig, flow: FlowSettings) -> Validator | None
 
         raise UserError("--validate_every_n_steps/epochs needs [[validation_datasets]] in the dataset config")
     specs = [CachedDatasetSpec.of(d, repeats=False) for d in blueprint.validation_datasets]
-    return Validator(CachedBatches(specs, seed=0), fixed_timesteps(flow))
+    i2v = config.model.dit_in_channels == I2V_IN_CHANNELS
+    return Validator(CachedBatches(specs, seed=0), fixed_timesteps(flow), i2v)

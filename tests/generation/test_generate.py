@@ -7,61 +7,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from generate_testing import generate_argv, write_models
 from safetensors.torch import load_file, save_file
 
 import hv_generate_video
 from hv_common.video_io import read_frames
-from lora_files.io import save_network
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    from lora_testing import tiny_network
-
-    from hunyuan_model.checkpoint import load_dit
-    from hunyuan_model.tiny import write_tiny_dit
-    from hunyuan_model.tiny_encoders import write_tiny_clip, write_tiny_llm, write_tiny_vae
-
-    root = tmp_path_factory.mktemp("generate")
-    paths = {
-        "dit": write_tiny_dit(root),
-        "vae": write_tiny_vae(root / "vae"),
-        "te1": write_tiny_llm(root / "text_encoder"),
-        "te2": write_tiny_clip(root / "text_encoder_2"),
-    }
-    network = tiny_network(load_dit(paths["dit"]), dim=4, alpha=2.0)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for lora in network.loras:
-            lora.lora_up.weight.copy_(torch.randn(lora.lora_up.weight.shape, generator=g) * 0.2)
-    paths["lora"] = root / "lora.safetensors"
-    save_network(network, str(paths["lora"]))
-    return paths
+    return write_models(tmp_path_factory.mktemp("generate"))
 
 
-def _argv(models: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return [
-        "--dit",
-        str(models["dit"]),
-        "--vae",
-        str(models["vae"]),
-        "--text_encoder1",
-        str(models["te1"]),
-        "--text_encoder2",
-        str(models["te2"]),
-        "--prompt",
-        "a red ball rolls across a blue floor",
-        "--video_size",
-        "32",
-        "48",
-        "--video_length",
-        "5",
-        "--infer_steps",
-        "3",
-        "--save_path",
-        str(out),
-        *extra,
-    ]
+_argv = generate_argv
 
 
 def _latent(out: Path, name: str) -> torch.Tensor:
@@ -82,7 +40,7 @@ def test_generation_writes_an_mp4_and_is_deterministic_per_seed(models, tmp_path
         assert hv_generate_video.main(_argv(models, tmp_path, "--output_name", name, *extra)) == 0
     frames = read_frames(tmp_path / "a.mp4")
     assert frames.shape == (5, 32, 48, 3)
-    assert _latent(tmp_path, "a").shape == (1, 16, 2, 4, 6)
+    assert _latent(tmp_path, "a").shape == (16, 2, 4, 6)  # musubi-tuner's: one video, no batch axis
     assert torch.equal(_latent(tmp_path, "a"), _latent(tmp_path, "a_again"))
     assert (frames == read_frames(tmp_path / "a_again.mp4")).all()
     assert (_latent(tmp_path, "a") - _latent(tmp_path, "merged")).abs().max() <= 1e-4
@@ -156,3 +114,27 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(models, tmp_path, capsy
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and expected in lines[0] and "Traceback" not in err, err
     assert not out.exists()
+
+
+def test_split_uncond_runs_cfg_as_two_calls_of_one_with_the_same_result(models, tmp_path, monkeypatch):
+    from hunyuan_model.model import HYVideoDiffusionTransformer
+
+    batches: list[int] = []
+    forward = HYVideoDiffusionTransformer.forward
+
+    def counted(self, x, *args, **kwargs):
+        batches.append(x.shape[0])
+        return forward(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(HYVideoDiffusionTransformer, "forward", counted)
+    calls = {}
+    for name, extra in (("batched", []), ("split", ["--split_uncond"])):
+        batches.clear()
+        argv = _argv(models, tmp_path, "--seed", "4", "--output_type", "latent", "--output_name", name)
+        assert (
+            hv_generate_video.main([*argv, "--guidance_scale", "3.0", "--negative_prompt", "dark", *extra])
+            == 0
+        )
+        calls[name] = list(batches)
+    assert calls == {"batched": [2, 2, 2], "split": [1] * 6}  # 3 steps
+    assert (_latent(tmp_path, "batched") - _latent(tmp_path, "split")).abs().max() <= 1e-4

@@ -33,7 +33,7 @@ ALLOWED: dict[str, set[str]] = {
     "lora_files": {"hv_common", "hunyuan_model", "networks"},
     "memory": {"hv_common", "hunyuan_model", "networks"},
     "caching": {"hv_common", "hunyuan_model", "dataset"},
-    "generation": {"hv_common", "hunyuan_model", "networks", "lora_files"},
+    "generation": {"hv_common", "hunyuan_model", "networks", "lora_files", "dataset"},
     "run_report": {"hv_common", "dataset"},
     "training": {
         "hv_common",

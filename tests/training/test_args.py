@@ -35,6 +35,7 @@ GIVEN = {
     "vae_chunk_size": (["32"], 32),
     "vae_tiling": ([], True),
     "vae_spatial_tile_sample_min_size": (["128"], 128),
+    "dit_in_channels": (["32"], 32),
     "fp8_base": ([], True),
     "fp8_scaled": ([], True),
     "blocks_to_swap": (["20"], 20),
