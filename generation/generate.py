@@ -309,7 +309,7 @@ def run(config: GenerateConfig) -> int:
         return _announce([_save_merged_model(model, config.lora_selection.save_merged_model)])
     seed = config.sampling.seed if config.sampling.seed is not None else secrets.randbelow(2**32)
     logger.info("seed %d", seed)
-    positive, negative = _encode(config.encoders, config.sampling, device)
+    positive, negative = _encode(config.encoders, config.sampling, device, config.encoder_memory.fp8_llm)
     start = _start_latents(config, seed, device)
     model = _load_model(config, loras, device)
     latents = _sample(config, model, positive, negative, seed, start, device)

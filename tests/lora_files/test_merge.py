@@ -180,5 +180,5 @@ def test_musubi_tuners_merge_options_keep_their_meaning(tiny_dit, tmp_path, caps
     # --dit_in_channels is checked against the DiT's img_in
     assert merge_lora.main([*base, "--dit_in_channels", "32"]) == 2
     line = _one_error_line(capsys)
-    assert "--dit_in_channels 32: the DiT" in line and "16 input channels" in line
+    assert "--dit_in_channels 32: --dit" in line and "16 input channels" in line
     assert parse_options(base).device is None  # musubi-tuner's default: cuda when there is one

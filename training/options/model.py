@@ -58,6 +58,7 @@ class ModelOptions:
         from hunyuan_model.encoder_options import vae_tile_size
 
         return vae_tile_size(self.vae_tiling, self.vae_spatial_tile_sample_min_size)
+
     dit_in_channels: int = option(
         16,
         "the DiT's input channels (checked against --dit): 16; 32 trains a SkyReels V1 I2V DiT, the video's "
