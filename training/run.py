@@ -178,7 +178,7 @@ def build_run(config: TrainConfig) -> Run:
     from hv_common.input_checks import check_output_dir
     from networks.build import build_network
     from training.list_targets import check_patterns_early
-    from training.optim import build_custom_scheduler, build_optimizer, build_scheduler, steps_from
+    from training.optim import build_optimizer, build_schedule
 
     model_options, memory, saving = config.model, config.memory, config.saving
     _require(dit=model_options.dit, dataset_config=config.data.dataset_config, output_dir=saving.output_dir)
@@ -256,21 +256,7 @@ def build_run(config: TrainConfig) -> Run:
     max_steps = _max_steps(config, len(batches))
     # One scheduler step per optimizer step (the optimizer step calls it): a scheduler prepared by accelerate
     # would step once per process, and a schedule stretched to match is off by one step per process.
-    scheduler = (
-        build_custom_scheduler(optimizer, opt.lr_scheduler_type, opt.lr_scheduler_args)
-        if opt.lr_scheduler_type
-        else build_scheduler(
-            optimizer,
-            opt.lr_scheduler,
-            steps_from(opt.lr_warmup_steps, max_steps),
-            max_steps,
-            opt.lr_scheduler_num_cycles,
-            opt.lr_scheduler_power,
-            opt.lr_scheduler_min_lr_ratio or 0.0,
-            steps_from(opt.lr_decay_steps, max_steps),
-            opt.lr_scheduler_timescale,
-        )
-    )
+    scheduler = build_schedule(optimizer, opt, max_steps)
     # The network is not prepared: the DiT calls the LoRA modules itself, so a DDP wrapper would never see a
     # forward (it averaged nothing: average_gradients does) and would only cost its gradient buckets, a
     # second copy of every LoRA gradient on the GPU. The network was created on the device already.
