@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import ast
 import importlib
+import logging
 import math
 from collections.abc import Sequence
-
-import logging
 from typing import TYPE_CHECKING
 
 import torch
@@ -173,7 +172,9 @@ def build_schedule(
     warmup = steps_from(opt.lr_warmup_steps, max_steps)
     if _relative_step(optimizer):
         if warmup:  # musubi-tuner: "adafactor does not require num_warmup_steps"
-            raise UserError("--lr_warmup_steps: Adafactor with relative_step=True schedules itself; set it to 0")
+            raise UserError(
+                "--lr_warmup_steps: Adafactor with relative_step=True schedules itself; set it to 0"
+            )
         if opt.lr_scheduler not in ("constant", "adafactor"):
             logger.warning(
                 "--lr_scheduler %s replaced by adafactor: Adafactor with relative_step=True schedules itself "
@@ -196,7 +197,9 @@ def build_schedule(
         try:
             alpha, beta = float(kwargs.get("rex_alpha", 0.1)), float(kwargs.get("rex_beta", 0.9))
         except (TypeError, ValueError):
-            raise UserError(f"--lr_scheduler_args for rex: rex_alpha and rex_beta are numbers, got {kwargs}") from None
+            raise UserError(
+                f"--lr_scheduler_args for rex: rex_alpha and rex_beta are numbers, got {kwargs}"
+            ) from None
         return torch.optim.lr_scheduler.LambdaLR(optimizer, rex_lambda(warmup, max_steps, ratio, alpha, beta))
     return build_scheduler(
         optimizer,

@@ -78,6 +78,7 @@ def flow_settings(flow: FlowOptions) -> FlowSettings:
         min_timestep=flow.min_timestep or 0.0,
         max_timestep=flow.max_timestep or 1000.0,
         preserve_distribution_shape=flow.preserve_distribution_shape,
+        num_timestep_buckets=flow.num_timestep_buckets,
     )
 
 
@@ -177,8 +178,10 @@ def build_run(config: TrainConfig) -> Run:
     from hunyuan_model.config import DEFAULT_EXCLUDE_PATTERNS, TARGET_BLOCK_CLASSES
     from hv_common.input_checks import check_output_dir
     from networks.build import build_network
+    from training.base_weights import check_base_weights, merge_base_weights
     from training.list_targets import check_patterns_early
     from training.optim import build_optimizer, build_schedule
+    from training.step import check_max_norm_support
 
     model_options, memory, saving = config.model, config.memory, config.saving
     _require(dit=model_options.dit, dataset_config=config.data.dataset_config, output_dir=saving.output_dir)
@@ -190,6 +193,7 @@ def build_run(config: TrainConfig) -> Run:
         config.network, model_options.dit
     )  # headers only: a bad pattern fails before loading
     _check_trackers(config.logging.trackers, config.logging.logging_dir)
+    check_base_weights(config.training)
     log_dir = config.logging.run_log_dir(time.time())
     flow = flow_settings(config.flow)
     batches, summary = _load_batches(config)
@@ -221,6 +225,7 @@ def build_run(config: TrainConfig) -> Run:
         fp8_scaled=memory.fp8_scaled,
         work_device=device,
     )
+    merge_base_weights(model, config.training, model_options.dit)  # before the LoRA wraps the Linears
     set_attention_backend(model, backend)
     model.requires_grad_(False)
     if memory.gradient_checkpointing:
@@ -244,6 +249,7 @@ def build_run(config: TrainConfig) -> Run:
         load_network(network, config.network.network_weights)
     network.apply_to(model)
     network.train()
+    check_max_norm_support(network, config.training.scale_weight_norms)
     swap_and_compile(memory, model, device)
 
     opt = config.optimizer

@@ -94,6 +94,11 @@ GIVEN = {
     "max_timestep": (["1000"], 1000),
     "preserve_distribution_shape": ([], True),
     "guidance_scale": (["6"], 6.0),
+    "num_timestep_buckets": (["4"], 4),
+    "show_timesteps": (["console"], "console"),
+    "scale_weight_norms": (["1.0"], 1.0),
+    "base_weights": (["a.safetensors", "b.safetensors"], ("a.safetensors", "b.safetensors")),
+    "base_weights_multiplier": (["0.5"], (0.5,)),  # needs --base_weights: see EXTRA_ARGV
     "output_dir": (["out"], "out"),
     "output_name": (["my_lora"], "my_lora"),
     "save_every_n_steps": (["100"], 100),
@@ -130,6 +135,7 @@ EXTRA_ARGV = {
     "dim_from_weights": ["--network_weights", "init.safetensors"],
     "gradient_checkpointing_cpu_offload": ["--gradient_checkpointing"],
     "lr_scheduler_args": ["--lr_scheduler_type", "StepLR"],  # the arguments of that class
+    "base_weights_multiplier": ["--base_weights", "a.safetensors"],
 }
 
 
@@ -255,7 +261,8 @@ def test_schedulers_offered_are_ones_the_libraries_have():
     from diffusers.optimization import SchedulerType as DiffusersSchedulerType
     from transformers.optimization import SchedulerType
 
-    known = {s.value for s in SchedulerType} | {s.value for s in DiffusersSchedulerType} | {"adafactor"}
+    musubi_tuners_own = {"adafactor", "rex"}  # Adafactor's schedule, its RexLR (modules/lr_schedulers.py)
+    known = {s.value for s in SchedulerType} | {s.value for s in DiffusersSchedulerType} | musubi_tuners_own
     assert set(LR_SCHEDULERS) <= known
 
 

@@ -52,7 +52,10 @@ def test_piecewise_constant_follows_its_step_rules():
     [
         (["--lr_scheduler", "piecewise_constant"], "needs --lr_scheduler_args step_rules="),
         (["--lr_scheduler", "piecewise_constant", "--lr_scheduler_args", "step_rules=1:x,2"], "factor:step"),
-        (["--lr_scheduler", "rex", "--lr_scheduler_args", "gamma=2"], "gamma: --lr_scheduler rex takes rex_alpha"),
+        (
+            ["--lr_scheduler", "rex", "--lr_scheduler_args", "gamma=2"],
+            "gamma: --lr_scheduler rex takes rex_alpha",
+        ),
         (["--lr_scheduler", "cosine", "--lr_scheduler_args", "x=1"], "--lr_scheduler cosine takes none"),
     ],
 )
