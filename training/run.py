@@ -20,7 +20,7 @@ from lora_files.io import load_network, rank_and_alpha
 from training.flow import FlowSettings
 from training.nonfinite import NonFiniteGuard
 from training.options import FlowOptions, MemoryOptions, TrainConfig
-from training.precision import resolve_mixed_precision
+from training.precision import apply_full_precision, resolve_mixed_precision
 from training.processes import broadcast_parameters, process_state
 
 if TYPE_CHECKING:
@@ -250,6 +250,9 @@ def build_run(config: TrainConfig) -> Run:
     network.apply_to(model)
     network.train()
     check_max_norm_support(network, config.training.scale_weight_norms)
+    apply_full_precision(
+        network, accelerator, config
+    )  # --full_bf16/--full_fp16, before the optimizer sees it
     swap_and_compile(memory, model, device)
 
     opt = config.optimizer

@@ -66,8 +66,12 @@ class TrainingOptions:
         "autocast dtype (unset: accelerate's, from `accelerate launch --mixed_precision` or `accelerate config`)",
         choices=("no", "fp16", "bf16"),
     )
-    full_bf16: bool = option(False, "bf16 LoRA weights and gradients (not implemented yet)")
-    full_fp16: bool = option(False, "fp16 LoRA weights and gradients (not implemented yet)")
+    full_bf16: bool = option(
+        False, "LoRA weights, gradients and optimizer state in bf16 (needs mixed precision bf16)"
+    )
+    full_fp16: bool = option(
+        False, "LoRA weights, gradients and optimizer state in fp16 (needs mixed precision fp16)"
+    )
     seed: int | None = option(None, "random seed, 0 to 2**64 - 1 (unset: a random one)", type=seed_type)
     ddp_timeout: int | None = option(None, "DDP timeout in minutes (unset: accelerate's)", type=positive_int)
     max_nonfinite_steps: int = option(
@@ -96,6 +100,18 @@ class TrainingOptions:
     def __post_init__(self) -> None:
         if self.full_bf16 and self.full_fp16:
             raise UserError("--full_bf16 and --full_fp16 exclude each other; choose one")
+        # Unset: accelerate's setting, checked when training/precision.py resolves it (this runs again then).
+        given = self.mixed_precision
+        for on, flag, wanted in (
+            (self.full_bf16, "full_bf16", "bf16"),
+            (self.full_fp16, "full_fp16", "fp16"),
+        ):
+            if on and given not in (None, wanted):
+                where = " on a CUDA GPU: a CPU has no fp16 autocast" if wanted == "fp16" else ""
+                raise UserError(
+                    f"--{flag} needs mixed precision {wanted} (--mixed_precision {wanted}{where}); "
+                    f"this run's is {given}"
+                )
         if len(self.base_weights_multiplier) > len(self.base_weights):
             # musubi-tuner ignores the extra ones: here a multiplier never silently does nothing
             raise UserError(
