@@ -181,6 +181,11 @@ def build_schedule(
                 "(pass --optimizer_args relative_step=False to use a schedule)",
                 opt.lr_scheduler,
             )
+        if len({group["lr"] for group in optimizer.param_groups}) > 1:
+            logger.warning(
+                "Adafactor with relative_step=True ignores each param group's lr: the LoRA+ ratio has no effect "
+                "(as in musubi-tuner); pass --optimizer_args relative_step=False to keep it"
+            )
         from transformers.optimization import AdafactorSchedule
 
         return AdafactorSchedule(optimizer, initial_lr=opt.learning_rate)

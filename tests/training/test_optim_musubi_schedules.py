@@ -99,3 +99,12 @@ def test_adafactor_schedule_refuses_what_it_cannot_do():
         _lrs(["--lr_warmup_steps", "2"], 4, _adafactor([]))
     with pytest.raises(UserError, match="--lr_scheduler adafactor is Adafactor's own step size"):
         _lrs(["--lr_scheduler", "adafactor"], 2)
+
+
+def test_adafactor_relative_step_says_that_lora_plus_has_no_effect(caplog):
+    p, q = torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.ones(2, 2))
+    groups = [{"params": [p], "lr": 0.5, "kind": "lora"}, {"params": [q], "lr": 2.0, "kind": "lora_plus"}]
+    optimizer = build_optimizer("Adafactor", groups, 0.5, [])
+    with caplog.at_level("WARNING", logger="training.optim"):
+        build_schedule(optimizer, parse_args(["--learning_rate", "0.5"]).optimizer, 4)
+    assert "the LoRA+ ratio has no effect" in caplog.text
