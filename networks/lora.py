@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .lora_module import LoRAModule
+from .max_norm import MaxNormFigures, apply_max_norm
 from .network_args import NetworkArgs, NetworkArgsError, parse_network_args
 from .pattern_guard import match_sets
 from .selection import Selection, find_candidates, first_match, select, warn_unmatched
@@ -126,6 +127,11 @@ class LoRANetwork(nn.Module):
     def set_multiplier(self, multiplier: float) -> None:
         for lora in self.loras:
             lora.multiplier = multiplier
+
+    def apply_max_norm_regularization(self, max_norm: float, device: torch.device | str) -> MaxNormFigures:
+        """--scale_weight_norms (networks/max_norm.py): cap each module's update norm, in place."""
+        pairs = [(lora.lora_down.weight, lora.lora_up.weight, lora.scale) for lora in self.loras]
+        return apply_max_norm(pairs, max_norm, device)
 
     def prepare_optimizer_params(self, lr: float) -> list[dict[str, Any]]:
         """One group at `lr`; with LoRA+ (ratio R) every lora_up weight goes to a second group at lr x R.

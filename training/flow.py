@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,13 @@ class FlowSettings:
     min_timestep: float = 0.0
     max_timestep: float = 1000.0
     preserve_distribution_shape: bool = False  # min/max timestep by rejection, not by rescaling
+    num_timestep_buckets: int | None = None  # stratified uniform draws (2 or more); None, 0, 1: off
+
+    @property
+    def strata(self) -> int:
+        """The number of timestep buckets in use (0: off)."""
+        k = self.num_timestep_buckets or 0
+        return k if k > 1 else 0
 
     def __post_init__(self) -> None:
         if self.timestep_sampling not in TIMESTEP_SAMPLINGS:
@@ -43,6 +51,12 @@ class FlowSettings:
         if not 0 <= self.min_timestep < self.max_timestep <= 1000:
             raise UserError(
                 f"--min_timestep {self.min_timestep} / --max_timestep {self.max_timestep}: need 0 <= min < max <= 1000"
+            )
+        if self.strata and self.timestep_sampling == "sigma":
+            logger.warning(
+                "--num_timestep_buckets %d has no effect with --timestep_sampling sigma (as in musubi-tuner, "
+                "which stratifies the other samplings only): pick uniform, sigmoid, shift, flux_shift or logsnr",
+                self.strata,
             )
 
 
@@ -69,18 +83,23 @@ def _flux_mu(latent_tokens: int) -> float:
 
 
 def sample_t(
-    settings: FlowSettings, latents: torch.Tensor, generator: torch.Generator | None = None
+    settings: FlowSettings,
+    latents: torch.Tensor,
+    generator: torch.Generator | None = None,
+    uniform: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """t in (0, 1) per batch item, on the CPU (the same draws on any device), within --min/--max_timestep:
     the draws rescaled into that range, or with --preserve_distribution_shape, the draws outside it dropped
-    and drawn again (musubi-tuner's rule: at most 1000 rounds, then a warning and unrestricted draws)."""
+    and drawn again (musubi-tuner's rule: at most 1000 rounds, then a warning and unrestricted draws).
+    `uniform`: one stratified draw in [0, 1) per item (--num_timestep_buckets) that stands for the random
+    source of the first round (later rejection rounds draw freely)."""
     n = latents.shape[0]
     lo, hi = settings.min_timestep / 1000.0, settings.max_timestep / 1000.0
     if not settings.preserve_distribution_shape:
-        return _draw_t(settings, latents, n, generator) * (hi - lo) + lo
+        return _draw_t(settings, latents, n, generator, uniform) * (hi - lo) + lo
     kept: list[torch.Tensor] = []
-    for _ in range(REJECTION_ROUNDS):
-        t = _draw_t(settings, latents, n, generator)
+    for round_ in range(REJECTION_ROUNDS):
+        t = _draw_t(settings, latents, n, generator, uniform if round_ == 0 else None)
         kept.extend(t[(t >= lo) & (t <= hi)])
         if len(kept) >= n:
             return torch.stack(kept[:n])
@@ -98,22 +117,35 @@ def sample_t(
 REJECTION_ROUNDS = 1000
 
 
+def _normal(n: int, generator: torch.Generator | None, uniform: torch.Tensor | None) -> torch.Tensor:
+    """Standard normal draws, or the normal quantiles of given uniform draws (musubi-tuner's erfinv rule)."""
+    if uniform is None:
+        return torch.randn(n, generator=generator)
+    u = uniform.clamp(1e-7, 1.0 - 1e-7)
+    return math.sqrt(2.0) * torch.erfinv(2.0 * u - 1.0)
+
+
 def _draw_t(
-    settings: FlowSettings, latents: torch.Tensor, n: int, generator: torch.Generator | None
+    settings: FlowSettings,
+    latents: torch.Tensor,
+    n: int,
+    generator: torch.Generator | None,
+    uniform: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """t in (0, 1) from --timestep_sampling, before --min/--max_timestep."""
+    """t in (0, 1) from --timestep_sampling, before --min/--max_timestep; `uniform` (stratified draws) stands
+    for the mode's random source, as musubi-tuner maps them (sigma ignores them, as there)."""
     mode = settings.timestep_sampling
     if mode == "sigma":
         # The discrete scheduler's sigmas (1000 steps, shifted), picked by the weighting scheme's density.
         index = (_density(settings, n, generator) * 1000).long().clamp(0, 999)
         t = shift_sigmas(1.0 - index.float() / 1000.0, settings.discrete_flow_shift)
     elif mode == "uniform":
-        t = torch.rand(n, generator=generator)
+        t = torch.rand(n, generator=generator) if uniform is None else uniform.clone()
     elif mode == "logsnr":
-        logsnr = torch.randn(n, generator=generator) * settings.logit_std + settings.logit_mean
+        logsnr = _normal(n, generator, uniform) * settings.logit_std + settings.logit_mean
         t = torch.sigmoid(-logsnr / 2)
     else:
-        t = torch.sigmoid(settings.sigmoid_scale * torch.randn(n, generator=generator))
+        t = torch.sigmoid(settings.sigmoid_scale * _normal(n, generator, uniform))
         if mode == "shift":
             t = shift_sigmas(t, settings.discrete_flow_shift)
         elif mode == "flux_shift":
@@ -124,16 +156,38 @@ def _draw_t(
 
 
 def seeded_draws(
-    settings: FlowSettings, latents: torch.Tensor, seeds: torch.Tensor
+    settings: FlowSettings,
+    latents: torch.Tensor,
+    seeds: torch.Tensor,
+    strata: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(noise, t) for each item from its own generator, on the CPU: an item's draws depend on its seed only,
-    not on the batch it shares, the process that trains it, or how many draws came before."""
+    not on the batch it shares, the process that trains it, or how many draws came before. `strata`: each
+    item's timestep bucket (--num_timestep_buckets, see `timestep_strata`); its uniform draw falls in it."""
     noise, ts = [], []
     for i, seed in enumerate(seeds.tolist()):
         g = torch.Generator().manual_seed(int(seed))
-        ts.append(sample_t(settings, latents[i : i + 1], g))
+        uniform = None
+        if strata is not None:
+            uniform = (strata[i] + torch.rand(1, generator=g)) / settings.strata
+        ts.append(sample_t(settings, latents[i : i + 1], g, uniform))
         noise.append(torch.randn(tuple(latents.shape[1:]), generator=g))
     return torch.stack(noise).to(latents.dtype), torch.cat(ts)
+
+
+def timestep_strata(buckets: int, seed: int, epoch: int, index: int, positions: list[int]) -> list[int]:
+    """--num_timestep_buckets: the bucket of each item of batch `index` of `epoch`, at these positions of the
+    global batch. Each position's stream of batches goes through the buckets in cycles of `buckets` batches,
+    each cycle a fresh random order (musubi-tuner's pool of slices, shuffled, drawn until empty): every run
+    of that many steps draws exactly once from each slice of [0, 1), and the order is a function of
+    (seed, epoch, index, position) alone, so a resumed or data-parallel run draws the same."""
+    cycle, place = divmod(index, buckets)
+    out = []
+    for position in positions:
+        order = list(range(buckets))
+        random.Random(f"{seed}:{epoch}:{cycle}:{position}").shuffle(order)
+        out.append(order[place])
+    return out
 
 
 def loss_weights(settings: FlowSettings, t: torch.Tensor) -> torch.Tensor | None:

@@ -20,7 +20,7 @@ from lora_files.io import load_network, rank_and_alpha
 from training.flow import FlowSettings
 from training.nonfinite import NonFiniteGuard
 from training.options import FlowOptions, MemoryOptions, TrainConfig
-from training.precision import resolve_mixed_precision
+from training.precision import apply_full_precision, resolve_mixed_precision
 from training.processes import broadcast_parameters, ddp_kwargs_handlers, process_state, set_cuda_flags
 from training.trackers import check_trackers
 
@@ -79,6 +79,7 @@ def flow_settings(flow: FlowOptions) -> FlowSettings:
         min_timestep=flow.min_timestep or 0.0,
         max_timestep=flow.max_timestep or 1000.0,
         preserve_distribution_shape=flow.preserve_distribution_shape,
+        num_timestep_buckets=flow.num_timestep_buckets,
     )
 
 
@@ -180,8 +181,10 @@ def build_run(config: TrainConfig) -> Run:
     from hunyuan_model.config import DEFAULT_EXCLUDE_PATTERNS, TARGET_BLOCK_CLASSES
     from hv_common.input_checks import check_output_dir
     from networks.build import build_network
+    from training.base_weights import check_base_weights, merge_base_weights
     from training.list_targets import check_patterns_early
-    from training.optim import build_custom_scheduler, build_optimizer, build_scheduler, steps_from
+    from training.optim import build_optimizer, build_schedule
+    from training.step import check_max_norm_support
 
     model_options, memory, saving = config.model, config.memory, config.saving
     _require(dit=model_options.dit, dataset_config=config.data.dataset_config, output_dir=saving.output_dir)
@@ -194,6 +197,7 @@ def build_run(config: TrainConfig) -> Run:
         config.network, model_options.dit
     )  # headers only: a bad pattern fails before loading
     check_trackers(config.logging)
+    check_base_weights(config.training)
     log_dir = config.logging.run_log_dir(time.time())
     flow = flow_settings(config.flow)
     batches, summary = _load_batches(config)
@@ -230,6 +234,7 @@ def build_run(config: TrainConfig) -> Run:
         work_device=device,
         mmap=not config.backends.disable_numpy_memmap,
     )
+    merge_base_weights(model, config.training, model_options.dit)  # before the LoRA wraps the Linears
     set_attention_backend(model, backend)
     model.requires_grad_(False)
     if memory.gradient_checkpointing:
@@ -253,6 +258,10 @@ def build_run(config: TrainConfig) -> Run:
         load_network(network, config.network.network_weights)
     network.apply_to(model)
     network.train()
+    check_max_norm_support(network, config.training.scale_weight_norms)
+    apply_full_precision(
+        network, accelerator, config
+    )  # --full_bf16/--full_fp16, before the optimizer sees it
     swap_and_compile(memory, model, device)
 
     opt = config.optimizer
@@ -265,21 +274,7 @@ def build_run(config: TrainConfig) -> Run:
     max_steps = _max_steps(config, len(batches))
     # One scheduler step per optimizer step (the optimizer step calls it): a scheduler prepared by accelerate
     # would step once per process, and a schedule stretched to match is off by one step per process.
-    scheduler = (
-        build_custom_scheduler(optimizer, opt.lr_scheduler_type, opt.lr_scheduler_args)
-        if opt.lr_scheduler_type
-        else build_scheduler(
-            optimizer,
-            opt.lr_scheduler,
-            steps_from(opt.lr_warmup_steps, max_steps),
-            max_steps,
-            opt.lr_scheduler_num_cycles,
-            opt.lr_scheduler_power,
-            opt.lr_scheduler_min_lr_ratio or 0.0,
-            steps_from(opt.lr_decay_steps, max_steps),
-            opt.lr_scheduler_timescale,
-        )
-    )
+    scheduler = build_schedule(optimizer, opt, max_steps)
     # The network is not prepared: the DiT calls the LoRA modules itself, so a DDP wrapper would never see a
     # forward (it averaged nothing: average_gradients does) and would only cost its gradient buckets, a
     # second copy of every LoRA gradient on the GPU. The network was created on the device already.

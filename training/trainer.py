@@ -38,6 +38,10 @@ def train(config: TrainConfig) -> int:
     from training.args import unimplemented_option_notes
     from training.validation import build_validator
 
+    if config.flow.show_timesteps:  # musubi-tuner: show the distribution, then stop before anything loads
+        from training.show_timesteps import show_timesteps
+
+        return show_timesteps(config)
     start = time.perf_counter()
     config = prepare_processes(config)  # only the main process logs; every process has the same seed
     for note in [*unimplemented_option_notes(config), *ddp_flag_notes(config.backends)]:
@@ -73,7 +77,7 @@ def train(config: TrainConfig) -> int:
         for micro in range(accumulation):  # the gradients of the step's micro-batches add up
             batch = next(batches)
             run.guard.note_files(batch.get("cache_paths"))  # a skipped step names the files behind it
-            micro_losses.append(micro_step(run, batch))
+            micro_losses.append(micro_step(run, batch, (progress.epoch, progress.batch_in_epoch)))
             progress.batch_in_epoch += 1
             if micro < accumulation - 1 and progress.batch_in_epoch >= len(run.batches):
                 _end_epoch(run, progress)  # an epoch can end inside a step
@@ -112,9 +116,9 @@ def _after_step(run: Run, progress: Progress, outcome: StepOutcome, bar: tqdm, s
     if len(run.losses) == 1:
         logger.info("first optimizer step done (%.2f s after start-up began)", time.perf_counter() - start)
     bar.update(1)
-    bar.set_postfix(_postfix(run, outcome.loss), refresh=False)
+    bar.set_postfix({**_postfix(run, outcome.loss), **outcome.bar_figures()}, refresh=False)
     if run.config.logging.trackers:
-        logs = {"loss/current": outcome.loss}
+        logs = {"loss/current": outcome.loss, **outcome.tracker_logs()}
         logs.update({f"lr/{g.get('kind', 'lora')}": g["lr"] for g in run.optimizer.param_groups})
         run.accelerator.log(logs, step=progress.step)
     on_boundary(run, progress, "step")

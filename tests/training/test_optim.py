@@ -66,10 +66,10 @@ def test_a_bad_custom_scheduler_is_one_line(name, args, says):
         build_custom_scheduler(_optimizer(), name, args)
 
 
-def test_lr_scheduler_args_without_a_class_are_refused():
+def test_lr_scheduler_args_for_a_schedule_that_takes_none_are_refused():
     from training.args import parse_args
 
-    with pytest.raises(UserError, match="--lr_scheduler_args are the arguments of --lr_scheduler_type"):
+    with pytest.raises(UserError, match="--lr_scheduler constant takes none"):
         parse_args(["--lr_scheduler_args", "step_size=2"])
     config = parse_args(["--lr_scheduler_type", "StepLR", "--lr_scheduler_args", "step_size=2"])
     assert config.optimizer.lr_scheduler_args == ("step_size=2",)

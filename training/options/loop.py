@@ -9,6 +9,7 @@ from hv_common.errors import UserError
 from hv_common.input_checks import seed as seed_type
 from hv_common.option_types import (
     first_timestep,
+    integer,
     last_timestep,
     non_negative_float,
     non_negative_int,
@@ -33,7 +34,13 @@ LR_SCHEDULERS = (
     "polynomial",
     "inverse_sqrt",
     "warmup_stable_decay",
+    "piecewise_constant",  # diffusers' (step_rules in --lr_scheduler_args)
+    "rex",  # musubi-tuner's RexLR
+    "adafactor",  # Adafactor's own relative step size (--optimizer_type Adafactor, relative_step=True)
 )
+# The built-in schedules that take --lr_scheduler_args, as musubi-tuner passes them: their keywords.
+SCHEDULER_ARGS = {"piecewise_constant": ("step_rules",), "rex": ("rex_alpha", "rex_beta")}
+SHOW_TIMESTEPS = ("image", "console")
 
 
 @dataclass(frozen=True)
@@ -59,8 +66,12 @@ class TrainingOptions:
         "autocast dtype (unset: accelerate's, from `accelerate launch --mixed_precision` or `accelerate config`)",
         choices=("no", "fp16", "bf16"),
     )
-    full_bf16: bool = option(False, "bf16 LoRA weights and gradients (not implemented yet)")
-    full_fp16: bool = option(False, "fp16 LoRA weights and gradients (not implemented yet)")
+    full_bf16: bool = option(
+        False, "LoRA weights, gradients and optimizer state in bf16 (needs mixed precision bf16)"
+    )
+    full_fp16: bool = option(
+        False, "LoRA weights, gradients and optimizer state in fp16 (needs mixed precision fp16)"
+    )
     seed: int | None = option(None, "random seed, 0 to 2**64 - 1 (unset: a random one)", type=seed_type)
     ddp_timeout: int | None = option(None, "DDP timeout in minutes (unset: accelerate's)", type=positive_int)
     max_nonfinite_steps: int = option(
@@ -68,10 +79,45 @@ class TrainingOptions:
         "a NaN/Inf loss or gradient skips the step; stop after N such steps in a row (0: no check)",
         type=non_negative_int,
     )
+    scale_weight_norms: float | None = option(
+        None,
+        "after each optimizer step, scale down each LoRA module whose up @ down norm exceeds this (max-norm; "
+        "1 is a good start; unset or 0: off)",
+        type=non_negative_float,
+        section="LoRA network",
+    )
+    base_weights: tuple[str, ...] = option(
+        (), "LoRA files merged into the DiT before training", metavar="PATH", section="LoRA network"
+    )
+    base_weights_multiplier: tuple[float, ...] = option(
+        (),
+        "their multipliers, in the same order (a missing one: 1.0)",
+        type=number,
+        metavar="X",
+        section="LoRA network",
+    )
 
     def __post_init__(self) -> None:
         if self.full_bf16 and self.full_fp16:
             raise UserError("--full_bf16 and --full_fp16 exclude each other; choose one")
+        # Unset: accelerate's setting, checked when training/precision.py resolves it (this runs again then).
+        given = self.mixed_precision
+        for on, flag, wanted in (
+            (self.full_bf16, "full_bf16", "bf16"),
+            (self.full_fp16, "full_fp16", "fp16"),
+        ):
+            if on and given not in (None, wanted):
+                where = " on a CUDA GPU: a CPU has no fp16 autocast" if wanted == "fp16" else ""
+                raise UserError(
+                    f"--{flag} needs mixed precision {wanted} (--mixed_precision {wanted}{where}); "
+                    f"this run's is {given}"
+                )
+        if len(self.base_weights_multiplier) > len(self.base_weights):
+            # musubi-tuner ignores the extra ones: here a multiplier never silently does nothing
+            raise UserError(
+                f"--base_weights_multiplier has {len(self.base_weights_multiplier)} values for "
+                f"{len(self.base_weights)} --base_weights file(s): give one per file (a missing one is 1.0)"
+            )
 
 
 @dataclass(frozen=True)
@@ -119,12 +165,58 @@ class OptimizerOptions:
     )
 
     def __post_init__(self) -> None:
-        if self.lr_scheduler_args and not self.lr_scheduler_type:
-            # musubi-tuner reads them only for a custom class: here they would silently do nothing
+        if self.lr_scheduler_type:
+            return
+        takes = SCHEDULER_ARGS.get(self.lr_scheduler)
+        if self.lr_scheduler_args and takes is None:
+            # musubi-tuner passes them to the other schedules, which take none: here they would do nothing
             raise UserError(
-                "--lr_scheduler_args are the arguments of --lr_scheduler_type's class; give that class too "
-                "(e.g. --lr_scheduler_type torch.optim.lr_scheduler.StepLR --lr_scheduler_args step_size=100)"
+                f"--lr_scheduler_args: --lr_scheduler {self.lr_scheduler} takes none (piecewise_constant and rex "
+                "do, and a custom --lr_scheduler_type class, e.g. torch.optim.lr_scheduler.StepLR with "
+                "step_size=100)"
             )
+        given = scheduler_arg_names(self.lr_scheduler_args)
+        unknown = sorted(set(given) - set(takes or ()))
+        if unknown:
+            raise UserError(
+                f"--lr_scheduler_args {', '.join(unknown)}: --lr_scheduler {self.lr_scheduler} takes "
+                f"{', '.join(takes or ())}"
+            )
+        if self.lr_scheduler == "piecewise_constant":
+            if "step_rules" not in given:
+                raise UserError(
+                    '--lr_scheduler piecewise_constant needs --lr_scheduler_args step_rules="1:10,0.1:20,0.01" '
+                    "(x1 before step 10, x0.1 before step 20, then x0.01)"
+                )
+            parse_step_rules(given["step_rules"])
+
+
+def scheduler_arg_names(items: tuple[str, ...]) -> dict[str, str]:
+    """{key: value text} of KEY=VALUE items (the values are read by training/optim.py)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--lr_scheduler_args {item!r}: expected key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def parse_step_rules(text: str) -> tuple[list[tuple[int, float]], float]:
+    """piecewise_constant's rules as diffusers reads them: "1:10,0.1:20,0.01" is x1 for steps < 10, x0.1 for
+    steps < 20, x0.01 after; ([(10, 1.0), (20, 0.1)], 0.01), sorted by step."""
+    rules = text.strip().strip("\"'").split(",")
+    try:
+        pairs = []
+        for rule in rules[:-1]:
+            factor, step = rule.split(":")
+            pairs.append((int(step), float(factor)))
+        last = float(rules[-1])
+    except ValueError:
+        raise UserError(
+            f'--lr_scheduler_args step_rules={text}: expected "factor:step,...,factor", e.g. "1:10,0.1:20,0.01"'
+        ) from None
+    return sorted(dict(pairs).items()), last
 
 
 @dataclass(frozen=True)
@@ -144,6 +236,18 @@ class FlowOptions:
     )
     preserve_distribution_shape: bool = option(False, "min/max timestep by rejection, not rescaling")
     guidance_scale: float = option(1.0, "embedded guidance the DiT is given", type=number)
+    num_timestep_buckets: int | None = option(
+        None,
+        "stratified t: each run of N draws takes one from each of N equal slices of [0, 1) (2 or more; "
+        "no effect with --timestep_sampling sigma, as in musubi-tuner: a warning says so)",
+        type=integer,
+    )
+    show_timesteps: str | None = option(
+        None,
+        "draw 100,000 timesteps as training would, show their histogram and the loss weighting, then stop "
+        "(image: a PNG in --output_dir or the current folder)",
+        choices=SHOW_TIMESTEPS,
+    )
 
     def __post_init__(self) -> None:
         low, high = self.min_timestep, self.max_timestep
