@@ -64,8 +64,9 @@ class ComputeOptions:
     )
     split_attn: bool = option(
         False,
-        "SDPA one sample at a time on its valid tokens (with --attn_mode sdpa only): less peak memory with "
-        "--guidance_scale (2 samples a step)",
+        "attention one sample at a time: less peak memory with --guidance_scale (2 samples a step); with "
+        "--attn_mode sdpa, SDPA on each sample's valid tokens; with another --attn_mode, that kernel once per "
+        "sample",
     )
     blocks_to_swap: int = option(
         0,
@@ -81,10 +82,6 @@ class ComputeOptions:
 
         if self.attn_mode not in ATTN_MODES:
             raise UserError(f"--attn_mode {self.attn_mode}: unknown; use one of {', '.join(ATTN_MODES)}")
-        if self.split_attn and ATTN_MODES[self.attn_mode] != "sdpa":
-            raise UserError(
-                f"--split_attn and --attn_mode {self.attn_mode} exclude each other: choose one attention backend"
-            )
         try:  # its package now; CUDA and the DiT's dtype once the device is known (generate.py)
             check_attention_backend(self.attention_backend, None, flag=f"--attn_mode {self.attn_mode}")
         except AttentionBackendError as e:
@@ -99,8 +96,12 @@ class ComputeOptions:
 
     @property
     def attention_backend(self) -> str:
-        """--attn_mode / --split_attn as a backend name of hunyuan_model/attention.py."""
-        return "split_attn" if self.split_attn else ATTN_MODES[self.attn_mode]
+        """--attn_mode / --split_attn as a backend name of hunyuan_model/attention.py ("xformers+split": the
+        kernel once per sample)."""
+        kernel = ATTN_MODES[self.attn_mode]
+        if not self.split_attn:
+            return kernel
+        return "split_attn" if kernel == "sdpa" else f"{kernel}+split"
 
 
 @dataclass(frozen=True, kw_only=True)

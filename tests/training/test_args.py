@@ -38,6 +38,7 @@ GIVEN = {
     "flash_attn": ([], True),
     "sage_attn": ([], True),
     "xformers": ([], True),
+    "flash3": ([], True),
     "split_attn": ([], True),
     "dataset_config": (["d.toml"], "d.toml"),
     "max_data_loader_n_workers": (["0"], 0),

@@ -10,7 +10,7 @@ from hv_common.option_types import dtype_name, non_negative_int, positive_int
 from hv_common.options import option
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-ATTENTION_BACKENDS = ("flash_attn", "sage_attn", "xformers", "split_attn")  # flags; none set: "sdpa"
+ATTENTION_BACKENDS = ("flash_attn", "flash3", "sage_attn", "xformers")  # kernel flags; none set: "sdpa"
 
 
 @dataclass(frozen=True)
@@ -71,10 +71,17 @@ class MemoryOptions:
         "xformers memory_efficient_attention per sample on the valid tokens (pip install xformers; CUDA)",
         section="attention",
     )
+    flash3: bool = option(
+        False,
+        "FlashAttention 3 (the flash_attn_interface module, built from flash-attention's hopper/ folder; "
+        "Hopper GPUs, fp16/bf16) on the valid tokens only",
+        section="attention",
+    )
     split_attn: bool = option(
         False,
-        "SDPA one sample at a time on its valid tokens, with no mask tensor, so that PyTorch can use its flash "
-        "kernel on CUDA: for long videos with batch size > 1 (any device; may be given with --sdpa)",
+        "attention one sample at a time (batch 1 per call): alone (or with --sdpa), SDPA on each sample's "
+        "valid tokens with no mask tensor, so that PyTorch can use its flash kernel on CUDA; with --xformers, "
+        "--flash_attn, --flash3 or --sage_attn, that kernel once per sample",
         section="attention",
     )
     gradient_checkpointing: bool = option(False, "recompute activations: less memory", section="training")
@@ -122,23 +129,25 @@ class MemoryOptions:
 
     @property
     def attention_backend(self) -> str:
-        """The backend the flags choose: "sdpa" unless one of ATTENTION_BACKENDS is set.
-
-        `--sdpa --split_attn` is split_attn (it is SDPA, one sample at a time; musubi users write both); any
-        other two flags are a UserError."""
+        """The backend the flags choose (hunyuan_model/attention.py's names): "sdpa" unless a kernel flag of
+        ATTENTION_BACKENDS is set; `--split_attn` makes it "split_attn" alone (or with `--sdpa`: it is SDPA one
+        sample at a time; musubi users write both) and "<kernel>+split" with a kernel, as in musubi-tuner.
+        Two kernel flags (or --sdpa and a kernel) are a UserError."""
         flags = dict(
             flash_attn=self.flash_attn,
+            flash3=self.flash3,
             sage_attn=self.sage_attn,
             xformers=self.xformers,
-            split_attn=self.split_attn,
         )
         chosen = [name for name in ATTENTION_BACKENDS if flags[name]]
-        if self.sdpa and chosen and chosen[0] != "split_attn":
+        if self.sdpa and chosen:
             chosen.insert(0, "sdpa")
         if len(chosen) > 1:
             names = " and ".join(f"--{name}" for name in chosen)
             raise UserError(f"{names} exclude each other: choose one attention backend")
-        return chosen[0] if chosen else "sdpa"
+        if not chosen or chosen == ["sdpa"]:
+            return "split_attn" if self.split_attn else "sdpa"
+        return chosen[0] + ("+split" if self.split_attn else "")
 
     @property
     def compile_dynamic_shapes(self) -> bool | None:
