@@ -104,6 +104,20 @@ class HYVideoDiffusionTransformer(nn.Module):
                 fullgraph=fullgraph,
             )
 
+    def compile_whole(self, kwargs: dict) -> None:
+        """torch.compile the whole forward in place (nn.Module.compile), with torch.compile's keyword arguments
+        (backend, mode, fullgraph, dynamic): what accelerate's TorchDynamoPlugin does to a prepared model, but
+        names and state-dict keys stay. An unknown or uninstalled backend is one line."""
+        from hv_common.errors import UserError
+
+        try:
+            self.compile(**kwargs)
+        except torch._dynamo.exc.InvalidBackend:
+            known = ", ".join(torch._dynamo.list_backends())
+            raise UserError(
+                f"--dynamo_backend {kwargs.get('backend')}: not available here; known: {known}"
+            ) from None
+
     def _run(self, index: int, block: nn.Module, *args):
         swap = self._block_swap
         if swap is not None:

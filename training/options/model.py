@@ -10,6 +10,26 @@ from hv_common.option_types import dtype_name, non_negative_int, positive_int
 from hv_common.options import option
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# accelerate's DynamoBackend values, as musubi-tuner offers them (not imported: the parser answers before torch)
+DYNAMO_BACKENDS = (
+    "NO",
+    "EAGER",
+    "AOT_EAGER",
+    "INDUCTOR",
+    "AOT_TS_NVFUSER",
+    "NVPRIMS_NVFUSER",
+    "CUDAGRAPHS",
+    "OFI",
+    "FX2TRT",
+    "ONNXRT",
+    "TENSORRT",
+    "AOT_TORCHXLA_TRACE_ONCE",
+    "TORCHXLA_TRACE_ONCE",
+    "TVM",
+    "HPU_BACKEND",
+    "NEURON",
+)
+DYNAMO_MODES = ("default", "reduce-overhead", "max-autotune")
 ATTENTION_BACKENDS = ("flash_attn", "flash3", "sage_attn", "xformers")  # kernel flags; none set: "sdpa"
 
 
@@ -111,6 +131,26 @@ class MemoryOptions:
         type=positive_int,
         section="training",
     )
+    # --- musubi-tuner's dynamo options: accelerate's TorchDynamoPlugin compiles the whole DiT (its forward) ---
+    dynamo_backend: str = option(
+        "NO",
+        "torch.compile the whole DiT with this backend, as accelerate's TorchDynamoPlugin does (NO: off); "
+        "--compile compiles each block instead",
+        choices=DYNAMO_BACKENDS,
+        section="training",
+    )
+    dynamo_mode: str | None = option(
+        None,
+        "torch.compile mode for --dynamo_backend (unset: default)",
+        choices=DYNAMO_MODES,
+        section="training",
+    )
+    dynamo_fullgraph: bool = option(False, "--dynamo_backend with fullgraph=True", section="training")
+    dynamo_dynamic: bool = option(
+        False,
+        "--dynamo_backend with dynamic=True (unset: dynamic=False, static shapes, as accelerate passes it)",
+        section="training",
+    )
 
     def __post_init__(self) -> None:
         if self.gradient_checkpointing_cpu_offload and not self.gradient_checkpointing:
@@ -120,6 +160,14 @@ class MemoryOptions:
             raise UserError(
                 f"--compile_mode {self.compile_mode} uses CUDA graphs, which block swap breaks: with "
                 "--blocks_to_swap use --compile_mode default or max-autotune-no-cudagraphs"
+            )
+        cuda_graphs = (
+            self.dynamo_mode in ("reduce-overhead", "max-autotune") or self.dynamo_backend == "CUDAGRAPHS"
+        )
+        if self.dynamo_backend != "NO" and self.blocks_to_swap and cuda_graphs:
+            raise UserError(
+                f"--dynamo_backend {self.dynamo_backend} --dynamo_mode {self.dynamo_mode} uses CUDA graphs, "
+                "which block swap breaks (weight addresses): with --blocks_to_swap use --dynamo_mode default"
             )
         if self.compile and self.blocks_to_swap and self.compile_backend == "cudagraphs":
             raise UserError(
@@ -148,6 +196,20 @@ class MemoryOptions:
         if not chosen or chosen == ["sdpa"]:
             return "split_attn" if self.split_attn else "sdpa"
         return chosen[0] + ("+split" if self.split_attn else "")
+
+    @property
+    def dynamo_compile_kwargs(self) -> dict[str, object] | None:
+        """torch.compile's arguments for the whole DiT, as accelerate's TorchDynamoPlugin.to_kwargs() gives them
+        from musubi-tuner's --dynamo_* (backend in lower case, dynamic always a bool); None when off."""
+        if self.dynamo_backend == "NO":
+            return None
+        mode = None if self.dynamo_mode in (None, "default") else self.dynamo_mode
+        return {
+            "backend": self.dynamo_backend.lower(),
+            "mode": mode,
+            "fullgraph": self.dynamo_fullgraph,
+            "dynamic": self.dynamo_dynamic,
+        }
 
     @property
     def compile_dynamic_shapes(self) -> bool | None:
