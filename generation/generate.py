@@ -129,6 +129,7 @@ def _sample(
         for module in applied:  # small: always on the device, also those of swapped blocks
             module.to(device)
     apply_block_swap(model, compute.blocks_to_swap, device)
+    _fast_and_compiled(compute, model)
     height, width = sampling.video_size
     latents = sample_latents(
         model,
@@ -148,6 +149,25 @@ def _sample(
     del model
     gc.collect()
     return latents.cpu()
+
+
+def _fast_and_compiled(compute: ComputeOptions, model) -> None:
+    """--fp8_fast (fp8 matmuls), then --compile (each block, as musubi-tuner's compile_transformer)."""
+    if compute.fp8_fast:
+        from hunyuan_model.fp8_fast import enable_fp8_fast
+
+        logger.info("--fp8_fast: %d block Linears multiply in fp8", enable_fp8_fast(model))
+    if not compute.compile:
+        return
+    settings = compute.compile_settings
+    if settings.cache_size_limit is not None:
+        torch._dynamo.config.cache_size_limit = settings.cache_size_limit
+    try:
+        model.compile_blocks(settings.backend, settings.mode, settings.dynamic, settings.fullgraph)
+    except torch._dynamo.exc.InvalidBackend:
+        known = ", ".join(torch._dynamo.list_backends())
+        raise UserError(f"--compile_backend {settings.backend}: unknown; known: {known}") from None
+    logger.info("compiling each DiT block (backend %s, mode %s)", settings.backend, settings.mode)
 
 
 def _settings(config: GenerateConfig, seed: int) -> dict[str, str]:
@@ -204,6 +224,10 @@ def run(config: GenerateConfig) -> int:
     device = pick_device(config.compute.device)
     _dtypes(config.compute, device)  # a bad dtype name fails now, not after minutes of work
     _attention_backend(config.compute, device)  # and a kernel that needs CUDA or fp16/bf16
+    if config.compute.fp8_fast:
+        from hunyuan_model.fp8_fast import check_fp8_fast
+
+        check_fp8_fast(device)  # fp8 matmuls need an fp8-capable GPU: one line, before anything loads
     loras = _load_loras(config)
     seed = config.sampling.seed if config.sampling.seed is not None else secrets.randbelow(2**32)
     logger.info("seed %d", seed)

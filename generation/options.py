@@ -36,6 +36,20 @@ ATTN_MODES = {
 OUTPUT_TYPES = ("video", "latent", "both")
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclass(frozen=True)
+class CompileSettings:
+    """What torch.compile gets for each DiT block (generation/generate.py)."""
+
+    backend: str
+    mode: str
+    dynamic: bool | None
+    fullgraph: bool
+    cache_size_limit: int | None
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelFiles:
     """models"""
@@ -77,8 +91,41 @@ class ComputeOptions:
     )
     device: str | None = option(None, "cuda, cuda:1, cpu (default: cuda when available)")
 
+    # --- compile and fp8 compute (musubi-tuner's hv_generate_video.py setup_parser_compile, --fp8_fast) ------
+    compile: bool = option(False, "torch.compile each DiT block (the first steps are slow: compiling)")
+    compile_backend: str = option("inductor", "torch.compile backend (default inductor)")
+    compile_mode: str = option("default", "torch.compile mode (default default)", choices=COMPILE_MODES)
+    compile_dynamic: str | None = option(
+        None, "torch.compile dynamic: true, false or auto (unset: auto)", choices=("true", "false", "auto")
+    )
+    compile_fullgraph: bool = option(False, "torch.compile fullgraph=True")
+    compile_cache_size_limit: int | None = option(
+        None, "torch._dynamo.config.cache_size_limit (unset: torch's default)", type=integer
+    )
+    compile_args: tuple[str, ...] | None = option(
+        None,
+        "[deprecated, as in musubi-tuner] with --compile: backend, mode, dynamic, fullgraph in one option; "
+        "overrides the four options above and sets --compile_cache_size_limit 32",
+        nargs=4,
+        metavar=("BACKEND", "MODE", "DYNAMIC", "FULLGRAPH"),
+    )
+    fp8_fast: bool = option(
+        False,
+        "with --fp8: multiply the fp8 block Linears in fp8 (torch._scaled_mm), not upcast; needs a CUDA GPU "
+        "with compute capability 8.9+ (RTX 40xx, L4, H100)",
+    )
+
     def __post_init__(self) -> None:
         from hunyuan_model.attention import AttentionBackendError, check_attention_backend
+
+        if self.fp8_fast and not self.fp8_weights:
+            raise UserError("--fp8_fast requires --fp8")
+        settings = self.compile_settings  # a bad --compile_args is one line now
+        if self.compile and self.blocks_to_swap and settings.mode in ("reduce-overhead", "max-autotune"):
+            raise UserError(
+                f"--compile_mode {settings.mode} uses CUDA graphs, which block swap breaks: with --blocks_to_swap "
+                "use --compile_mode default or max-autotune-no-cudagraphs"
+            )
 
         if self.attn_mode not in ATTN_MODES:
             raise UserError(f"--attn_mode {self.attn_mode}: unknown; use one of {', '.join(ATTN_MODES)}")
@@ -88,6 +135,28 @@ class ComputeOptions:
             raise UserError(str(e)) from None
         if self.blocks_to_swap < 0:
             raise UserError(f"--blocks_to_swap {self.blocks_to_swap}: expected 0 or more")
+
+    @property
+    def compile_settings(self) -> CompileSettings:
+        """--compile_* as torch.compile takes them; --compile_args, when given, wins (musubi-tuner's rule)."""
+        if self.compile_args is None:
+            dynamic = {"true": True, "false": False}.get(self.compile_dynamic or "auto")
+            return CompileSettings(
+                self.compile_backend,
+                self.compile_mode,
+                dynamic,
+                self.compile_fullgraph,
+                self.compile_cache_size_limit,
+            )
+        backend, mode, dynamic_text, fullgraph_text = self.compile_args
+        dynamic_text, fullgraph_text = dynamic_text.lower(), fullgraph_text.lower()
+        if mode not in COMPILE_MODES or dynamic_text not in ("true", "false", "auto"):
+            raise UserError(
+                f"--compile_args {' '.join(self.compile_args)}: MODE is one of {', '.join(COMPILE_MODES)}, "
+                "DYNAMIC one of true, false, auto"
+            )
+        dynamic = {"true": True, "false": False}.get(dynamic_text)
+        return CompileSettings(backend, mode, dynamic, fullgraph_text == "true", 32)
 
     @property
     def fp8_weights(self) -> bool:
