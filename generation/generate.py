@@ -152,7 +152,10 @@ def _sample(
 
 
 def _fast_and_compiled(compute: ComputeOptions, model) -> None:
-    """--fp8_fast (fp8 matmuls), then --compile (each block, as musubi-tuner's compile_transformer)."""
+    """After block swap: --img_in_txt_in_offloading, --fp8_fast (fp8 matmuls), then --compile (each block, as
+    musubi-tuner's compile_transformer)."""
+    if compute.img_in_txt_in_offloading:
+        model.enable_img_in_txt_in_offloading()
     if compute.fp8_fast:
         from hunyuan_model.fp8_fast import enable_fp8_fast
 

@@ -91,7 +91,7 @@ class ComputeOptions:
     )
     device: str | None = option(None, "cuda, cuda:1, cpu (default: cuda when available)")
 
-    # --- compile and fp8 compute (musubi-tuner's hv_generate_video.py setup_parser_compile, --fp8_fast) ------
+    # --- compile, fp8 compute, offloading (musubi-tuner's setup_parser_compile, --fp8_fast, ...offloading) -----
     compile: bool = option(False, "torch.compile each DiT block (the first steps are slow: compiling)")
     compile_backend: str = option("inductor", "torch.compile backend (default inductor)")
     compile_mode: str = option("default", "torch.compile mode (default default)", choices=COMPILE_MODES)
@@ -108,6 +108,11 @@ class ComputeOptions:
         "overrides the four options above and sets --compile_cache_size_limit 32",
         nargs=4,
         metavar=("BACKEND", "MODE", "DYNAMIC", "FULLGRAPH"),
+    )
+    img_in_txt_in_offloading: bool = option(
+        False,
+        "keep img_in and txt_in (the token refiner) in CPU memory, copied to the GPU just before they run each "
+        "step",
     )
     fp8_fast: bool = option(
         False,

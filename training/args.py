@@ -66,7 +66,6 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
 # --- options accepted before they work ----------------------------------------------------------------------
 
 UNIMPLEMENTED_OPTIONS = {
-    "img_in_txt_in_offloading": "img_in and txt_in stay on the training device",
     "full_bf16": "LoRA weights and gradients stay float32 (--mixed_precision still applies)",
     "full_fp16": "LoRA weights and gradients stay float32 (--mixed_precision still applies)",
 }
@@ -76,7 +75,6 @@ def unimplemented_option_notes(config: TrainConfig) -> list[str]:
     """One line per accepted-but-not-implemented option that is set, for the trainer to log at start:
     a GPU option never silently does nothing."""
     given = {
-        "img_in_txt_in_offloading": config.memory.img_in_txt_in_offloading,
         "full_bf16": config.training.full_bf16,
         "full_fp16": config.training.full_fp16,
     }

@@ -310,14 +310,12 @@ def test_each_unimplemented_option_gets_one_line(dest):
 
 
 def test_the_brief_list_of_gpu_options_is_covered():
-    assert set(UNIMPLEMENTED_OPTIONS) == {"img_in_txt_in_offloading", "full_bf16", "full_fp16"}
+    assert set(UNIMPLEMENTED_OPTIONS) == {"full_bf16", "full_fp16"}
 
 
 def test_several_unimplemented_options_get_a_line_each():
-    notes = unimplemented_option_notes(
-        parse_args(["--full_bf16", "--fp8_base", "--img_in_txt_in_offloading"])
-    )
-    assert [n.split()[0] for n in notes] == ["--img_in_txt_in_offloading", "--full_bf16"]
+    notes = unimplemented_option_notes(parse_args(["--full_bf16", "--fp8_base"]))
+    assert [n.split()[0] for n in notes] == ["--full_bf16"]  # --fp8_base is implemented: no line
 
 
 def test_docs_list_every_option():

@@ -68,7 +68,10 @@ class MemoryOptions:
         section="model",
     )
     img_in_txt_in_offloading: bool = option(
-        False, "img_in/txt_in on the CPU (not implemented yet)", section="model"
+        False,
+        "keep img_in and txt_in (the token refiner) in CPU memory and copy them to the GPU just before they run "
+        "each step (nothing is copied back: they are frozen)",
+        section="model",
     )
     # At most one attention backend. The kernels are checked at start-up: a missing package, a CPU device or a
     # float32 DiT for flash/sage is an error, never a silent fall-back to SDPA.
