@@ -128,8 +128,7 @@ def _sample(
         applied = apply_on_the_fly(model, loras, dtype=dtype if compute.fp8_weights else None)
         for module in applied:  # small: always on the device, also those of swapped blocks
             module.to(device)
-    apply_block_swap(model, compute.blocks_to_swap, device)
-    _fast_and_compiled(compute, model)
+    _swap_fast_and_compiled(compute, model, device)
     height, width = sampling.video_size
     latents = sample_latents(
         model,
@@ -151,9 +150,11 @@ def _sample(
     return latents.cpu()
 
 
-def _fast_and_compiled(compute: ComputeOptions, model) -> None:
-    """After block swap: --img_in_txt_in_offloading, --fp8_fast (fp8 matmuls), then --compile (each block, as
-    musubi-tuner's compile_transformer)."""
+def _swap_fast_and_compiled(compute: ComputeOptions, model, device: torch.device) -> None:
+    """With the LoRAs in place: --blocks_to_swap (--use_pinned_memory_for_block_swap), then
+    --img_in_txt_in_offloading, --fp8_fast (fp8 matmuls), --compile (each block, as musubi-tuner's
+    compile_transformer)."""
+    apply_block_swap(model, compute.blocks_to_swap, device, compute.use_pinned_memory_for_block_swap)
     if compute.img_in_txt_in_offloading:
         model.enable_img_in_txt_in_offloading()
     if compute.fp8_fast:

@@ -114,6 +114,11 @@ class ComputeOptions:
         "keep img_in and txt_in (the token refiner) in CPU memory, copied to the GPU just before they run each "
         "step",
     )
+    use_pinned_memory_for_block_swap: bool = option(
+        False,
+        "with --blocks_to_swap: the swapped blocks in pinned CPU memory, so that their copies to the GPU run "
+        "beside the compute (faster; more pinned memory, 'shared GPU memory' on Windows); default pageable",
+    )
     fp8_fast: bool = option(
         False,
         "with --fp8: multiply the fp8 block Linears in fp8 (torch._scaled_mm), not upcast; needs a CUDA GPU "

@@ -94,10 +94,13 @@ class HYVideoDiffusionTransformer(nn.Module):
         """Double blocks then single blocks: the one sequence block swap counts in."""
         return [*self.double_blocks, *self.single_blocks]
 
-    def enable_block_swap(self, n: int, device: torch.device | str) -> BlockSwapper | None:
+    def enable_block_swap(
+        self, n: int, device: torch.device | str, pin_memory: bool = False
+    ) -> BlockSwapper | None:
         """Keep the last n blocks (of `blocks()`) in CPU memory, everything else on `device`; 0 turns it off.
 
-        The model's weights must be frozen. See block_swap.py for the schedule; returns the swapper (its
+        The model's weights must be frozen. pin_memory: the CPU copies pinned (--use_pinned_memory_for_block_swap).
+        See block_swap.py for the schedule; returns the swapper (its
         `stats` count the host->device traffic).
         """
         blocks = self.blocks()
@@ -105,7 +108,7 @@ class HYVideoDiffusionTransformer(nn.Module):
         self.disable_block_swap()
         if n == 0:
             return None
-        swapper = BlockSwapper(blocks, n, device)  # swapped tensors leave for CPU memory first
+        swapper = BlockSwapper(blocks, n, device, pin_memory)  # swapped tensors leave for CPU memory first
         target = swapper.device
         for t in [*self.parameters(), *self.buffers()]:
             if t.device != target:

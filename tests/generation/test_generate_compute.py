@@ -8,7 +8,7 @@ import pytest
 import torch
 from lora_testing import tiny_inputs, tiny_model
 
-from generation.generate import _fast_and_compiled
+from generation.generate import _swap_fast_and_compiled
 from generation.options import ComputeOptions, build_parser
 from hunyuan_model.fp8 import Fp8Linear, quantize_linears
 from hunyuan_model.fp8_fast import Fp8FastLinear, enable_fp8_fast
@@ -61,7 +61,7 @@ def test_compile_gives_each_block_the_options(captured):
         "11",
     )
     model = tiny_model()
-    _fast_and_compiled(compute, model)
+    _swap_fast_and_compiled(compute, model, torch.device("cpu"))
     assert len(captured) == len(model.blocks()) == 4
     assert captured[0] == dict(
         backend="aot_eager", mode="max-autotune-no-cudagraphs", dynamic=False, fullgraph=True
@@ -73,7 +73,7 @@ def test_compile_args_win_as_in_musubi_tuner(captured):
     compute = _compute(
         "--compile", "--compile_backend", "eager", "--compile_args", "inductor", "default", "True", "false"
     )
-    _fast_and_compiled(compute, tiny_model())
+    _swap_fast_and_compiled(compute, tiny_model(), torch.device("cpu"))
     assert captured[0] == dict(
         backend="inductor", mode=None, dynamic=True, fullgraph=False
     )  # "default": None
@@ -83,7 +83,7 @@ def test_compile_args_win_as_in_musubi_tuner(captured):
 
 
 def test_no_compile_no_call(captured):
-    _fast_and_compiled(_compute(), tiny_model())
+    _swap_fast_and_compiled(_compute(), tiny_model(), torch.device("cpu"))
     assert captured == []
 
 

@@ -33,6 +33,7 @@ GIVEN = {
     "fp8_base": ([], True),
     "fp8_scaled": ([], True),
     "blocks_to_swap": (["20"], 20),
+    "use_pinned_memory_for_block_swap": ([], True),
     "img_in_txt_in_offloading": ([], True),
     "sdpa": ([], True),
     "flash_attn": ([], True),

@@ -67,6 +67,12 @@ class MemoryOptions:
         type=non_negative_int,
         section="model",
     )
+    use_pinned_memory_for_block_swap: bool = option(
+        False,
+        "with --blocks_to_swap: the swapped blocks in pinned CPU memory, so that their copies to the GPU run "
+        "beside the compute (faster; more pinned memory, 'shared GPU memory' on Windows); default pageable",
+        section="model",
+    )
     img_in_txt_in_offloading: bool = option(
         False,
         "keep img_in and txt_in (the token refiner) in CPU memory and copy them to the GPU just before they run "
