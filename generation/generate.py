@@ -122,13 +122,17 @@ def _sample(
     )
     model.eval().requires_grad_(False)
     set_attention_backend(model, _attention_backend(compute, device))
+    if compute.fp8_fast:  # before the LoRAs: a LoRA module calls the forward its Linear had when applied
+        from hunyuan_model.fp8_fast import enable_fp8_fast
+
+        logger.info("--fp8_fast: %d block Linears multiply in fp8", enable_fp8_fast(model))
     if loras and config.lora.lora_merge:
         merge_into(model, loras)
     elif loras:  # LoRA weights never in fp8
         applied = apply_on_the_fly(model, loras, dtype=dtype if compute.fp8_weights else None)
         for module in applied:  # small: always on the device, also those of swapped blocks
             module.to(device)
-    _swap_fast_and_compiled(compute, model, device)
+    _swap_offload_compile(compute, model, device)
     height, width = sampling.video_size
     latents = sample_latents(
         model,
@@ -150,17 +154,12 @@ def _sample(
     return latents.cpu()
 
 
-def _swap_fast_and_compiled(compute: ComputeOptions, model, device: torch.device) -> None:
+def _swap_offload_compile(compute: ComputeOptions, model, device: torch.device) -> None:
     """With the LoRAs in place: --blocks_to_swap (--use_pinned_memory_for_block_swap), then
-    --img_in_txt_in_offloading, --fp8_fast (fp8 matmuls), --compile (each block, as musubi-tuner's
-    compile_transformer)."""
+    --img_in_txt_in_offloading, --compile (each block, as musubi-tuner's compile_transformer)."""
     apply_block_swap(model, compute.blocks_to_swap, device, compute.use_pinned_memory_for_block_swap)
     if compute.img_in_txt_in_offloading:
         model.enable_img_in_txt_in_offloading()
-    if compute.fp8_fast:
-        from hunyuan_model.fp8_fast import enable_fp8_fast
-
-        logger.info("--fp8_fast: %d block Linears multiply in fp8", enable_fp8_fast(model))
     if not compute.compile:
         return
     settings = compute.compile_settings

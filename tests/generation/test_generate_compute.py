@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lora_testing import tiny_inputs, tiny_model
+from lora_testing import applied_random_network, tiny_inputs, tiny_model
 
-from generation.generate import _swap_fast_and_compiled
+from generation.generate import _swap_offload_compile
 from generation.options import ComputeOptions, build_parser
 from hunyuan_model.fp8 import Fp8Linear, quantize_linears
 from hunyuan_model.fp8_fast import Fp8FastLinear, enable_fp8_fast
@@ -61,7 +61,7 @@ def test_compile_gives_each_block_the_options(captured):
         "11",
     )
     model = tiny_model()
-    _swap_fast_and_compiled(compute, model, torch.device("cpu"))
+    _swap_offload_compile(compute, model, torch.device("cpu"))
     assert len(captured) == len(model.blocks()) == 4
     assert captured[0] == dict(
         backend="aot_eager", mode="max-autotune-no-cudagraphs", dynamic=False, fullgraph=True
@@ -73,7 +73,7 @@ def test_compile_args_win_as_in_musubi_tuner(captured):
     compute = _compute(
         "--compile", "--compile_backend", "eager", "--compile_args", "inductor", "default", "True", "false"
     )
-    _swap_fast_and_compiled(compute, tiny_model(), torch.device("cpu"))
+    _swap_offload_compile(compute, tiny_model(), torch.device("cpu"))
     assert captured[0] == dict(
         backend="inductor", mode=None, dynamic=True, fullgraph=False
     )  # "default": None
@@ -83,7 +83,7 @@ def test_compile_args_win_as_in_musubi_tuner(captured):
 
 
 def test_no_compile_no_call(captured):
-    _swap_fast_and_compiled(_compute(), tiny_model(), torch.device("cpu"))
+    _swap_offload_compile(_compute(), tiny_model(), torch.device("cpu"))
     assert captured == []
 
 
@@ -94,20 +94,26 @@ def test_cuda_graph_mode_with_block_swap_is_refused():
 
 def test_fp8_fast_multiplies_in_fp8_and_stays_close(monkeypatch):
     model = tiny_model()
+    calls = []
+    scaled_mm = torch._scaled_mm
+    monkeypatch.setattr(torch, "_scaled_mm", lambda *a, **kw: calls.append(1) or scaled_mm(*a, **kw))
     with torch.no_grad():
         ref = model(**tiny_inputs())
         quantize_linears(model, scaled=True)
         slow = model(**tiny_inputs())
+        assert calls == []
         count = enable_fp8_fast(model)
-        calls = []
-        scaled_mm = torch._scaled_mm
-        monkeypatch.setattr(torch, "_scaled_mm", lambda *a, **kw: calls.append(1) or scaled_mm(*a, **kw))
         fast = model(**tiny_inputs())
-    assert count > 0 and all(type(m) is not Fp8Linear for m in model.modules())
-    assert len(calls) == sum(type(m) is Fp8FastLinear for m in model.modules())  # each fp8 Linear, once
-    assert not torch.equal(fast, slow)  # a different computation: the activations are in fp8 too
-    error = (fast - ref).norm() / ref.norm()
-    assert error < 0.05, error
+        n_fast = sum(type(m) is Fp8FastLinear for m in model.modules())
+        assert count == n_fast > 0 and all(type(m) is not Fp8Linear for m in model.modules())
+        assert len(calls) == n_fast  # each fp8 Linear, once
+        assert not torch.equal(fast, slow)  # a different computation: the activations are in fp8 too
+        error = (fast - ref).norm() / ref.norm()
+        assert error < 0.05, error
+        calls.clear()
+        applied_random_network(model)  # as generate.py does: the LoRAs after --fp8_fast keep it
+        model(**tiny_inputs())
+    assert len(calls) == n_fast
 
 
 def test_fp8_fast_needs_fp8():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from lora_testing import tiny_model
 
-from generation.generate import _swap_fast_and_compiled
+from generation.generate import _swap_offload_compile
 from generation.options import ComputeOptions, build_parser
 from hunyuan_model.block_swap import BlockSwapper
 from hv_common.options import options_from
@@ -70,5 +70,5 @@ def test_trainer_and_generation_pass_it_to_the_swap(monkeypatch, pin):
     compute = options_from(
         ComputeOptions, build_parser().parse_args([*required, "--blocks_to_swap", "2", *flag])
     )
-    _swap_fast_and_compiled(compute, tiny_model(), cuda)
+    _swap_offload_compile(compute, tiny_model(), cuda)
     assert seen == [(2, pin), (2, pin)]

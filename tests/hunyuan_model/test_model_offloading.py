@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from lora_testing import tiny_inputs, tiny_model
 
-from generation.generate import _swap_fast_and_compiled
+from generation.generate import _swap_offload_compile
 from generation.options import ComputeOptions, build_parser
 from hv_common.options import options_from
 from training.args import parse_args
@@ -73,5 +73,5 @@ def test_the_trainer_and_generation_turn_it_on():
         ComputeOptions, build_parser().parse_args([*required, "--img_in_txt_in_offloading"])
     )
     generated = tiny_model()
-    _swap_fast_and_compiled(compute, generated, torch.device("cpu"))
+    _swap_offload_compile(compute, generated, torch.device("cpu"))
     assert generated.img_in_txt_in_offloading
