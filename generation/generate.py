@@ -165,6 +165,10 @@ def _load_model(config: GenerateConfig, loras: LoRAs, device: torch.device):
     )
     model.eval().requires_grad_(False)
     set_attention_backend(model, _attention_backend(compute, device))
+    if compute.fp8_fast:  # before the LoRAs: a LoRA module calls the forward its Linear had when applied
+        from hunyuan_model.fp8_fast import enable_fp8_fast
+
+        logger.info("--fp8_fast: %d block Linears multiply in fp8", enable_fp8_fast(model))
     if loras.lycoris:
         merge_lycoris(model, loras.lycoris)
     if loras.ours and merging:
@@ -220,7 +224,7 @@ def _sample(config: GenerateConfig, model, positive, negative, seed: int, start:
 
     compute, sampling, extra = config.compute, config.sampling, config.musubi_sampling
     dtype = _dtypes(compute, device)[0]
-    apply_block_swap(model, compute.blocks_to_swap, device)
+    _swap_offload_compile(compute, model, device)
     height, width = sampling.video_size
     latents = sample_latents(
         model,
@@ -252,6 +256,25 @@ def _split_uncond(config: GenerateConfig) -> bool:
             "--split_uncond: without --guidance_scale there is one sample a step; nothing to split"
         )
     return split
+
+
+def _swap_offload_compile(compute: ComputeOptions, model, device: torch.device) -> None:
+    """With the LoRAs in place: --blocks_to_swap (--use_pinned_memory_for_block_swap), then
+    --img_in_txt_in_offloading, --compile (each block, as musubi-tuner's compile_transformer)."""
+    apply_block_swap(model, compute.blocks_to_swap, device, compute.use_pinned_memory_for_block_swap)
+    if compute.img_in_txt_in_offloading:
+        model.enable_img_in_txt_in_offloading()
+    if not compute.compile:
+        return
+    settings = compute.compile_settings
+    if settings.cache_size_limit is not None:
+        torch._dynamo.config.cache_size_limit = settings.cache_size_limit
+    try:
+        model.compile_blocks(settings.backend, settings.mode, settings.dynamic, settings.fullgraph)
+    except torch._dynamo.exc.InvalidBackend:
+        known = ", ".join(torch._dynamo.list_backends())
+        raise UserError(f"--compile_backend {settings.backend}: unknown; known: {known}") from None
+    logger.info("compiling each DiT block (backend %s, mode %s)", settings.backend, settings.mode)
 
 
 def _steps_run(config: GenerateConfig) -> int:
@@ -300,6 +323,10 @@ def run(config: GenerateConfig) -> int:
     device = pick_device(config.compute.device)
     _dtypes(config.compute, device)  # a bad dtype name fails now, not after minutes of work
     _attention_backend(config.compute, device)  # and a kernel that needs CUDA or fp16/bf16
+    if config.compute.fp8_fast:
+        from hunyuan_model.fp8_fast import check_fp8_fast
+
+        check_fp8_fast(device)  # fp8 matmuls need an fp8-capable GPU: one line, before anything loads
     if config.musubi_output.latent_path:
         return _announce(_decode_latent_files(config, device))
     dit_config, shapes = _read_dit_headers(config)

@@ -38,6 +38,20 @@ STRENGTH_DEFAULT = 0.8  # musubi-tuner's --strength
 OUTPUT_TYPES = ("video", "images", "latent", "both")  # musubi-tuner's choices
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclass(frozen=True)
+class CompileSettings:
+    """What torch.compile gets for each DiT block (generation/generate.py)."""
+
+    backend: str
+    mode: str
+    dynamic: bool | None
+    fullgraph: bool
+    cache_size_limit: int | None
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelFiles:
     """models"""
@@ -66,8 +80,9 @@ class ComputeOptions:
     )
     split_attn: bool = option(
         False,
-        "SDPA one sample at a time on its valid tokens (with --attn_mode sdpa only): less peak memory with "
-        "--guidance_scale (2 samples a step)",
+        "attention one sample at a time: less peak memory with --guidance_scale (2 samples a step); with "
+        "--attn_mode sdpa, SDPA on each sample's valid tokens; with another --attn_mode, that kernel once per "
+        "sample",
     )
     blocks_to_swap: int = option(
         0,
@@ -78,15 +93,54 @@ class ComputeOptions:
     )
     device: str | None = option(None, "cuda, cuda:1, cpu (default: cuda when available)")
 
+    # --- compile, fp8 compute, offloading (musubi-tuner's setup_parser_compile, --fp8_fast, ...offloading) -----
+    compile: bool = option(False, "torch.compile each DiT block (the first steps are slow: compiling)")
+    compile_backend: str = option("inductor", "torch.compile backend (default inductor)")
+    compile_mode: str = option("default", "torch.compile mode (default default)", choices=COMPILE_MODES)
+    compile_dynamic: str | None = option(
+        None, "torch.compile dynamic: true, false or auto (unset: auto)", choices=("true", "false", "auto")
+    )
+    compile_fullgraph: bool = option(False, "torch.compile fullgraph=True")
+    compile_cache_size_limit: int | None = option(
+        None, "torch._dynamo.config.cache_size_limit (unset: torch's default)", type=integer
+    )
+    compile_args: tuple[str, ...] | None = option(
+        None,
+        "[deprecated, as in musubi-tuner] with --compile: backend, mode, dynamic, fullgraph in one option; "
+        "overrides the four options above and sets --compile_cache_size_limit 32",
+        nargs=4,
+        metavar=("BACKEND", "MODE", "DYNAMIC", "FULLGRAPH"),
+    )
+    img_in_txt_in_offloading: bool = option(
+        False,
+        "keep img_in and txt_in (the token refiner) in CPU memory, copied to the GPU just before they run each "
+        "step",
+    )
+    use_pinned_memory_for_block_swap: bool = option(
+        False,
+        "with --blocks_to_swap: the swapped blocks in pinned CPU memory, so that their copies to the GPU run "
+        "beside the compute (faster; more pinned memory, 'shared GPU memory' on Windows); default pageable",
+    )
+    fp8_fast: bool = option(
+        False,
+        "with --fp8: multiply the fp8 block Linears in fp8 (torch._scaled_mm), not upcast; needs a CUDA GPU "
+        "with compute capability 8.9+ (RTX 40xx, L4, H100)",
+    )
+
     def __post_init__(self) -> None:
         from hunyuan_model.attention import AttentionBackendError, check_attention_backend
 
+        if self.fp8_fast and not self.fp8_weights:
+            raise UserError("--fp8_fast requires --fp8")
+        settings = self.compile_settings  # a bad --compile_args is one line now
+        if self.compile and self.blocks_to_swap and settings.mode in ("reduce-overhead", "max-autotune"):
+            raise UserError(
+                f"--compile_mode {settings.mode} uses CUDA graphs, which block swap breaks: with --blocks_to_swap "
+                "use --compile_mode default or max-autotune-no-cudagraphs"
+            )
+
         if self.attn_mode not in ATTN_MODES:
             raise UserError(f"--attn_mode {self.attn_mode}: unknown; use one of {', '.join(ATTN_MODES)}")
-        if self.split_attn and ATTN_MODES[self.attn_mode] != "sdpa":
-            raise UserError(
-                f"--split_attn and --attn_mode {self.attn_mode} exclude each other: choose one attention backend"
-            )
         try:  # its package now; CUDA and the DiT's dtype once the device is known (generate.py)
             check_attention_backend(self.attention_backend, None, flag=f"--attn_mode {self.attn_mode}")
         except AttentionBackendError as e:
@@ -95,14 +149,40 @@ class ComputeOptions:
             raise UserError(f"--blocks_to_swap {self.blocks_to_swap}: expected 0 or more")
 
     @property
+    def compile_settings(self) -> CompileSettings:
+        """--compile_* as torch.compile takes them; --compile_args, when given, wins (musubi-tuner's rule)."""
+        if self.compile_args is None:
+            dynamic = {"true": True, "false": False}.get(self.compile_dynamic or "auto")
+            return CompileSettings(
+                self.compile_backend,
+                self.compile_mode,
+                dynamic,
+                self.compile_fullgraph,
+                self.compile_cache_size_limit,
+            )
+        backend, mode, dynamic_text, fullgraph_text = self.compile_args
+        dynamic_text, fullgraph_text = dynamic_text.lower(), fullgraph_text.lower()
+        if mode not in COMPILE_MODES or dynamic_text not in ("true", "false", "auto"):
+            raise UserError(
+                f"--compile_args {' '.join(self.compile_args)}: MODE is one of {', '.join(COMPILE_MODES)}, "
+                "DYNAMIC one of true, false, auto"
+            )
+        dynamic = {"true": True, "false": False}.get(dynamic_text)
+        return CompileSettings(backend, mode, dynamic, fullgraph_text == "true", 32)
+
+    @property
     def fp8_weights(self) -> bool:
         """The DiT's Linear weights stored in float8 (--fp8 or --fp8_scaled)."""
         return self.fp8 or self.fp8_scaled
 
     @property
     def attention_backend(self) -> str:
-        """--attn_mode / --split_attn as a backend name of hunyuan_model/attention.py."""
-        return "split_attn" if self.split_attn else ATTN_MODES[self.attn_mode]
+        """--attn_mode / --split_attn as a backend name of hunyuan_model/attention.py ("xformers+split": the
+        kernel once per sample)."""
+        kernel = ATTN_MODES[self.attn_mode]
+        if not self.split_attn:
+            return kernel
+        return "split_attn" if kernel == "sdpa" else f"{kernel}+split"
 
 
 # --- musubi-tuner's text-encoder and VAE memory options (hunyuan_model/text_encoders.py, vae.py) -------------

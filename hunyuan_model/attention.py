@@ -1,5 +1,9 @@
-"""Attention for the DiT: one function, several kernels behind it (--sdpa, --flash_attn, --sage_attn,
+"""Attention for the DiT: one function, several kernels behind it (--sdpa, --flash_attn, --flash3, --sage_attn,
 --xformers, --split_attn).
+
+`--split_attn` alone is SDPA one sample at a time. Given with a kernel, it means what it means in
+musubi-tuner: that kernel, called once per sample (batch 1) even when no token is padded; its backend name is
+the kernel's with SPLIT appended ("xformers+split").
 
 q, k, v are (B, L, H, D); the mask is a bool *key* mask (B, 1, 1, L): image tokens are always valid, padded
 text tokens never are (model.py `_joint_mask`). The kernels other than SDPA take no mask, so they run on the
@@ -24,16 +28,20 @@ from torch import nn
 
 from hv_common.errors import UserError
 
-BACKENDS = ("sdpa", "flash_attn", "sage_attn", "xformers", "split_attn")
-# backend -> (module imported at the call, pip package name)
+BACKENDS = ("sdpa", "flash_attn", "flash3", "sage_attn", "xformers", "split_attn")
+SPLIT = "+split"  # "<kernel>+split": the kernel once per sample (--split_attn with a kernel)
+# backend -> (module imported at the call, how to install it)
 PACKAGES = {
     "flash_attn": ("flash_attn", "flash-attn"),
+    # FlashAttention 3 (Hopper GPUs) has no wheel on PyPI: it is built from flash-attention's hopper/ folder
+    "flash3": ("flash_attn_interface", "FlashAttention 3"),
     "sage_attn": ("sageattention", "sageattention"),
     "xformers": ("xformers.ops", "xformers"),
 }
+INSTALL_HINTS = {"flash3": "build it from https://github.com/Dao-AILab/flash-attention, folder hopper/"}
 # Kernels with no CPU implementation. A module-level set so that tests can run fake kernels on the CPU.
 CUDA_ONLY = frozenset(PACKAGES)
-HALF_ONLY = frozenset({"flash_attn", "sage_attn"})  # xformers also runs float32
+HALF_ONLY = frozenset({"flash_attn", "flash3", "sage_attn"})  # xformers also runs float32
 _HALF = (torch.float16, torch.bfloat16)
 
 
@@ -58,11 +66,8 @@ def check_attention_backend(
     device / dtype: where and in what the DiT will compute, when known. training: SageAttention has no
     backward pass. flag: how the user chose the backend, for the message (default `--<name>`).
     """
+    name = split_backend(name, flag)[0]
     flag = flag or f"--{name}"
-    if name not in BACKENDS:
-        raise AttentionBackendError(
-            f"{flag}: unknown attention backend {name!r}; known: {', '.join(BACKENDS)}"
-        )
     if name not in PACKAGES:
         return
     if name == "sage_attn" and training:
@@ -87,14 +92,22 @@ class _AttentionBlock(Protocol):
     attn_backend: str
 
 
+def split_backend(name: str, flag: str | None = None) -> tuple[str, bool]:
+    """("xformers", True) for "xformers+split"; a name that is not a backend is an AttentionBackendError."""
+    kernel, split = name.removesuffix(SPLIT), name.endswith(SPLIT)
+    if kernel not in BACKENDS or (split and kernel in ("sdpa", "split_attn")):
+        known = ", ".join([*BACKENDS, *(f"{k}{SPLIT}" for k in PACKAGES)])
+        raise AttentionBackendError(f"{flag or name}: unknown attention backend {name!r}; known: {known}")
+    return kernel, split
+
+
 def set_attention_backend(model: nn.Module, name: str) -> int:
     """Make every DiT block of `model` attend with `name`; returns how many blocks were set.
 
     The blocks carry the choice (`attn_backend`) so that the model's forward needs no new argument. The token
     refiner stays on SDPA, as in the original HunyuanVideo: its mask is a full (L x L) one, and it is short.
     """
-    if name not in BACKENDS:
-        raise AttentionBackendError(f"unknown attention backend {name!r}; known: {', '.join(BACKENDS)}")
+    split_backend(name)
     count = 0
     for module in model.modules():
         if isinstance(module, _AttentionBlock):
@@ -114,9 +127,8 @@ def _import_kernel(name: str, flag: str | None = None):
         return importlib.import_module(module_name)
     except ImportError as e:
         if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
-            raise AttentionBackendError(
-                f"{flag} needs the {pip_name} package (pip install {pip_name})"
-            ) from None
+            hint = INSTALL_HINTS.get(name, f"pip install {pip_name}")
+            raise AttentionBackendError(f"{flag} needs the {pip_name} package ({hint})") from None
         # Installed but broken (built for another torch or CUDA): say so, not "install it".
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise AttentionBackendError(
@@ -146,11 +158,13 @@ def attention(
     """
     if backend == "sdpa":
         return _sdpa(q, k, v, attn_mask).flatten(2)
-    run = _KERNELS.get(backend)
-    if run is None:
-        raise AttentionBackendError(f"unknown attention backend {backend!r}; known: {', '.join(BACKENDS)}")
+    kernel, split = split_backend(backend)
     valid = None if attn_mask is None else _key_valid(attn_mask, q, k, backend)
-    return run(q, k, v, valid).flatten(2)
+    if split:  # musubi-tuner's split: one call per sample, also when every token is valid
+        if valid is None:
+            valid = torch.ones(q.shape[:2], dtype=torch.bool, device=q.device)
+        return _KERNELS[kernel](q, k, v, valid, split=True).flatten(2)
+    return _KERNELS[kernel](q, k, v, valid).flatten(2)
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -195,7 +209,8 @@ def _per_sample(
     v: torch.Tensor,
     valid: torch.Tensor | None,
 ) -> torch.Tensor:
-    """A mask-less (B, L, H, D) kernel on each sample's valid tokens; zeros at padded query rows."""
+    """A mask-less (B, L, H, D) kernel on each sample's valid tokens; zeros at padded query rows. With no
+    mask (valid None) one call for the whole batch."""
     if valid is None:
         return kernel(q, k, v)
     outs = [
@@ -206,7 +221,7 @@ def _per_sample(
 
 
 def _split_attn(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None, split: bool = True
 ) -> torch.Tensor:
     """SDPA one sample at a time, each on its valid keys only and with no mask tensor. On CUDA a mask rules
     out PyTorch's flash kernel, so without one SDPA can take it, and one sample's working memory is live at a
@@ -220,24 +235,54 @@ def _split_attn(
 
 
 def _flash_attn(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None, split: bool = False
 ) -> torch.Tensor:
     """FlashAttention 2: the valid tokens of all samples packed into one sequence list (cu_seqlens), as the
-    original HunyuanVideo code does; padded query rows come back as zeros."""
+    original HunyuanVideo code does; padded query rows come back as zeros. split: flash_attn_func once per
+    sample instead (musubi-tuner's --flash_attn --split_attn)."""
     _check_tensors("flash_attn", q)
     flash = _import_kernel("flash_attn")
+    if split:
+        return _per_sample(lambda q_, k_, v_: flash.flash_attn_func(q_, k_, v_, causal=False), q, k, v, valid)
     if valid is None:
         return flash.flash_attn_func(q, k, v, dropout_p=0.0, causal=False)
+    return _varlen(flash.flash_attn_varlen_func, q, k, v, valid, dropout_p=0.0)
+
+
+def _flash3(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None, split: bool = False
+) -> torch.Tensor:
+    """FlashAttention 3 (flash_attn_interface, Hopper GPUs): as _flash_attn. Its functions return the output,
+    or (output, softmax_lse) in older builds."""
+    _check_tensors("flash3", q)
+    fa3 = _import_kernel("flash3")
+
+    def dense(q_: torch.Tensor, k_: torch.Tensor, v_: torch.Tensor) -> torch.Tensor:
+        return _first(fa3.flash_attn_func(q_, k_, v_, causal=False))
+
+    if split or valid is None:
+        return _per_sample(dense, q, k, v, valid) if split else dense(q, k, v)
+    return _varlen(lambda *a, **kw: _first(fa3.flash_attn_varlen_func(*a, **kw)), q, k, v, valid)
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _varlen(func: Callable[..., torch.Tensor], q, k, v, valid: torch.Tensor, **kwargs) -> torch.Tensor:
+    """A varlen flash kernel on the valid tokens of all samples, packed (cu_seqlens); zeros at padded rows."""
     lengths = valid.sum(dim=1, dtype=torch.int32)
     cu_seqlens = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
     max_len = int(lengths.max())
-    packed = flash.flash_attn_varlen_func(
-        q[valid], k[valid], v[valid], cu_seqlens, cu_seqlens, max_len, max_len, dropout_p=0.0, causal=False
+    packed = func(
+        q[valid], k[valid], v[valid], cu_seqlens, cu_seqlens, max_len, max_len, causal=False, **kwargs
     )
     return _unpack(valid, packed, q)
 
 
-def _sage_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+def _sage_attn(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None, split: bool = False
+) -> torch.Tensor:
     _check_tensors("sage_attn", q)
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         raise AttentionBackendError(_sage_training_message("--sage_attn"))
@@ -247,7 +292,9 @@ def _sage_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.T
     )
 
 
-def _xformers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+def _xformers(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None, split: bool = False
+) -> torch.Tensor:
     """Per sample on the valid tokens rather than one call with a BlockDiagonalMask: the batch of a video
     run is 1-4 samples of thousands of tokens, so the loop costs nothing measurable, and it needs no
     packing, no attn_bias object and nothing from xformers beyond memory_efficient_attention."""
@@ -260,6 +307,7 @@ def _xformers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Te
 
 _KERNELS: dict[str, Callable[..., torch.Tensor]] = {
     "flash_attn": _flash_attn,
+    "flash3": _flash3,
     "sage_attn": _sage_attn,
     "xformers": _xformers,
     "split_attn": _split_attn,

@@ -2,7 +2,7 @@
 
 The blocks count as one sequence, double blocks first then single blocks (60 on the 720p model, as
 musubi-tuner counts them); the last N of it are swapped. Base weights are frozen, so only host->device
-copies are needed: the CPU copy (the "master", pinned when the device is CUDA) never changes.
+copies are needed: the CPU copy (the "master", pinned with --use_pinned_memory_for_block_swap) never changes.
 
 A swapped tensor keeps its identity (the Parameter / buffer object the module holds); only its `.data`
 changes: a fresh device tensor while the block is resident, an empty placeholder while it is offloaded.
@@ -136,7 +136,12 @@ class _BackwardBoundary(torch.autograd.Function):
 class BlockSwapper:
     """Keeps blocks[first:] in CPU memory and moves each to `device` around its forward and backward."""
 
-    def __init__(self, blocks: Sequence[nn.Module], n: int, device: torch.device | str) -> None:
+    def __init__(
+        self, blocks: Sequence[nn.Module], n: int, device: torch.device | str, pin_memory: bool = False
+    ) -> None:
+        """pin_memory (--use_pinned_memory_for_block_swap): the CPU masters in pinned memory, so that the copies
+        run asynchronously beside the compute; otherwise pageable (no pinned memory used, the host waits for
+        each copy), musubi-tuner's default. Pinning needs a CUDA device (and torch built with CUDA)."""
         check_blocks_to_swap(n, len(blocks))
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None:
@@ -144,8 +149,9 @@ class BlockSwapper:
         self.total, self.first = len(blocks), len(blocks) - n
         cuda = self.device.type == "cuda"
         self._stream = torch.cuda.Stream(self.device) if cuda else None
+        self.pinned = pin_memory and torch.cuda.is_available()
         self._slots = {
-            i: _block_slots(blocks[i], self.device, pin=cuda) for i in range(self.first, self.total)
+            i: _block_slots(blocks[i], self.device, pin=self.pinned) for i in range(self.first, self.total)
         }
         self._bytes = {
             i: sum(s.master.numel() * s.master.element_size() for s in slots)
@@ -323,9 +329,10 @@ class BlockSwapper:
                 state_dict[key] = s.master
 
 
-def apply_block_swap(model, n: int, device: torch.device) -> None:
+def apply_block_swap(model, n: int, device: torch.device, pin_memory: bool = False) -> None:
     """--blocks_to_swap N on a loaded DiT (LoRA already applied): checked against its block count; the swapped
-    blocks stay in CPU memory, everything else moves to `device`. On a CPU device: a note, nothing else."""
+    blocks stay in CPU memory (pinned with pin_memory: --use_pinned_memory_for_block_swap), everything else
+    moves to `device`. On a CPU device: a note, nothing else."""
     blocks = len(model.blocks())
     try:
         check_blocks_to_swap(n, blocks)
@@ -334,5 +341,10 @@ def apply_block_swap(model, n: int, device: torch.device) -> None:
     if n and device.type == "cpu":
         logger.info("--blocks_to_swap %d has no effect on the CPU: the DiT already lives in CPU memory", n)
     elif n:
-        model.enable_block_swap(n, device)
-        logger.info("block swap: the last %d of %d DiT blocks live in CPU memory", n, blocks)
+        model.enable_block_swap(n, device, pin_memory=pin_memory)
+        logger.info(
+            "block swap: the last %d of %d DiT blocks live in %s CPU memory",
+            n,
+            blocks,
+            "pinned" if pin_memory else "pageable",
+        )

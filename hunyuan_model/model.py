@@ -46,6 +46,7 @@ class HYVideoDiffusionTransformer(nn.Module):
         self.gradient_checkpointing = False
         self.gradient_checkpointing_cpu_offload = False
         self._block_swap: BlockSwapper | None = None
+        self.img_in_txt_in_offloading = False
 
     def enable_gradient_checkpointing(self, enabled: bool = True, cpu_offload: bool = False) -> None:
         """Recompute each block in backward. cpu_offload: the block inputs checkpointing keeps are held in CPU
@@ -55,14 +56,51 @@ class HYVideoDiffusionTransformer(nn.Module):
         self.gradient_checkpointing = enabled
         self.gradient_checkpointing_cpu_offload = cpu_offload
 
+    def enable_img_in_txt_in_offloading(self) -> None:
+        """--img_in_txt_in_offloading: img_in and txt_in (the token refiner) live in CPU memory (pinned when a
+        GPU is there) and are copied to the input's device just before they run, each forward; nothing is
+        copied back (their weights are frozen: the CPU copy stays the master). Call after block swap, which
+        moves everything else to the device."""
+        pin = torch.cuda.is_available()
+        for t in self._embedder_tensors():
+            cpu = t.data.to("cpu")
+            t.data = cpu.pin_memory() if pin else cpu
+        self.img_in_txt_in_offloading = True
+
+    def _embedder_tensors(self) -> list[torch.Tensor]:
+        modules = (self.img_in, self.txt_in)
+        return [t for m in modules for t in [*m.parameters(), *m.buffers()]]
+
+    @contextlib.contextmanager
+    def _embedders_on(self, device: torch.device):
+        """img_in and txt_in on `device` for the block inside (with --img_in_txt_in_offloading), then their data
+        points back at the CPU masters: the device copies are freed, nothing goes device -> host."""
+        if not self.img_in_txt_in_offloading:
+            yield
+            return
+        moved = [(t, t.data) for t in self._embedder_tensors()]
+        for (
+            t,
+            master,
+        ) in moved:  # a copy also on a CPU device, so that the schedule runs (and is tested) there
+            t.data = master.to(device, copy=True, non_blocking=True)
+        try:
+            yield
+        finally:
+            for t, master in moved:
+                t.data = master
+
     def blocks(self) -> list[nn.Module]:
         """Double blocks then single blocks: the one sequence block swap counts in."""
         return [*self.double_blocks, *self.single_blocks]
 
-    def enable_block_swap(self, n: int, device: torch.device | str) -> BlockSwapper | None:
+    def enable_block_swap(
+        self, n: int, device: torch.device | str, pin_memory: bool = False
+    ) -> BlockSwapper | None:
         """Keep the last n blocks (of `blocks()`) in CPU memory, everything else on `device`; 0 turns it off.
 
-        The model's weights must be frozen. See block_swap.py for the schedule; returns the swapper (its
+        The model's weights must be frozen. pin_memory: the CPU copies pinned (--use_pinned_memory_for_block_swap).
+        See block_swap.py for the schedule; returns the swapper (its
         `stats` count the host->device traffic).
         """
         blocks = self.blocks()
@@ -70,7 +108,7 @@ class HYVideoDiffusionTransformer(nn.Module):
         self.disable_block_swap()
         if n == 0:
             return None
-        swapper = BlockSwapper(blocks, n, device)  # swapped tensors leave for CPU memory first
+        swapper = BlockSwapper(blocks, n, device, pin_memory)  # swapped tensors leave for CPU memory first
         target = swapper.device
         for t in [*self.parameters(), *self.buffers()]:
             if t.device != target:
@@ -103,6 +141,20 @@ class HYVideoDiffusionTransformer(nn.Module):
                 dynamic=dynamic,
                 fullgraph=fullgraph,
             )
+
+    def compile_whole(self, kwargs: dict) -> None:
+        """torch.compile the whole forward in place (nn.Module.compile), with torch.compile's keyword arguments
+        (backend, mode, fullgraph, dynamic): what accelerate's TorchDynamoPlugin does to a prepared model, but
+        names and state-dict keys stay. An unknown or uninstalled backend is one line."""
+        from hv_common.errors import UserError
+
+        try:
+            self.compile(**kwargs)
+        except torch._dynamo.exc.InvalidBackend:
+            known = ", ".join(torch._dynamo.list_backends())
+            raise UserError(
+                f"--dynamo_backend {kwargs.get('backend')}: not available here; known: {known}"
+            ) from None
 
     def _run(self, index: int, block: nn.Module, *args):
         swap = self._block_swap
@@ -152,8 +204,9 @@ class HYVideoDiffusionTransformer(nn.Module):
                 raise ValueError("this DiT has a guidance embedding: pass guidance (embedded scale x 1000)")
             vec = vec + self.guidance_in(guidance)
 
-        img = self.img_in(x)
-        txt = self.txt_in(text_states, t, text_mask)
+        with self._embedders_on(x.device):
+            img = self.img_in(x)
+            txt = self.txt_in(text_states, t, text_mask)
         txt, text_mask = self._drop_padding_of_one(txt, text_mask)
         img_len = img.shape[1]
         attn_mask = self._joint_mask(text_mask, img_len, img.device)

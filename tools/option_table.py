@@ -72,11 +72,11 @@ def our_commands() -> list[OurCommand]:
     from lora_files.convert import build_parser as convert_parser
     from lora_files.merge import MergeOptions
     from lora_files.merge import build_parser as merge_parser
-    from training.args import UNIMPLEMENTED_OPTIONS, build_parser
+    from training.args import build_parser
     from training.options import TrainConfig
 
     return [
-        OurCommand("hv_train_network.py", build_parser, TrainConfig, dict(UNIMPLEMENTED_OPTIONS)),
+        OurCommand("hv_train_network.py", build_parser, TrainConfig, {}),
         OurCommand("cache_latents.py", latent_cache_parser, LatentCacheConfig, {}),
         OurCommand("cache_text_encoder_outputs.py", text_cache_parser, TextCacheConfig, {}),
         OurCommand("hv_generate_video.py", generate_parser, GenerateConfig, {}),

@@ -61,23 +61,3 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
         namespace = parser.parse_args(argv)  # the file's values are now defaults: the command line wins
     config: TrainConfig = config_from_values(TrainConfig, vars(namespace))
     return config
-
-
-# --- options accepted before they work ----------------------------------------------------------------------
-
-UNIMPLEMENTED_OPTIONS = {
-    "img_in_txt_in_offloading": "img_in and txt_in stay on the training device",
-}
-
-
-def unimplemented_option_notes(config: TrainConfig) -> list[str]:
-    """One line per accepted-but-not-implemented option that is set, for the trainer to log at start:
-    a GPU option never silently does nothing."""
-    given = {
-        "img_in_txt_in_offloading": config.memory.img_in_txt_in_offloading,
-    }
-    return [
-        f"--{name} is accepted but not implemented yet, so it has no effect: {instead}"
-        for name, instead in UNIMPLEMENTED_OPTIONS.items()
-        if given[name]
-    ]

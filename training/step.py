@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import torch
 
 from hunyuan_model.sampler import I2V_IN_CHANNELS, i2v_input
-from training.flow import flow_loss, loss_weights, noisy_input, seeded_draws
 from hv_common.errors import UserError
 from networks.max_norm import MaxNormFigures
 from training.flow import flow_loss, loss_weights, noisy_input, seeded_draws, timestep_strata

@@ -35,7 +35,6 @@ def train(config: TrainConfig) -> int:
     from tqdm import tqdm
 
     from run_report.page import start_report
-    from training.args import unimplemented_option_notes
     from training.validation import build_validator
 
     if config.flow.show_timesteps:  # musubi-tuner: show the distribution, then stop before anything loads
@@ -44,7 +43,7 @@ def train(config: TrainConfig) -> int:
         return show_timesteps(config)
     start = time.perf_counter()
     config = prepare_processes(config)  # only the main process logs; every process has the same seed
-    for note in [*unimplemented_option_notes(config), *ddp_flag_notes(config.backends)]:
+    for note in ddp_flag_notes(config.backends):
         logger.warning(note)
     run = build_run(config)
     progress = _resume(run)

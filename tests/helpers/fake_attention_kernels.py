@@ -80,6 +80,30 @@ def fake_flash(calls: Calls) -> types.ModuleType:
     return module
 
 
+def fake_flash3(calls: Calls) -> types.ModuleType:
+    """FlashAttention 3's flash_attn_interface: no dropout argument; returns (out, softmax_lse) as older
+    builds do (the code takes either)."""
+
+    def flash_attn_func(q, k, v, softmax_scale=None, causal=False, **kwargs):
+        assert q.dim() == 4 and q.dtype in (torch.float16, torch.bfloat16) and not causal
+        assert "dropout_p" not in kwargs
+        calls.append(("dense3", tuple(q.shape)))
+        return _math(q, k, v), None
+
+    def flash_attn_varlen_func(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False, **kw
+    ):
+        assert q.dim() == 3 and not causal and "dropout_p" not in kw
+        cu = cu_seqlens_q.tolist()
+        calls.append(("varlen3", cu))
+        parts = [_math(q[None, a:b], k[None, a:b], v[None, a:b])[0] for a, b in zip(cu, cu[1:], strict=False)]
+        return torch.cat(parts), None
+
+    module = types.ModuleType("flash_attn_interface")
+    module.flash_attn_func, module.flash_attn_varlen_func = flash_attn_func, flash_attn_varlen_func
+    return module
+
+
 def fake_sage(calls: Calls) -> types.ModuleType:
     def sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, return_lse=False, **kwargs):
         assert tensor_layout == "NHD" and not is_causal  # NHD = (B, L, H, D), our layout: no transposes
@@ -110,6 +134,8 @@ def install_fake(monkeypatch, backend: str) -> Calls:
     calls = Calls()
     if backend == "flash_attn":
         monkeypatch.setitem(sys.modules, "flash_attn", fake_flash(calls))
+    elif backend == "flash3":
+        monkeypatch.setitem(sys.modules, "flash_attn_interface", fake_flash3(calls))
     elif backend == "sage_attn":
         monkeypatch.setitem(sys.modules, "sageattention", fake_sage(calls))
     else:

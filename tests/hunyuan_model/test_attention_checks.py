@@ -229,6 +229,8 @@ def test_generate_attn_modes_map_to_backends(monkeypatch):
     assert _attention_backend(_generate_args("--split_attn")) == "split_attn"
     _install_fake(monkeypatch, "sage_attn")
     assert _attention_backend(_generate_args("--attn_mode", "sageattn")) == "sage_attn"  # inference: allowed
+    # musubi-tuner's --split_attn with a kernel: that kernel once per sample
+    assert _attention_backend(_generate_args("--attn_mode", "sageattn", "--split_attn")) == "sage_attn+split"
 
 
 @pytest.mark.parametrize(
@@ -239,8 +241,8 @@ def test_generate_attn_modes_map_to_backends(monkeypatch):
             "error: --attn_mode xformers needs the xformers package (pip install xformers)",
         ),
         (
-            ["--attn_mode", "flash", "--split_attn"],
-            "error: --split_attn and --attn_mode flash exclude each other",
+            ["--attn_mode", "xformers", "--split_attn"],
+            "error: --attn_mode xformers needs the xformers package (pip install xformers)",
         ),
         (["--attn_mode", "flash3"], "error: --attn_mode flash3: unknown; use one of sdpa, torch, flash"),
     ],

@@ -10,11 +10,9 @@ from hv_common.errors import UserError
 from hv_common.options import option_defaults, option_values
 from training.args import (
     LR_SCHEDULERS,
-    UNIMPLEMENTED_OPTIONS,
     build_parser,
     parse_args,
     steps_or_ratio,
-    unimplemented_option_notes,
 )
 from training.config_file import option_actions
 from training.options import TrainConfig
@@ -39,12 +37,18 @@ GIVEN = {
     "fp8_base": ([], True),
     "fp8_scaled": ([], True),
     "blocks_to_swap": (["20"], 20),
+    "use_pinned_memory_for_block_swap": ([], True),
     "img_in_txt_in_offloading": ([], True),
     "disable_numpy_memmap": ([], True),
     "sdpa": ([], True),
     "flash_attn": ([], True),
     "sage_attn": ([], True),
     "xformers": ([], True),
+    "flash3": ([], True),
+    "dynamo_backend": (["INDUCTOR"], "INDUCTOR"),
+    "dynamo_mode": (["max-autotune"], "max-autotune"),
+    "dynamo_fullgraph": ([], True),
+    "dynamo_dynamic": ([], True),
     "split_attn": ([], True),
     "dataset_config": (["d.toml"], "d.toml"),
     "max_data_loader_n_workers": (["0"], 0),
@@ -324,35 +328,6 @@ def test_parsing_imports_no_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
     )
     assert result.stdout.strip() == "False"
-
-
-# --- options accepted before they work ----------------------------------------------------------------------
-
-
-def test_no_notes_by_default_nor_for_implemented_options():
-    assert unimplemented_option_notes(parse_args([])) == []
-    assert unimplemented_option_notes(parse_args(["--sdpa", "--gradient_checkpointing"])) == []
-
-
-@pytest.mark.parametrize("dest", sorted(UNIMPLEMENTED_OPTIONS))
-def test_each_unimplemented_option_gets_one_line(dest):
-    values, _ = GIVEN[dest]
-    notes = unimplemented_option_notes(parse_args([f"--{dest}", *values]))
-    assert len(notes) == 1
-    assert notes[0].startswith(f"--{dest} is accepted but not implemented yet") and "\n" not in notes[0]
-
-
-def test_the_brief_list_of_gpu_options_is_covered():
-    assert set(UNIMPLEMENTED_OPTIONS) == {
-        "img_in_txt_in_offloading"
-    }  # --full_bf16/fp16: training/precision.py
-
-
-def test_several_unimplemented_options_get_a_line_each():
-    notes = unimplemented_option_notes(
-        parse_args(["--full_bf16", "--fp8_base", "--img_in_txt_in_offloading"])
-    )
-    assert [n.split()[0] for n in notes] == ["--img_in_txt_in_offloading"]
 
 
 def test_docs_list_every_option():

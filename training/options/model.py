@@ -10,7 +10,27 @@ from hv_common.option_types import dtype_name, non_negative_int, positive_int
 from hv_common.options import option
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-ATTENTION_BACKENDS = ("flash_attn", "sage_attn", "xformers", "split_attn")  # flags; none set: "sdpa"
+# accelerate's DynamoBackend values, as musubi-tuner offers them (not imported: the parser answers before torch)
+DYNAMO_BACKENDS = (
+    "NO",
+    "EAGER",
+    "AOT_EAGER",
+    "INDUCTOR",
+    "AOT_TS_NVFUSER",
+    "NVPRIMS_NVFUSER",
+    "CUDAGRAPHS",
+    "OFI",
+    "FX2TRT",
+    "ONNXRT",
+    "TENSORRT",
+    "AOT_TORCHXLA_TRACE_ONCE",
+    "TORCHXLA_TRACE_ONCE",
+    "TVM",
+    "HPU_BACKEND",
+    "NEURON",
+)
+DYNAMO_MODES = ("default", "reduce-overhead", "max-autotune")
+ATTENTION_BACKENDS = ("flash_attn", "flash3", "sage_attn", "xformers")  # kernel flags; none set: "sdpa"
 
 
 @dataclass(frozen=True)
@@ -89,8 +109,17 @@ class MemoryOptions:
         type=non_negative_int,
         section="model",
     )
+    use_pinned_memory_for_block_swap: bool = option(
+        False,
+        "with --blocks_to_swap: the swapped blocks in pinned CPU memory, so that their copies to the GPU run "
+        "beside the compute (faster; more pinned memory, 'shared GPU memory' on Windows); default pageable",
+        section="model",
+    )
     img_in_txt_in_offloading: bool = option(
-        False, "img_in/txt_in on the CPU (not implemented yet)", section="model"
+        False,
+        "keep img_in and txt_in (the token refiner) in CPU memory and copy them to the GPU just before they run "
+        "each step (nothing is copied back: they are frozen)",
+        section="model",
     )
     # At most one attention backend. The kernels are checked at start-up: a missing package, a CPU device or a
     # float32 DiT for flash/sage is an error, never a silent fall-back to SDPA.
@@ -113,10 +142,17 @@ class MemoryOptions:
         "xformers memory_efficient_attention per sample on the valid tokens (pip install xformers; CUDA)",
         section="attention",
     )
+    flash3: bool = option(
+        False,
+        "FlashAttention 3 (the flash_attn_interface module, built from flash-attention's hopper/ folder; "
+        "Hopper GPUs, fp16/bf16) on the valid tokens only",
+        section="attention",
+    )
     split_attn: bool = option(
         False,
-        "SDPA one sample at a time on its valid tokens, with no mask tensor, so that PyTorch can use its flash "
-        "kernel on CUDA: for long videos with batch size > 1 (any device; may be given with --sdpa)",
+        "attention one sample at a time (batch 1 per call): alone (or with --sdpa), SDPA on each sample's "
+        "valid tokens with no mask tensor, so that PyTorch can use its flash kernel on CUDA; with --xformers, "
+        "--flash_attn, --flash3 or --sage_attn, that kernel once per sample",
         section="attention",
     )
     gradient_checkpointing: bool = option(False, "recompute activations: less memory", section="training")
@@ -146,6 +182,26 @@ class MemoryOptions:
         type=positive_int,
         section="training",
     )
+    # --- musubi-tuner's dynamo options: accelerate's TorchDynamoPlugin compiles the whole DiT (its forward) ---
+    dynamo_backend: str = option(
+        "NO",
+        "torch.compile the whole DiT with this backend, as accelerate's TorchDynamoPlugin does (NO: off); "
+        "--compile compiles each block instead",
+        choices=DYNAMO_BACKENDS,
+        section="training",
+    )
+    dynamo_mode: str | None = option(
+        None,
+        "torch.compile mode for --dynamo_backend (unset: default)",
+        choices=DYNAMO_MODES,
+        section="training",
+    )
+    dynamo_fullgraph: bool = option(False, "--dynamo_backend with fullgraph=True", section="training")
+    dynamo_dynamic: bool = option(
+        False,
+        "--dynamo_backend with dynamic=True (unset: dynamic=False, static shapes, as accelerate passes it)",
+        section="training",
+    )
 
     def __post_init__(self) -> None:
         if self.gradient_checkpointing_cpu_offload and not self.gradient_checkpointing:
@@ -156,6 +212,14 @@ class MemoryOptions:
                 f"--compile_mode {self.compile_mode} uses CUDA graphs, which block swap breaks: with "
                 "--blocks_to_swap use --compile_mode default or max-autotune-no-cudagraphs"
             )
+        cuda_graphs = (
+            self.dynamo_mode in ("reduce-overhead", "max-autotune") or self.dynamo_backend == "CUDAGRAPHS"
+        )
+        if self.dynamo_backend != "NO" and self.blocks_to_swap and cuda_graphs:
+            raise UserError(
+                f"--dynamo_backend {self.dynamo_backend} --dynamo_mode {self.dynamo_mode} uses CUDA graphs, "
+                "which block swap breaks (weight addresses): with --blocks_to_swap use --dynamo_mode default"
+            )
         if self.compile and self.blocks_to_swap and self.compile_backend == "cudagraphs":
             raise UserError(
                 "--compile_backend cudagraphs and --blocks_to_swap exclude each other (weight addresses)"
@@ -164,23 +228,39 @@ class MemoryOptions:
 
     @property
     def attention_backend(self) -> str:
-        """The backend the flags choose: "sdpa" unless one of ATTENTION_BACKENDS is set.
-
-        `--sdpa --split_attn` is split_attn (it is SDPA, one sample at a time; musubi users write both); any
-        other two flags are a UserError."""
+        """The backend the flags choose (hunyuan_model/attention.py's names): "sdpa" unless a kernel flag of
+        ATTENTION_BACKENDS is set; `--split_attn` makes it "split_attn" alone (or with `--sdpa`: it is SDPA one
+        sample at a time; musubi users write both) and "<kernel>+split" with a kernel, as in musubi-tuner.
+        Two kernel flags (or --sdpa and a kernel) are a UserError."""
         flags = dict(
             flash_attn=self.flash_attn,
+            flash3=self.flash3,
             sage_attn=self.sage_attn,
             xformers=self.xformers,
-            split_attn=self.split_attn,
         )
         chosen = [name for name in ATTENTION_BACKENDS if flags[name]]
-        if self.sdpa and chosen and chosen[0] != "split_attn":
+        if self.sdpa and chosen:
             chosen.insert(0, "sdpa")
         if len(chosen) > 1:
             names = " and ".join(f"--{name}" for name in chosen)
             raise UserError(f"{names} exclude each other: choose one attention backend")
-        return chosen[0] if chosen else "sdpa"
+        if not chosen or chosen == ["sdpa"]:
+            return "split_attn" if self.split_attn else "sdpa"
+        return chosen[0] + ("+split" if self.split_attn else "")
+
+    @property
+    def dynamo_compile_kwargs(self) -> dict[str, object] | None:
+        """torch.compile's arguments for the whole DiT, as accelerate's TorchDynamoPlugin.to_kwargs() gives them
+        from musubi-tuner's --dynamo_* (backend in lower case, dynamic always a bool); None when off."""
+        if self.dynamo_backend == "NO":
+            return None
+        mode = None if self.dynamo_mode in (None, "default") else self.dynamo_mode
+        return {
+            "backend": self.dynamo_backend.lower(),
+            "mode": mode,
+            "fullgraph": self.dynamo_fullgraph,
+            "dynamic": self.dynamo_dynamic,
+        }
 
     @property
     def compile_dynamic_shapes(self) -> bool | None:
