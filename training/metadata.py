@@ -7,13 +7,13 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from networks.lora import LoRANetwork
+    from networks.build import Network
     from training.options import TrainConfig
 
 
 def training_metadata(
     config: TrainConfig,
-    network: LoRANetwork,
+    network: Network,
     dataset_summary: list[dict],
     steps: int,
     epoch: int,
@@ -50,10 +50,10 @@ def training_metadata(
     return meta
 
 
-def minimal_metadata(network: LoRANetwork) -> dict[str, str]:
+def minimal_metadata(network: Network) -> dict[str, str]:
     """--no_metadata: only what a loader needs to use the file."""
     return {
-        "ss_network_module": "networks.lora",
+        "ss_network_module": network.network_module,
         "ss_network_dim": str(network.spec.dim),
         "ss_network_alpha": str(network.spec.alpha),
         "ss_architecture": "hunyuan-video",

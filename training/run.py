@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from dataset.train_dataset import CachedBatches
     from generation.previews import PreviewSampler
     from hunyuan_model.model import HYVideoDiffusionTransformer
-    from networks.lora import LoRANetwork
+    from networks.build import Network
     from run_report.page import RunReport
     from training.validation import Validator
 
@@ -44,7 +44,7 @@ class Run:
     config: TrainConfig
     accelerator: Accelerator
     model: HYVideoDiffusionTransformer
-    network: LoRANetwork
+    network: Network
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     batches: CachedBatches
@@ -176,6 +176,7 @@ def build_run(config: TrainConfig) -> Run:
     from hunyuan_model.checkpoint import load_dit
     from hunyuan_model.config import DEFAULT_EXCLUDE_PATTERNS, TARGET_BLOCK_CLASSES
     from hv_common.input_checks import check_output_dir
+    from hv_common.options import option_values
     from networks.build import build_network
     from training.list_targets import check_patterns_early
     from training.optim import build_custom_scheduler, build_optimizer, build_scheduler, steps_from
@@ -239,6 +240,7 @@ def build_run(config: TrainConfig) -> Run:
         device,
         target_block_classes=TARGET_BLOCK_CLASSES,
         default_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS,
+        run_options=option_values(config),  # a foreign module's prepare_network(args) reads them
     )
     if config.network.network_weights:
         load_network(network, config.network.network_weights)
