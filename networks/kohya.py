@@ -61,18 +61,25 @@ class KohyaNetwork(nn.Module):
         self.network_module: str = name
         kwargs = network_kwargs(name, options.network_args)
         dim, alpha = options.network_dim, options.network_alpha
-        if callable(getattr(module, "create_arch_network", None)):
-            inner = module.create_arch_network(
-                1.0, dim, alpha, None, None, model, neuron_dropout=options.network_dropout, **kwargs
+        arch = callable(getattr(module, "create_arch_network", None))
+        if not arch and options.network_dropout is not None:  # musubi-tuner drops it here without a word
+            raise NetworkArgsError(
+                f"--network_dropout: {name} has no create_arch_network, and its create_network takes no "
+                "neuron_dropout (musubi-tuner ignores the option there); give its own key in --network_args "
+                "(LyCORIS: dropout=0.1)"
             )
-        else:
-            if options.network_dropout is not None:  # musubi-tuner drops it here without a word
-                raise NetworkArgsError(
-                    f"--network_dropout: {name} has no create_arch_network, and its create_network takes no "
-                    "neuron_dropout (musubi-tuner ignores the option there); give its own key in --network_args "
-                    "(LyCORIS: dropout=0.1)"
+        try:
+            if arch:
+                inner = module.create_arch_network(
+                    1.0, dim, alpha, None, None, model, neuron_dropout=options.network_dropout, **kwargs
                 )
-            inner = module.create_network(1.0, dim, alpha, None, None, model, **kwargs)
+            else:
+                inner = module.create_network(1.0, dim, alpha, None, None, model, **kwargs)
+        except (ValueError, TypeError, KeyError, AssertionError, OSError) as e:  # its own checks of its args
+            raise NetworkArgsError(
+                f"--network_module {name} refused --network_args {' '.join(options.network_args)}: "
+                f"{type(e).__name__}: {short(' '.join(str(e).split()) or 'no message')}"
+            ) from None
         if inner is None:
             raise NetworkArgsError(f"--network_module {name}: its create_network returned no network")
         if hasattr(module, "prepare_network"):  # musubi-tuner asks the module, then calls the network
