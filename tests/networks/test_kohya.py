@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from lora_testing import NET_KW, tiny_inputs, tiny_model
 from torch import nn
 
 from networks.build import build_network, load_network_module
-from networks.lora import LoRAModule, lora_name_for
+from networks.lora import LoRAModule, create_network, lora_name_for
 from networks.network_args import NetworkArgsError
 from networks.options import NetworkOptions
 
@@ -162,3 +163,25 @@ def test_lycoris_builds_on_the_tiny_dit_and_trains(algo, keys):
     assert not torch.allclose(model(**inputs), base)
     network.set_multiplier(0.0)
     torch.testing.assert_close(model(**inputs), base)
+
+
+def test_lycoris_preset_from_the_docs_selects_what_networks_lora_selects(tmp_path):
+    pytest.importorskip("lycoris.kohya", reason="lycoris-lora is not installed (the [lycoris] extra)")
+    text = (Path(__file__).resolve().parents[2] / "docs" / "network_args.md").read_text(encoding="utf-8")
+    preset = tmp_path / "hv_lycoris_preset.toml"
+    preset.write_text(
+        text.split("# hv_lycoris_preset.toml")[1].split("\n", 1)[1].split("```")[0], encoding="utf-8"
+    )
+    model = tiny_model()
+    default = _build(NetworkOptions(network_module="lycoris.kohya", network_args=("algo=lokr",)), model)
+    assert any("mod" in n for n in default.module_names)  # LyCORIS's full preset wraps modulation too
+    with_preset = _build(
+        NetworkOptions(network_module="lycoris.kohya", network_args=("algo=lokr", f"preset={preset}")),
+        tiny_model(),
+    )
+    ours = create_network(1.0, 4, 1.0, tiny_model(), **NET_KW)
+    assert sorted(with_preset.module_names) == sorted(ours.module_names)
+    with pytest.raises(NetworkArgsError, match="refused --network_args algo=lokr preset=/no/such.toml"):
+        _build(
+            NetworkOptions(network_module="lycoris.kohya", network_args=("algo=lokr", "preset=/no/such.toml"))
+        )
