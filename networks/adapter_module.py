@@ -98,6 +98,22 @@ class DeltaWeightModule(LinearAdapter):
         """ΔW with the alpha/dim scale, (out, in), in the factors' dtype."""
         raise NotImplementedError
 
+    def norm_factors(self) -> list[torch.Tensor]:
+        """Two factors whose product ΔW is linear in each: scaling both by sqrt(r) scales ΔW by r."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def apply_max_norm(self, max_norm: float) -> tuple[bool, float]:
+        """--scale_weight_norms for one module, as musubi-tuner does it for LoRA: scale ΔW down to a Frobenius
+        norm of `max_norm` (scaling two factors by the square root); (scaled?, the norm after)."""
+        norm = float(self.diff_weight().float().norm())
+        if norm <= max_norm:
+            return False, norm
+        root = (max_norm / norm) ** 0.5
+        for factor in self.norm_factors():
+            factor.mul_(root)
+        return True, max_norm
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_forward()(x)
         if self.multiplier == 0 or (

@@ -208,6 +208,15 @@ class AdapterNetwork(nn.Module):
                 logger.info("param group %s: lr=%g, %d tensors", g["kind"], g["lr"], len(g["params"]))
         return groups
 
+    # --- --scale_weight_norms (LoHa / LoKr; networks.lora has its own) ----------------------------------
+
+    def delta_max_norm(self, max_norm: float) -> tuple[int, float, float]:
+        """(modules scaled, mean norm, largest norm) after scaling every ΔW to at most `max_norm`, as
+        musubi-tuner's apply_max_norm_regularization reports for LoRA."""
+        results = [lora.apply_max_norm(max_norm) for lora in self.loras]
+        norms = [n for _, n in results]
+        return sum(s for s, _ in results), sum(norms) / len(norms), max(norms)
+
     # --- verbose ---------------------------------------------------------------------------------------
 
     def _log_selection(self) -> None:

@@ -163,9 +163,7 @@ class KohyaNetwork(nn.Module):
                     int(getattr(linear, "in_features", shape[1] if len(shape) > 1 else 0)),
                     int(getattr(linear, "out_features", shape[0] if shape else 0)),
                     dim,
-                    float(alpha.float())
-                    if isinstance(alpha, torch.Tensor) and not alpha.is_meta
-                    else float(alpha),
+                    _number(alpha, default=dim),
                     sum(p.numel() for p in lora.parameters()),
                 )
             )
@@ -177,3 +175,10 @@ def _float_or_none(text: str | None) -> float | None:
         return None if text is None else float(text)
     except ValueError:
         return None
+
+
+def _number(value: Any, default: float) -> float:
+    """A foreign module's alpha (a buffer, a number, or a tensor without values on meta) as a float."""
+    if isinstance(value, torch.Tensor):
+        return default if value.is_meta or value.numel() != 1 else float(value.float())
+    return float(value) if isinstance(value, (int, float)) else default

@@ -74,6 +74,9 @@ class LoHaModule(DeltaWeightModule):
             nn.init.zeros_(self.hada_w2_a)
             nn.init.normal_(self.hada_w2_b, std=1.0)
 
+    def norm_factors(self) -> list[torch.Tensor]:
+        return [self.hada_w1_a, self.hada_w2_a]
+
     def diff_weight(self) -> torch.Tensor:
         result: torch.Tensor = HadamardWeight.apply(
             self.hada_w1_a, self.hada_w1_b, self.hada_w2_a, self.hada_w2_b, self.scale
@@ -85,6 +88,12 @@ class LoHaNetwork(AdapterNetwork):
     kind = "loha"
     network_module = "networks.loha"
     full_delta = True
+
+    def apply_max_norm_regularization(
+        self, max_norm: float, device: torch.device
+    ) -> tuple[int, float, float]:
+        return self.delta_max_norm(max_norm)
+
     loras: list[LoHaModule]
 
     def make_module(

@@ -79,6 +79,9 @@ class LoKrModule(DeltaWeightModule):
                 nn.init.kaiming_uniform_(self.lokr_w2_a, a=math.sqrt(5))
                 nn.init.zeros_(self.lokr_w2_b)
 
+    def norm_factors(self) -> list[torch.Tensor]:
+        return [self.lokr_w1, self.lokr_w2 if self.full_w2 else self.lokr_w2_a]
+
     def diff_weight(self) -> torch.Tensor:
         w2 = self.lokr_w2 if self.full_w2 else self.lokr_w2_a @ self.lokr_w2_b
         return torch.kron(self.lokr_w1, w2) * self.scale
@@ -88,6 +91,12 @@ class LoKrNetwork(AdapterNetwork):
     kind = "lokr"
     network_module = "networks.lokr"
     full_delta = True
+
+    def apply_max_norm_regularization(
+        self, max_norm: float, device: torch.device
+    ) -> tuple[int, float, float]:
+        return self.delta_max_norm(max_norm)
+
     loras: list[LoKrModule]
 
     def make_module(

@@ -208,3 +208,18 @@ def test_each_module_refuses_the_keys_it_cannot_honour_in_one_line(module, item,
 def test_network_dropout_is_refused_where_nothing_would_read_it(module):
     with pytest.raises(NetworkArgsError, match="--network_dropout 0.1: networks.lo.. has no rank-r"):
         _network(module, tiny_model(), neuron_dropout=0.1)
+
+
+@pytest.mark.parametrize("module", [loha, lokr])
+def test_max_norm_scales_each_delta_weight_down_to_the_limit(module):
+    net = _network(module, tiny_model(), dim=2)
+    for p in net.parameters():
+        nn.init.normal_(p)
+    before = [float(lora.diff_weight().detach().norm()) for lora in net.loras]
+    limit = sorted(before)[len(before) // 2]  # half the modules are above it
+    scaled, mean, largest = net.apply_max_norm_regularization(limit, torch.device("cpu"))
+    after = [float(lora.diff_weight().detach().norm()) for lora in net.loras]
+    assert scaled == sum(b > limit for b in before) > 0
+    assert largest == pytest.approx(limit, rel=1e-4) and mean <= limit
+    for b, a in zip(before, after, strict=True):
+        assert a == pytest.approx(min(b, limit), rel=1e-4)
