@@ -90,13 +90,17 @@ class Settings:
 
 @dataclass(frozen=True)
 class LoRAInfo:
-    """The wrapped Linears as (module name, in, out, rank), as networks.lora selects them."""
+    """The wrapped Linears as (module name, in, out, rank), as --network_module selects them."""
 
     modules: tuple[tuple[str, int, int, int], ...]
+    trainable: int | None = None  # the network's own count where it is not LoRA's r * (in + out)
+    full_delta: bool = False  # LoHa / LoKr: each module builds its (out, in) update and keeps it for backward
 
     @property
     def params(self) -> int:
-        return sum(r * (i + o) for _, i, o, r in self.modules)
+        return (
+            self.trainable if self.trainable is not None else sum(r * (i + o) for _, i, o, r in self.modules)
+        )
 
     def in_block(self, prefix: str) -> list[tuple[str, int, int, int]]:
         return [m for m in self.modules if m[0].startswith(prefix)]
@@ -180,9 +184,10 @@ def resident_weight_bytes(other: int, blocks: Sequence[int], n_swap: int) -> tup
 
 
 def lora_info(model: nn.Module, network_options: NetworkOptions) -> LoRAInfo:
-    """The LoRA selection of --network_dim / --network_args on a meta model (no memory, no weights)."""
+    """The selection of --network_module / --network_dim / --network_args on a meta model (no weights)."""
     from hunyuan_model.config import DEFAULT_EXCLUDE_PATTERNS, TARGET_BLOCK_CLASSES
     from networks.build import build_network
+    from networks.lora import LoRANetwork
 
     network = build_network(
         network_options,
@@ -191,11 +196,12 @@ def lora_info(model: nn.Module, network_options: NetworkOptions) -> LoRAInfo:
         target_block_classes=TARGET_BLOCK_CLASSES,
         default_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS,
     )
+    targets = network.targets()
+    is_lora = isinstance(network, LoRANetwork)
     return LoRAInfo(
-        tuple(
-            (name, lora.in_features, lora.out_features, lora.lora_dim)
-            for name, lora in zip(network.module_names, network.loras, strict=True)
-        )
+        tuple((t.name, t.in_features, t.out_features, t.dim) for t in targets),
+        trainable=None if is_lora else sum(t.params for t in targets),
+        full_delta=network.full_delta,
     )
 
 
@@ -228,6 +234,9 @@ def _lora_extras(lora: LoRAInfo, prefix: str, tokens: dict[str, int], s: Setting
     """Each wrapped Linear saves its rank-r activation; LoRA weights cast to a lower dtype are saved too."""
     total = 0
     for name, i, o, r in lora.in_block(prefix):
+        if lora.full_delta:  # F.linear(x, ΔW) keeps ΔW (x is the block's, already counted)
+            total += o * i * s.act_bytes
+            continue
         stream = name[len(prefix) :].split("_")[0]
         total += tokens.get(stream, tokens["all"]) * r * s.act_bytes
         if s.act_bytes != s.lora_bytes:

@@ -8,11 +8,12 @@ only its `forward` is replaced. The hot path does no full-size arithmetic of its
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .adapter_module import LinearAdapter
 
 
 def _bare_linear(in_features: int, out_features: int, device: torch.device) -> nn.Linear:
@@ -29,9 +30,7 @@ def _bare_linear(in_features: int, out_features: int, device: torch.device) -> n
     return linear
 
 
-class LoRAModule(nn.Module):
-    alpha: torch.Tensor  # a buffer (register_buffer below): saved in the file, read back by load_state_dict
-
+class LoRAModule(LinearAdapter):
     def __init__(
         self,
         lora_name: str,
@@ -44,58 +43,22 @@ class LoRAModule(nn.Module):
         module_dropout: float | None = None,
         device: torch.device | str | None = None,
     ) -> None:
-        super().__init__()
-        self.lora_name = lora_name
-        self.lora_dim = lora_dim
-        self.in_features, self.out_features = org_module.in_features, org_module.out_features
         device = torch.device("cpu") if device is None else torch.device(device)
+        super().__init__(lora_name, org_module, lora_dim, alpha, multiplier, device)
         self.lora_down = _bare_linear(self.in_features, lora_dim, device)
         self.lora_up = _bare_linear(lora_dim, self.out_features, device)
         if device.type != "meta":  # meta (listing targets) has no values to set
             nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
             nn.init.zeros_(self.lora_up.weight)  # so the model is unchanged before training
-        alpha = float(lora_dim) if alpha is None or alpha == 0 else float(alpha)
-        # On meta (listing targets) alpha stays readable on the CPU: it is one number, and it is reported.
-        self.register_buffer("alpha", torch.tensor(alpha, device="cpu" if device.type == "meta" else device))
-        self.scale = alpha / lora_dim
-        self.multiplier = multiplier
         self.dropout, self.rank_dropout, self.module_dropout = dropout, rank_dropout, module_dropout
-        # A list, not an attribute: the base Linear must not become a submodule of the LoRA (state dict!).
-        self._org: list[nn.Linear] = [org_module]
-        self._org_forward: Callable[[torch.Tensor], torch.Tensor] | None = None
-        self._inplace = self._patched_before = False
-        self.register_load_state_dict_post_hook(LoRAModule._refresh_scale)
-
-    @staticmethod
-    def _refresh_scale(module: LoRAModule, incompatible_keys) -> None:
-        if not module.alpha.is_meta:
-            module.scale = float(module.alpha) / module.lora_dim
-
-    @property
-    def org_module(self) -> nn.Linear:
-        return self._org[0]
+        self._inplace = False
 
     def apply_to(self) -> None:
-        if self._org_forward is not None:
-            raise RuntimeError(f"LoRA {self.lora_name} is already applied")
-        org = self.org_module
+        super().apply_to()
         # Accumulating in place into the base output is safe when it comes from nn.Linear's own forward,
         # whose backward does not need its output. Any other forward (fp8 patches, a LoRA already applied
         # to this Linear, ...) gets a fresh sum.
-        self._patched_before = "forward" in vars(org)
-        self._inplace = type(org).forward is nn.Linear.forward and not self._patched_before
-        self._org_forward = org.forward
-        vars(org)["forward"] = self.forward  # an instance attribute, over the class's forward (restore: del)
-
-    def restore(self) -> None:
-        """Give the base Linear the forward it had before `apply_to` (restore stacked LoRAs last-first)."""
-        if self._org_forward is None:
-            return
-        if self._patched_before:
-            vars(self.org_module)["forward"] = self._org_forward
-        else:
-            del self.org_module.forward  # the instance attribute; the class's forward shows again
-        self._org_forward = None
+        self._inplace = type(self.org_module).forward is nn.Linear.forward and not self._patched_before
 
     def _rank_mask(self, lx: torch.Tensor, lead: torch.Size, p: float) -> tuple[torch.Tensor, float]:
         """Drop whole ranks per sample (first dim) with probability `p`, as musubi-tuner does; rescale to keep
@@ -108,10 +71,7 @@ class LoRAModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2d = x.reshape(-1, self.in_features)  # a view when x is contiguous; the base Linear folds the same
-        org_forward = self._org_forward
-        if org_forward is None:
-            raise RuntimeError(f"LoRA {self.lora_name} is not applied (apply_to): no base forward to call")
-        out = org_forward(x2d)
+        out = self.base_forward()(x2d)
         if self.multiplier == 0 or (
             self.training and self.module_dropout and torch.rand(()) < self.module_dropout
         ):

@@ -13,7 +13,7 @@ import logging
 import math
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,7 @@ class NetworkArgs:
     # (regex, value) pairs in the order given: the first pattern that fully matches a module name wins.
     rank_patterns: tuple[tuple[str, int], ...] = ()
     alpha_patterns: tuple[tuple[str, float], ...] = ()
+    factor: int = -1  # networks.lokr only: how each Linear's sides are split (-1: the most balanced split)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -84,6 +85,12 @@ def _probability(key: str, value: Any) -> float:
     if not _is_number(value) or not 0 <= value < 1:
         raise _fail(key, value, "a number in [0, 1), e.g. 0.1")
     return float(value)
+
+
+def _factor(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not (value == -1 or value > 0):
+        raise _fail(key, value, "an integer > 0, or -1 for the most balanced split (the default)")
+    return value
 
 
 def _bool(key: str, value: Any) -> bool:
@@ -201,6 +208,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "conv_alpha": _conv(_positive_number),
     "rank_patterns": lambda k, v: _pattern_map(k, v, _positive_int),
     "alpha_patterns": lambda k, v: _pattern_map(k, v, _positive_number),
+    "factor": _factor,
 }
 KNOWN_KEYS: tuple[str, ...] = tuple(_CHECKS)
 
@@ -257,7 +265,7 @@ def read_literal(key: str, text: str) -> Any:
     return value
 
 
-def _split_item(item: Any) -> tuple[str, str]:
+def _split_item(item: Any, refused: Mapping[str, str]) -> tuple[str, str]:
     if not isinstance(item, str):
         raise NetworkArgsError(f"network_args item {item!r}: expected a 'key=value' string")
     if len(item) > MAX_ITEM_CHARS:
@@ -272,17 +280,22 @@ def _split_item(item: Any) -> tuple[str, str]:
         )
     if not key:
         raise NetworkArgsError(f"network_args item {item!r}: empty key before '=': expected key=value")
+    if key in refused:
+        raise NetworkArgsError(f"network_args item {short(repr(item))}: {refused[key]}")
     if key not in _CHECKS:
-        close = difflib.get_close_matches(key, KNOWN_KEYS, n=1, cutoff=0.6)
+        known = [k for k in KNOWN_KEYS if k not in refused]
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]}? " if close else ""
         raise NetworkArgsError(
-            f"network_args item {item!r}: unknown key {key!r}; {hint}known keys: {', '.join(KNOWN_KEYS)}"
+            f"network_args item {item!r}: unknown key {key!r}; {hint}known keys: {', '.join(known)}"
         )
     return key, text
 
 
-def parse_network_args(items: Sequence[str] | None) -> NetworkArgs:
-    """Parse `key=value` strings (CLI or config file) into `NetworkArgs`; raise `NetworkArgsError` if any is bad."""
+def parse_network_args(items: Sequence[str] | None, refused: Mapping[str, str] | None = None) -> NetworkArgs:
+    """Parse `key=value` strings (CLI or config file) into `NetworkArgs`; raise `NetworkArgsError` if any is bad.
+
+    `refused`: the keys the calling network module does not take, each with the one-line reason it gives."""
     if items is None:
         return NetworkArgs()
     if isinstance(items, str) or not isinstance(items, (list, tuple)):
@@ -291,7 +304,7 @@ def parse_network_args(items: Sequence[str] | None) -> NetworkArgs:
         )
     values: dict[str, Any] = {}
     for item in items:
-        key, text = _split_item(item)
+        key, text = _split_item(item, refused or {})
         if key in values:
             raise NetworkArgsError(f"network_args item {item!r}: {key} is given twice")
         values[key] = _CHECKS[key](key, read_literal(key, text))

@@ -17,7 +17,10 @@ from hv_common.options import option
 class NetworkOptions:
     """LoRA network"""
 
-    network_module: str = option("networks.lora", "module with create_network()")
+    network_module: str = option(
+        "networks.lora",
+        "networks.lora | networks.loha | networks.lokr, or a kohya-style module (lycoris.kohya)",
+    )
     network_dim: int | None = option(None, "LoRA rank (default 4)", type=positive_int)
     network_alpha: float = option(1.0, "LoRA alpha; scale = alpha/dim", type=positive_float)
     network_dropout: float | None = option(None, "dropout on the rank-r activations", type=probability)

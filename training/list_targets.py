@@ -33,14 +33,14 @@ def check_patterns_early(network: NetworkOptions, dit: str | None) -> None:
     """Parse --network_args and meet its regexes with the module names of --dit's architecture (headers only),
     so that a bad or runaway pattern stops a training run before minutes of loading weights."""
     from hunyuan_model.model import TARGET_BLOCK_CLASSES
-    from networks.lora import user_patterns
-    from networks.network_args import parse_network_args
+    from networks.base import user_patterns
+    from networks.build import is_ours, parse_our_args
     from networks.pattern_guard import match_sets
     from networks.selection import find_candidates
 
-    if network.network_module != "networks.lora":  # another module reads its own --network_args
+    if not is_ours(network.network_module):  # a foreign module reads its own --network_args
         return
-    patterns = user_patterns(parse_network_args(network.network_args))
+    patterns = user_patterns(parse_our_args(network))
     if patterns:
         match_sets(patterns, [name for name, _ in find_candidates(meta_model(dit), TARGET_BLOCK_CLASSES)])
 
@@ -49,11 +49,11 @@ def build_report(config: TrainConfig) -> tuple[dict, dict[str, str]]:
     """The selection as plain data (the JSON object of --list_lora_targets json), and which pattern
     excluded each excluded module (for the table)."""
     from hunyuan_model.model import DEFAULT_EXCLUDE_PATTERNS, TARGET_BLOCK_CLASSES
-    from networks.build import build_network, load_network_module
-    from networks.network_args import parse_network_args
+    from networks.build import build_network, is_ours, load_network_module, parse_our_args
 
-    parse_network_args(config.network.network_args)  # before the model: bad args fail at once
     load_network_module(config.network.network_module)
+    if is_ours(config.network.network_module):
+        parse_our_args(config.network)  # before the model: bad args fail at once
     network = build_network(
         config.network,
         meta_model(config.model.dit),
@@ -63,14 +63,15 @@ def build_report(config: TrainConfig) -> tuple[dict, dict[str, str]]:
     )
     modules = [
         {
-            "name": name,
-            "lora_name": lora.lora_name,
-            "in_features": lora.in_features,
-            "out_features": lora.out_features,
-            "dim": lora.lora_dim,
-            "alpha": float(lora.alpha),
+            "name": t.name,
+            "lora_name": t.lora_name,
+            "in_features": t.in_features,
+            "out_features": t.out_features,
+            "dim": t.dim,
+            "alpha": t.alpha,
+            "params": t.params,
         }
-        for name, lora in zip(network.module_names, network.loras, strict=True)
+        for t in network.targets()
     ]
     groups = [
         {"lr": g["lr"], "params": len(g["params"]), "kind": g["kind"]}

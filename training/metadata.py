@@ -9,13 +9,13 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from networks.lora import LoRANetwork
+    from networks.build import Network
     from training.options import TrainConfig
 
 
 def training_metadata(
     config: TrainConfig,
-    network: LoRANetwork,
+    network: Network,
     dataset_summary: list[dict],
     steps: int,
     epoch: int,
@@ -36,7 +36,7 @@ def training_metadata(
 
 def _ss_metadata(
     config: TrainConfig,
-    network: LoRANetwork,
+    network: Network,
     dataset_summary: list[dict],
     steps: int,
     epoch: int,
@@ -71,10 +71,10 @@ def _ss_metadata(
     return meta
 
 
-def minimal_metadata(config: TrainConfig, network: LoRANetwork) -> dict[str, str]:
+def minimal_metadata(config: TrainConfig, network: Network) -> dict[str, str]:
     """--no_metadata: only what a loader needs to use the file (musubi-tuner's minimum keys, and ours)."""
     return {
-        "ss_network_module": config.network.network_module,
+        "ss_network_module": network.network_module,
         "ss_network_dim": str(network.spec.dim),
         "ss_network_alpha": str(network.spec.alpha),
         "ss_network_args": json.dumps(list(config.network.network_args)),

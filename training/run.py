@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from dataset.train_dataset import CachedBatches
     from generation.previews import PreviewSampler
     from hunyuan_model.model import HYVideoDiffusionTransformer
-    from networks.lora import LoRANetwork
+    from networks.build import Network
     from run_report.page import RunReport
     from training.validation import Validator
 
@@ -45,7 +45,7 @@ class Run:
     config: TrainConfig
     accelerator: Accelerator
     model: HYVideoDiffusionTransformer
-    network: LoRANetwork
+    network: Network
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     batches: CachedBatches
@@ -184,6 +184,7 @@ def build_run(config: TrainConfig) -> Run:
     from hunyuan_model.checkpoint import load_dit
     from hunyuan_model.config import DEFAULT_EXCLUDE_PATTERNS, TARGET_BLOCK_CLASSES
     from hv_common.input_checks import check_output_dir
+    from hv_common.options import option_values
     from networks.build import build_network
     from training.base_weights import check_base_weights, merge_base_weights
     from training.list_targets import check_patterns_early
@@ -257,6 +258,7 @@ def build_run(config: TrainConfig) -> Run:
         device,
         target_block_classes=TARGET_BLOCK_CLASSES,
         default_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS,
+        run_options=option_values(config),  # a foreign module's prepare_network(args) reads them
     )
     if config.network.network_weights:
         load_network(network, config.network.network_weights)

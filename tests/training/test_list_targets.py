@@ -71,6 +71,7 @@ def test_json_is_one_object_on_stdout_with_every_field():
         "out_features": 9216,
         "dim": 32,
         "alpha": 16.0,
+        "params": 32 * (3072 + 9216),  # the trainable numbers of this module (LoHa / LoKr count their own)
     }
     assert "double_blocks.0.img_mod.linear" in report["excluded"] and len(report["excluded"]) == 80
     assert report["param_groups"] == [{"lr": 2e-6, "params": 480, "kind": "lora"}]

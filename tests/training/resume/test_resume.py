@@ -205,10 +205,10 @@ CHANGED = {
         ["the LoRA wraps other modules (20 in the state, 16 now", "exclude_patterns"],
     ),
     "network module": (
-        ["--network_module", "other_lora"],
+        ["--network_module", "networks.loha", "--network_args", "verbose=False"],  # LoHa takes no LoRA+
         [
-            "network module networks.lora in the state, other_lora now",
-            "restore --network_module networks.lora",
+            "network module networks.lora in the state, networks.loha now",
+            "--network_module networks.lora",
         ],
     ),
     "dataset": (["--dataset_config", "demo/dataset.toml"], ["6 batches per epoch in the state, 14 now"]),
