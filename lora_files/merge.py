@@ -20,7 +20,7 @@ from hunyuan_model.fp8 import DENSE_DTYPE, FLOAT8_DTYPES, dense_dtype, dequantiz
 from hv_common.cli import OneLineArgumentParser
 from hv_common.devices import parse_dtype, pick_device
 from hv_common.errors import UserError
-from hv_common.option_types import integer, number, positive_int
+from hv_common.option_types import integer, number
 from hv_common.options import add_options, option, options_from
 from hv_common.safetensors_stream import write_safetensors_streaming
 from lora_files.apply import by_module, merged_weight
@@ -34,11 +34,6 @@ class MergeOptions:
     """merge_lora.py's options"""
 
     dit: str = option(help="the base DiT: any layout --dit accepts elsewhere", required=True)
-    dit_in_channels: int | None = option(
-        None,
-        "the DiT's input channels (16; SkyReels I2V: 32); unset: read from the DiT, given: checked against it",
-        type=positive_int,
-    )
     lora_weight: tuple[str, ...] = option(
         (), "LoRA files (any layout convert_lora.py reads, LoHa / LoKr too); none: the DiT is rewritten as is"
     )

@@ -211,7 +211,7 @@ class AdapterNetwork(nn.Module):
 
     # --- --scale_weight_norms (LoHa / LoKr; networks.lora has its own) ----------------------------------
 
-    def delta_max_norm(self, max_norm: float) -> MaxNormFigures:
+    def apply_max_norm_regularization(self, max_norm: float, device: torch.device | str) -> MaxNormFigures:
         """(modules scaled, mean norm, largest norm) after scaling every ΔW to at most `max_norm`, as
         musubi-tuner's apply_max_norm_regularization reports for LoRA."""
         results = [lora.apply_max_norm(max_norm) for lora in self.loras]

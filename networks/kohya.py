@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .base import LoRASpec, Target, lora_name_for
+from .max_norm import MaxNormFigures
 from .network_args import NetworkArgs, NetworkArgsError, short
 from .options import NetworkOptions
 from .selection import Selection
@@ -146,8 +147,10 @@ class KohyaNetwork(nn.Module):
             out.append({**group, "params": list(group["params"]), "lr": group.get("lr", lr), "kind": kind})
         return out
 
-    def apply_max_norm_regularization(self, max_norm: float, device: torch.device) -> Any:
-        return self.inner.apply_max_norm_regularization(max_norm, device)
+    def apply_max_norm_regularization(self, max_norm: float, device: torch.device | str) -> MaxNormFigures:
+        """kohya's (keys scaled, mean norm, max norm), as the figures networks.lora reports."""
+        keys, mean, largest = self.inner.apply_max_norm_regularization(max_norm, device)
+        return MaxNormFigures(int(keys), float(mean), float(largest))
 
     def targets(self) -> list[Target]:
         out = []

@@ -19,7 +19,6 @@ from torch import nn
 
 from .adapter_module import DeltaWeightModule
 from .base import AdapterNetwork, LoRASpec, check_network_numbers, refuse_network_dropout
-from .max_norm import MaxNormFigures
 from .network_args import NetworkArgs, parse_network_args
 
 REFUSED_ARGS = {
@@ -89,9 +88,6 @@ class LoHaNetwork(AdapterNetwork):
     kind = "loha"
     network_module = "networks.loha"
     full_delta = True
-
-    def apply_max_norm_regularization(self, max_norm: float, device: torch.device | str) -> MaxNormFigures:
-        return self.delta_max_norm(max_norm)
 
     loras: list[LoHaModule]
 

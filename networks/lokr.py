@@ -22,7 +22,6 @@ from torch import nn
 
 from .adapter_module import DeltaWeightModule
 from .base import AdapterNetwork, LoRASpec, check_network_numbers, refuse_network_dropout
-from .max_norm import MaxNormFigures
 from .network_args import NetworkArgs, parse_network_args
 
 logger = logging.getLogger(__name__)
@@ -92,9 +91,6 @@ class LoKrNetwork(AdapterNetwork):
     kind = "lokr"
     network_module = "networks.lokr"
     full_delta = True
-
-    def apply_max_norm_regularization(self, max_norm: float, device: torch.device | str) -> MaxNormFigures:
-        return self.delta_max_norm(max_norm)
 
     loras: list[LoKrModule]
 
