@@ -51,7 +51,39 @@ ON_PURPOSE: dict[tuple[str, str], str] = {
     ("hv_train_network.py", "--network_args"): "given twice, adds up (argparse kept the last)",
     ("hv_train_network.py", "--optimizer_args"): "given twice, adds up (argparse kept the last)",
     ("hv_train_network.py", "--lr_scheduler_args"): "given twice, adds up (argparse kept the last)",
+    (
+        "hv_train_network.py",
+        "--lr_scheduler",
+    ): "diffusers' names and musubi-tuner's own, checked when parsed; "
+    "reduce_lr_on_plateau needs a metric the loop never passes (it fails there too)",
+    (
+        "hv_train_network.py",
+        "--timestep_sampling",
+    ): "the others are other models' (FLUX.2, Ideogram 4, Qwen-Image, "
+    "Krea 2, qinglong's): refused by the choices, one line",
+    (
+        "hv_train_network.py",
+        "--dynamo_backend",
+    ): "the same list: accelerate's DynamoBackend values, written out",
+    (
+        "cache_latents.py",
+        "--batch_size",
+    ): "unset there: the dataset's batch per VAE call; the latents are the same",
+    ("cache_latents.py", "--vae"): "needed unless --debug_mode (which encodes nothing): one line without it",
+    (
+        "cache_text_encoder_outputs.py",
+        "--batch_size",
+    ): "unset there: the dataset's batch per call; the outputs are the same",
+    ("hv_generate_video.py", "--attn_mode"): "`torch` and `sdpa` are the same kernel (PyTorch SDPA); a name "
+    "outside musubi-tuner's and ours is one line after parsing",
+    ("hv_generate_video.py", "--vae_spatial_tile_sample_min_size"): "unset there is 256 too: the VAE always "
+    "decodes in tiles",
+    ("hv_generate_video.py", "--blocks_to_swap"): "0 is none, as unset there",
+    ("hv_generate_video.py", "--vae"): "needed only to encode or decode pixels (not for --output_type latent "
+    "or --save_merged_model): one line when it is",
     ("hv_generate_video.py", "--lora_multiplier"): "unset is 1.0 for each LoRA, as there",
+    ("convert_lora.py", "--target"): "ours adds `diffusers` (the PEFT layout diffusers loads)",
+    ("merge_lora.py", "--device"): "unset: cuda when there is one, as there",
     ("merge_lora.py", "--lora_multiplier"): "unset is 1.0 for each LoRA, as there",
 }
 

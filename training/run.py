@@ -135,6 +135,8 @@ def _check_attention(config: TrainConfig, device: torch.device, dtype: torch.dty
 def swap_and_compile(memory: MemoryOptions, model: HYVideoDiffusionTransformer, device: torch.device) -> None:
     """--blocks_to_swap, then --compile: after the LoRA is applied (the compiled blocks trace through it)."""
     apply_block_swap(model, memory.blocks_to_swap or 0, device, memory.use_pinned_memory_for_block_swap)
+    if memory.block_swap_h2d_only:  # musubi-tuner's experimental mode is this swapper's only one
+        logger.info("--block_swap_h2d_only: block swap copies host->device only, always (frozen CPU masters)")
     if memory.img_in_txt_in_offloading:  # after the swap, which moves all else to the device
         model.enable_img_in_txt_in_offloading()
     if memory.dynamo_compile_kwargs is not None:

@@ -38,6 +38,8 @@ GIVEN = {
     "fp8_scaled": ([], True),
     "blocks_to_swap": (["20"], 20),
     "use_pinned_memory_for_block_swap": ([], True),
+    "block_swap_h2d_only": ([], True),
+    "block_swap_ring_size": None,  # only 2, its default, is accepted: tests/training/test_block_swap_options.py
     "img_in_txt_in_offloading": ([], True),
     "disable_numpy_memmap": ([], True),
     "sdpa": ([], True),

@@ -115,6 +115,19 @@ class MemoryOptions:
         "beside the compute (faster; more pinned memory, 'shared GPU memory' on Windows); default pageable",
         section="model",
     )
+    block_swap_h2d_only: bool = option(
+        False,
+        "H2D-only block swap (a CPU master copy, only host->device copies, never back): how this block swap "
+        "always works, so the flag only says so in the log",
+        section="model",
+    )
+    block_swap_ring_size: int = option(
+        2,
+        refused="this block swap always keeps two swapped blocks on the GPU (the running one and the prefetched "
+        "one): musubi-tuner's default ring of 2; other sizes are not built",
+        type=positive_int,
+        section="model",
+    )
     img_in_txt_in_offloading: bool = option(
         False,
         "keep img_in and txt_in (the token refiner) in CPU memory and copy them to the GPU just before they run "
