@@ -199,11 +199,11 @@ def build_run(config: TrainConfig) -> Run:
     if not Path(model_options.dit).exists():
         raise UserError(f"--dit {model_options.dit}: no such file or folder")
     check_output_dir(saving.output_dir)
+    check_trackers(config.logging)  # a missing tracker package: before any file is read
     _check_in_channels(config)
     check_patterns_early(
         config.network, model_options.dit
     )  # headers only: a bad pattern fails before loading
-    check_trackers(config.logging)
     check_base_weights(config.training)
     log_dir = config.logging.run_log_dir(time.time())
     flow = flow_settings(config.flow)

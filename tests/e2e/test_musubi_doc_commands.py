@@ -227,11 +227,19 @@ def _problem(command: dict[str, Any], code: int, stderr: str, folder: Path) -> s
 def test_the_documented_command_runs(
     command, cached_demo, doc_lora, tmp_path, monkeypatch, capsys, restore_logging
 ):
+    from accelerate.state import AcceleratorState
+
     folder = _work_folder(tmp_path, cached_demo, doc_lora, command)
     monkeypatch.chdir(folder)
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     for name, value in _launcher_environment(command["original"]).items():
         monkeypatch.setenv(name, value)
-    code = _run(command)
+    # accelerate keeps one state per process, fixed by its first Accelerator: each command starts as a new process
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        code = _run(command)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
     problem = _problem(command, code, capsys.readouterr().err, folder)
     print(f"{command['id']}: {problem or 'as expected'}")  # shown when the test fails
     if command["id"] in FAILS_TODAY:

@@ -14,7 +14,8 @@ from training.options import TrainConfig
 
 NOW = 1_700_000_000.25
 NETWORK = SimpleNamespace(
-    spec=SimpleNamespace(dim=8, alpha=4.0, dropout=None, args=SimpleNamespace(loraplus_lr_ratio=None))
+    network_module="networks.lora",
+    spec=SimpleNamespace(dim=8, alpha=4.0, dropout=None, args=SimpleNamespace(loraplus_lr_ratio=None)),
 )
 
 
