@@ -131,7 +131,9 @@ def test_merged_dit_carries_the_split_of_its_base(diffusers_folder, tmp_path):
     )
     out = tmp_path / "merged.safetensors"
     argv = ["--dit", str(diffusers_folder), "--lora_weight", str(lora), "--save_merged_model", str(out)]
-    channels = str(read_dit_config(diffusers_folder).in_channels)  # this tiny one's; --dit_in_channels checks it
+    channels = str(
+        read_dit_config(diffusers_folder).in_channels
+    )  # this tiny one's; --dit_in_channels checks it
     assert merge_lora.main([*argv, "--dit_in_channels", channels]) == 0
     assert read_rope_split(out) == STATED
     assert read_dit_config(out).rope_dim_list == STATED
