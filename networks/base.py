@@ -9,7 +9,7 @@ File keys: `lora_unet_<module path with . -> _>.<factor names> | .alpha`, as mus
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ from torch import nn
 
 from .adapter_module import LinearAdapter
 from .max_norm import MaxNormFigures
-from .network_args import NetworkArgs, NetworkArgsError
+from .network_args import NetworkArgs, NetworkArgsError, parse_network_args
 from .pattern_guard import match_sets
 from .selection import Selection, find_candidates, first_match, select, warn_unmatched
 
@@ -85,6 +85,29 @@ def refuse_network_dropout(module: str, neuron_dropout: float | None) -> None:
             f"--network_dropout {neuron_dropout:g}: {module} has no rank-r activations to drop (musubi-tuner "
             "ignores it there); use rank_dropout= or module_dropout= in --network_args"
         )
+
+
+def network_spec(
+    multiplier: float,
+    network_dim: int | None,
+    network_alpha: float | None,
+    neuron_dropout: float | None,
+    network_args: NetworkArgs | Sequence[str] | None,
+    refused_args: Mapping[str, str],
+    *,
+    dropout_refused_by: str | None = None,
+) -> LoRASpec:
+    """What each module's create_network builds from: its --network_args parsed strictly (with the keys that
+    module refuses), --network_dropout refused where the module has nothing to drop, then the numbers."""
+    args = (
+        network_args
+        if isinstance(network_args, NetworkArgs)
+        else parse_network_args(network_args, refused_args)
+    )
+    if dropout_refused_by is not None:
+        refuse_network_dropout(dropout_refused_by, neuron_dropout)
+    dim, alpha = check_network_numbers(network_dim, network_alpha, neuron_dropout)
+    return LoRASpec(multiplier, dim, alpha, neuron_dropout, args)
 
 
 class AdapterNetwork(nn.Module):

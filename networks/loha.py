@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from .adapter_module import DeltaWeightModule
-from .base import AdapterNetwork, LoRASpec, check_network_numbers, refuse_network_dropout
-from .network_args import NetworkArgs, parse_network_args
+from .base import AdapterNetwork, network_spec
+from .network_args import NetworkArgs
 
 REFUSED_ARGS = {
     "loraplus_lr_ratio": "LoRA+ needs LoRA's up/down pair, and networks.loha has none (musubi-tuner logs "
@@ -120,12 +120,13 @@ def create_network(
     device: torch.device | str | None = None,
 ) -> LoHaNetwork:
     """Build (not apply) a LoHa network for `model`. `device` holds its weights (default CPU)."""
-    args = (
-        network_args
-        if isinstance(network_args, NetworkArgs)
-        else parse_network_args(network_args, REFUSED_ARGS)
+    spec = network_spec(
+        multiplier,
+        network_dim,
+        network_alpha,
+        neuron_dropout,
+        network_args,
+        REFUSED_ARGS,
+        dropout_refused_by="networks.loha",
     )
-    refuse_network_dropout("networks.loha", neuron_dropout)
-    dim, alpha = check_network_numbers(network_dim, network_alpha, neuron_dropout)
-    spec = LoRASpec(multiplier, dim, alpha, None, args)
     return LoHaNetwork(model, spec, target_block_classes, default_exclude_patterns, device=device)

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from .adapter_module import DeltaWeightModule
-from .base import AdapterNetwork, LoRASpec, check_network_numbers, refuse_network_dropout
-from .network_args import NetworkArgs, parse_network_args
+from .base import AdapterNetwork, network_spec
+from .network_args import NetworkArgs
 
 logger = logging.getLogger(__name__)
 
@@ -139,12 +139,13 @@ def create_network(
     device: torch.device | str | None = None,
 ) -> LoKrNetwork:
     """Build (not apply) a LoKr network for `model`. `device` holds its weights (default CPU)."""
-    args = (
-        network_args
-        if isinstance(network_args, NetworkArgs)
-        else parse_network_args(network_args, REFUSED_ARGS)
+    spec = network_spec(
+        multiplier,
+        network_dim,
+        network_alpha,
+        neuron_dropout,
+        network_args,
+        REFUSED_ARGS,
+        dropout_refused_by="networks.lokr",
     )
-    refuse_network_dropout("networks.lokr", neuron_dropout)
-    dim, alpha = check_network_numbers(network_dim, network_alpha, neuron_dropout)
-    spec = LoRASpec(multiplier, dim, alpha, None, args)
     return LoKrNetwork(model, spec, target_block_classes, default_exclude_patterns, device=device)

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .base import LORA_PREFIX, AdapterNetwork, LoRASpec, check_network_numbers, lora_name_for, user_patterns
+from .base import LORA_PREFIX, AdapterNetwork, LoRASpec, lora_name_for, network_spec, user_patterns
 from .lora_module import LoRAModule
 from .max_norm import MaxNormFigures, apply_max_norm
-from .network_args import NetworkArgs, parse_network_args
+from .network_args import NetworkArgs
 
 __all__ = [
     "LORA_PREFIX",
@@ -75,11 +75,5 @@ def create_network(
     device: torch.device | str | None = None,
 ) -> LoRANetwork:
     """Build (not apply) a LoRA network for `model`. `device` holds the LoRA weights (default CPU)."""
-    args = (
-        network_args
-        if isinstance(network_args, NetworkArgs)
-        else parse_network_args(network_args, REFUSED_ARGS)
-    )
-    dim, alpha = check_network_numbers(network_dim, network_alpha, neuron_dropout)
-    spec = LoRASpec(multiplier, dim, alpha, neuron_dropout, args)
+    spec = network_spec(multiplier, network_dim, network_alpha, neuron_dropout, network_args, REFUSED_ARGS)
     return LoRANetwork(model, spec, target_block_classes, default_exclude_patterns, device=device)
